@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The demo on embedded defaults: starts a local broker, generates data for all five topics,
+# ingests it exactly once into a local-directory lake (./lake-demo), and prints a query.
+set -euo pipefail
+source "$(dirname "$0")/common.sh"
+cd "$LAKEPIPE_ROOT"
+"$LAKEPIPE_ROOT/scripts/setup.sh" broker
+cargo build --locked --bin lakepipe
+trap '"$LAKEPIPE_ROOT/scripts/services.sh" stop' EXIT
+"$LAKEPIPE_ROOT/scripts/services.sh" start broker
+source "$RUN_DIR/env"
+LAKE="${1:-$LAKEPIPE_ROOT/lake-demo}"
+"$LAKEPIPE_BIN" demo --brokers "$LAKEPIPE_TEST_BROKERS" --lake "$LAKE" --count "${DEMO_COUNT:-2000}"
+echo "Lake written to $LAKE. Try: $LAKEPIPE_BIN sql --lake $LAKE \"SELECT * FROM dead_letters LIMIT 5\""

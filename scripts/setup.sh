@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Install what lakepipe's demo and tests need, into the cache outside the clone (idempotent).
+#   scripts/setup.sh            tansu + Python readers + LocalStack
+#   scripts/setup.sh broker     tansu only (enough for the demo)
+set -euo pipefail
+source "$(dirname "$0")/common.sh"
+what="${1:-all}"
+
+install_tansu() {
+  if [ -x "$TANSU_BIN" ]; then return; fi
+  log "installing tansu $TANSU_VERSION (Kafka-protocol broker; ~12 min on 2 cores, once)"
+  CARGO_TARGET_DIR="$LAKEPIPE_CACHE/tansu-target" cargo install tansu --version "$TANSU_VERSION" \
+    --features dynostore --locked --root "$LAKEPIPE_CACHE/tansu" >"$LAKEPIPE_CACHE/tansu-install.log" 2>&1 \
+    || { tail -30 "$LAKEPIPE_CACHE/tansu-install.log" >&2; exit 1; }
+  rm -rf "$LAKEPIPE_CACHE/tansu-target"
+}
+
+install_py() {
+  if "$PY_VENV/bin/python" -c 'import deltalake, duckdb, confluent_kafka' 2>/dev/null; then return; fi
+  log "installing Python readers for cross-checks (deltalake, duckdb + delta extension)"
+  python3 -m venv "$PY_VENV"
+  "$PY_VENV/bin/pip" install -q -r "$LAKEPIPE_ROOT/scripts/requirements-readers.txt"
+}
+
+install_localstack() {
+  if "$LOCALSTACK_VENV/bin/python" -c 'import localstack' 2>/dev/null; then return; fi
+  log "installing LocalStack (host mode, S3 only)"
+  python3 -m venv "$LOCALSTACK_VENV"
+  "$LOCALSTACK_VENV/bin/pip" install -q -r "$LAKEPIPE_ROOT/localstack/requirements-host.txt"
+}
+
+case "$what" in
+  broker) install_tansu ;;
+  all) install_tansu; install_py; install_localstack ;;
+  *) echo "usage: $0 [all|broker]" >&2; exit 2 ;;
+esac

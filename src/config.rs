@@ -1,0 +1,279 @@
+//! Configuration, loaded in layers: built-in defaults, then a TOML file, then `LAKEPIPE_*`
+//! environment variables, then command-line flags. Unknown keys in the file are errors.
+//!
+//! S3 settings are not here: they come from the standard `AWS_*` variables.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::spec::{builtin_specs, TopicSpec, TopicSpecConfig};
+
+/// Errors loading configuration. All are the user's to fix, none retryable.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file cannot be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The path.
+        path: String,
+        /// Underlying error.
+        source: std::io::Error,
+    },
+    /// The file or an override is invalid (unknown key, wrong type).
+    #[error("invalid configuration{}: {message}", origin.as_ref().map(|o| format!(" in {o}")).unwrap_or_default())]
+    Invalid {
+        /// Where the bad value came from.
+        origin: Option<String>,
+        /// What is wrong.
+        message: String,
+    },
+    /// A topic spec is invalid.
+    #[error(transparent)]
+    Spec(#[from] crate::spec::SpecError),
+    /// A topic was asked for that has no spec.
+    #[error("unknown topic `{0}`: it is neither built in nor defined under [specs.{0}] in the config")]
+    UnknownTopic(String),
+}
+
+impl ConfigError {
+    /// Configuration errors are never retryable.
+    pub fn is_retryable(&self) -> bool {
+        false
+    }
+}
+
+/// lakepipe's configuration.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Kafka bootstrap servers, comma separated.
+    pub brokers: String,
+    /// Lake root: `s3://bucket/prefix`, `file:///path` or a plain path.
+    pub lake: String,
+    /// Kafka consumer group.
+    pub group: String,
+    /// Name of the source cluster, part of the stored offsets' identity, so the same topic and
+    /// partition read from two clusters never share an offset.
+    pub source_name: String,
+    /// Topics to ingest; empty means every topic with a spec.
+    pub topics: Vec<String>,
+    /// A batch closes after this long (e.g. `500ms`, `10s`).
+    pub trigger_interval: String,
+    /// A batch closes at this many records.
+    pub max_batch_records: usize,
+    /// A batch closes at this many payload bytes.
+    pub max_batch_bytes: usize,
+    /// Larger messages become dead letters (`too_large`).
+    pub max_message_bytes: usize,
+    /// With `--once`, stop waiting for more data after this long without a message.
+    pub idle_timeout: String,
+    /// How long to wait for the broker and the bucket to answer at start.
+    pub connect_timeout: String,
+    /// Extra librdkafka properties for the consumer and producer.
+    pub kafka: BTreeMap<String, String>,
+    /// Topic specs added to or overriding the built-in five.
+    pub specs: BTreeMap<String, TopicSpecConfig>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            brokers: "127.0.0.1:9092".into(),
+            lake: "./lake".into(),
+            group: "lakepipe".into(),
+            source_name: "kafka".into(),
+            topics: Vec::new(),
+            trigger_interval: "10s".into(),
+            max_batch_records: 100_000,
+            max_batch_bytes: 64 << 20,
+            max_message_bytes: 1 << 20,
+            idle_timeout: "30s".into(),
+            connect_timeout: "15s".into(),
+            kafka: BTreeMap::new(),
+            specs: BTreeMap::new(),
+        }
+    }
+}
+
+/// Values given on the command line; `None` leaves the lower layers alone.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `--brokers`
+    pub brokers: Option<String>,
+    /// `--lake`
+    pub lake: Option<String>,
+    /// `--group`
+    pub group: Option<String>,
+    /// `--topics`
+    pub topics: Option<Vec<String>>,
+    /// `--trigger-interval`
+    pub trigger_interval: Option<String>,
+    /// `--max-batch-records`
+    pub max_batch_records: Option<usize>,
+    /// `--source-name`
+    pub source_name: Option<String>,
+}
+
+const LIST_KEYS: [&str; 1] = ["topics"];
+
+impl Config {
+    /// Load: defaults, then `file`, then `LAKEPIPE_*` variables from `env`, then `flags`.
+    pub fn load(file: Option<&Path>, env: impl IntoIterator<Item = (String, String)>, flags: &Overrides) -> Result<Self, ConfigError> {
+        let mut table = toml::Table::try_from(Config::default()).map_err(|e| ConfigError::Invalid { origin: None, message: e.to_string() })?;
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+            let from_file: toml::Table =
+                text.parse().map_err(|e: toml::de::Error| ConfigError::Invalid { origin: Some(path.display().to_string()), message: e.to_string() })?;
+            // Check the file alone first, so an unknown key is reported against the file.
+            Config::deserialize(toml::Value::Table(from_file.clone()))
+                .map_err(|e| ConfigError::Invalid { origin: Some(path.display().to_string()), message: e.to_string() })?;
+            for (k, v) in from_file {
+                table.insert(k, v);
+            }
+        }
+        for (k, v) in env {
+            let Some(name) = k.strip_prefix("LAKEPIPE_") else { continue };
+            let key = name.to_ascii_lowercase();
+            let Some(current) = table.get(&key) else { continue };
+            let value = if LIST_KEYS.contains(&key.as_str()) {
+                toml::Value::Array(split_list(&v).into_iter().map(toml::Value::String).collect())
+            } else if current.is_integer() {
+                toml::Value::Integer(v.trim().parse().map_err(|_| ConfigError::Invalid { origin: Some(k.clone()), message: format!("expected an integer, got {v:?}") })?)
+            } else if current.is_str() {
+                toml::Value::String(v)
+            } else {
+                continue;
+            };
+            table.insert(key, value);
+        }
+        let mut cfg = Config::deserialize(toml::Value::Table(table)).map_err(|e| ConfigError::Invalid { origin: None, message: e.to_string() })?;
+        let f = flags.clone();
+        if let Some(v) = f.brokers {
+            cfg.brokers = v;
+        }
+        if let Some(v) = f.lake {
+            cfg.lake = v;
+        }
+        if let Some(v) = f.group {
+            cfg.group = v;
+        }
+        if let Some(v) = f.topics {
+            cfg.topics = v;
+        }
+        if let Some(v) = f.trigger_interval {
+            cfg.trigger_interval = v;
+        }
+        if let Some(v) = f.max_batch_records {
+            cfg.max_batch_records = v;
+        }
+        if let Some(v) = f.source_name {
+            cfg.source_name = v;
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        for (key, value) in [("trigger_interval", &self.trigger_interval), ("idle_timeout", &self.idle_timeout), ("connect_timeout", &self.connect_timeout)] {
+            parse_duration(value).map_err(|message| ConfigError::Invalid { origin: Some(key.into()), message })?;
+        }
+        if self.max_batch_records == 0 || self.max_batch_bytes == 0 {
+            return Err(ConfigError::Invalid { origin: None, message: "max_batch_records and max_batch_bytes must be positive".into() });
+        }
+        if self.group.is_empty() || self.source_name.is_empty() || self.source_name.contains(':') || self.group.contains(':') {
+            return Err(ConfigError::Invalid { origin: None, message: "group and source_name must be non-empty and contain no `:`".into() });
+        }
+        self.selected_specs()?;
+        Ok(())
+    }
+
+    /// Every known spec: built-ins, overridden or extended by the config.
+    pub fn all_specs(&self) -> Result<BTreeMap<String, TopicSpec>, ConfigError> {
+        let mut specs = builtin_specs();
+        for (name, cfg) in &self.specs {
+            specs.insert(name.clone(), TopicSpec::from_config(name, cfg)?);
+        }
+        Ok(specs)
+    }
+
+    /// The specs of the topics to ingest.
+    pub fn selected_specs(&self) -> Result<Vec<TopicSpec>, ConfigError> {
+        let all = self.all_specs()?;
+        if self.topics.is_empty() {
+            return Ok(all.into_values().collect());
+        }
+        self.topics.iter().map(|t| all.get(t).cloned().ok_or_else(|| ConfigError::UnknownTopic(t.clone()))).collect()
+    }
+
+    /// The batch trigger interval.
+    pub fn trigger(&self) -> Duration {
+        parse_duration(&self.trigger_interval).unwrap_or(Duration::from_secs(10))
+    }
+
+    /// The `--once` idle timeout.
+    pub fn idle(&self) -> Duration {
+        parse_duration(&self.idle_timeout).unwrap_or(Duration::from_secs(30))
+    }
+
+    /// The start-up connection timeout.
+    pub fn connect(&self) -> Duration {
+        parse_duration(&self.connect_timeout).unwrap_or(Duration::from_secs(15))
+    }
+}
+
+/// Split a comma-separated list, dropping blanks.
+pub fn split_list(s: &str) -> Vec<String> {
+    s.split(',').map(|t| t.trim().to_string()).filter(|t| !t.is_empty()).collect()
+}
+
+/// Parse a duration such as `500ms`, `10s` or `2m`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim()).map_err(|e| format!("{s:?} is not a duration like 500ms or 10s ({e})"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layers_apply_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "group = \"from-file\"\nlake = \"/tmp/file-lake\"\nmax_batch_records = 5\n[specs.orders]\nextends = \"transactions\"\n").unwrap();
+        let env = vec![("LAKEPIPE_LAKE".to_string(), "/tmp/env-lake".to_string()), ("LAKEPIPE_TOPICS".into(), "orders, user_events".into()), ("OTHER".into(), "x".into())];
+        let flags = Overrides { group: Some("from-flag".into()), ..Default::default() };
+        let cfg = Config::load(Some(&path), env, &flags).unwrap();
+        assert_eq!(cfg.group, "from-flag");
+        assert_eq!(cfg.lake, "/tmp/env-lake");
+        assert_eq!(cfg.max_batch_records, 5);
+        assert_eq!(cfg.topics, vec!["orders", "user_events"]);
+        assert_eq!(cfg.selected_specs().unwrap()[0].name, "orders");
+    }
+
+    #[test]
+    fn unknown_keys_and_topics_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "brokerz = \"x\"\n").unwrap();
+        let err = Config::load(Some(&path), vec![], &Overrides::default()).unwrap_err().to_string();
+        assert!(err.contains("brokerz") && err.contains("c.toml"), "{err}");
+        let flags = Overrides { topics: Some(vec!["nope".into()]), ..Default::default() };
+        let err = Config::load(None, vec![], &flags).unwrap_err();
+        assert!(matches!(err, ConfigError::UnknownTopic(t) if t == "nope"));
+        let flags = Overrides { trigger_interval: Some("soon".into()), ..Default::default() };
+        assert!(Config::load(None, vec![], &flags).is_err());
+        let env = vec![("LAKEPIPE_MAX_BATCH_RECORDS".to_string(), "many".to_string())];
+        assert!(Config::load(None, env, &Overrides::default()).is_err());
+    }
+
+    #[test]
+    fn defaults_select_the_five_topics() {
+        let cfg = Config::load(None, vec![], &Overrides::default()).unwrap();
+        let names: Vec<String> = cfg.selected_specs().unwrap().into_iter().map(|s| s.name).collect();
+        assert_eq!(names, vec!["bulk_upload", "log_events", "sensor_data", "transactions", "user_events"]);
+        assert_eq!(cfg.trigger(), Duration::from_secs(10));
+    }
+}

@@ -1,0 +1,570 @@
+//! The ingest loop: source → decode → batch → lake, one micro-batch at a time.
+//!
+//! A batch closes at `trigger_interval`, `max_batch_records` or `max_batch_bytes`, whichever
+//! comes first. Closing it commits, in order: the batch's dead letters (with their offsets) to
+//! `dead_letters`, then each topic's upsert (with its offsets) to the topic table. See
+//! `docs/DESIGN.md` for why that order, together with the per-table offset fences, gives
+//! exactly-once results across crashes, restarts and rebalances.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+use rdkafka::error::KafkaError;
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::Message;
+use serde::Serialize;
+
+use crate::config::{Config, ConfigError};
+use crate::decode::Decoder;
+use crate::enrich::Provenance;
+use crate::lake::commit::{OffsetKey, OffsetRange};
+use crate::lake::dead_letters::{DeadLetter, DeadLetterTable, TABLE as DEAD_LETTERS};
+use crate::lake::upsert::{TopicTable, UpsertOutcome};
+use crate::lake::{Lake, LakeError};
+use crate::source::kafka::KafkaSource;
+use crate::source::{PartitionStarts, RawMessage, SourceError, StartLoader, TopicPartition};
+
+/// Errors that stop the ingest.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    /// Bad configuration.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The broker side failed.
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    /// The lake side failed.
+    #[error(transparent)]
+    Lake(#[from] LakeError),
+    /// Stored offsets could not be read during a rebalance; nothing was committed.
+    #[error("rebalance failed: {0}")]
+    Rebalance(String),
+}
+
+impl IngestError {
+    /// Whether a restart may succeed without the user changing anything.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            IngestError::Config(e) => e.is_retryable(),
+            IngestError::Source(e) => e.is_retryable(),
+            IngestError::Lake(e) => e.is_retryable(),
+            IngestError::Rebalance(_) => true,
+        }
+    }
+}
+
+/// Counters for one ingest run.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct IngestSummary {
+    /// Messages read (after skipping those already committed).
+    pub consumed: u64,
+    /// Messages that passed validation.
+    pub valid: u64,
+    /// Messages written to `dead_letters`.
+    pub dead_lettered: u64,
+    /// Keys inserted.
+    pub inserted: u64,
+    /// Rows updated.
+    pub updated: u64,
+    /// Rows deleted.
+    pub deleted: u64,
+    /// Records older than the stored row.
+    pub stale: u64,
+    /// Batches committed.
+    pub batches: u64,
+    /// Commits that had to be recomputed after a conflict.
+    pub conflicts: u64,
+}
+
+impl IngestSummary {
+    fn add(&mut self, o: &UpsertOutcome) {
+        self.inserted += o.inserted;
+        self.updated += o.updated;
+        self.deleted += o.deleted;
+        self.stale += o.stale;
+        self.conflicts += o.attempts.saturating_sub(1) as u64;
+    }
+}
+
+/// Reads start offsets from the lake (fresh table loads, as another writer may have moved them).
+struct LakeStarts {
+    lake: Lake,
+    source: String,
+    group: String,
+}
+
+impl StartLoader for LakeStarts {
+    fn load<'a>(&'a self, partitions: &'a [TopicPartition]) -> BoxFuture<'a, Result<HashMap<TopicPartition, PartitionStarts>, String>> {
+        Box::pin(async move {
+            let mut out = HashMap::new();
+            let dead = self.lake.open(DEAD_LETTERS).await.map_err(|e| e.to_string())?;
+            let mut tables = HashMap::new();
+            for (topic, partition) in partitions {
+                if !tables.contains_key(topic) {
+                    tables.insert(topic.clone(), self.lake.open(topic).await.map_err(|e| e.to_string())?);
+                }
+                let key = OffsetKey { source: self.source.clone(), group: self.group.clone(), topic: topic.clone(), partition: *partition };
+                let mut starts = PartitionStarts::default();
+                if let Some(Some(t)) = tables.get(topic) {
+                    starts.data = crate::lake::commit::stored_offset(t, topic, &key).await.map_err(|e| e.to_string())?;
+                }
+                if let Some(d) = &dead {
+                    starts.dead = crate::lake::commit::stored_offset(d, DEAD_LETTERS, &key).await.map_err(|e| e.to_string())?;
+                }
+                out.insert((topic.clone(), *partition), starts);
+            }
+            Ok(out)
+        })
+    }
+}
+
+/// Per-partition progress.
+#[derive(Debug, Clone, Default)]
+struct PartState {
+    /// Offset stored in the topic table (where this batch started).
+    start: Option<i64>,
+    /// Offset stored in `dead_letters`.
+    dead: Option<i64>,
+    /// Next offset after the last message taken into the batch.
+    next: Option<i64>,
+    /// `--once`: the end offset seen first after assignment (from fetch responses).
+    stop: Option<i64>,
+    /// `--once`: reached `stop`.
+    drained: bool,
+}
+
+impl PartState {
+    fn position(&self) -> Option<i64> {
+        self.next.or(self.start)
+    }
+
+    fn has_progress(&self) -> bool {
+        match (self.next, self.start) {
+            (Some(n), Some(s)) => n > s,
+            (Some(_), None) => true,
+            _ => false,
+        }
+    }
+}
+
+/// One poll of the consumer, owned.
+enum Polled {
+    Message(String, RawMessage),
+    Eof(i32),
+    Nothing,
+}
+
+/// Options of one run.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct IngestOptions {
+    /// Drain each partition to its end, commit and return.
+    pub once: bool,
+}
+
+/// Run the ingest until shutdown (or, with `once`, until every partition is drained).
+pub async fn run(cfg: &Config, opts: IngestOptions) -> Result<IngestSummary, IngestError> {
+    let specs = cfg.selected_specs()?;
+    let lake = Lake::parse(&cfg.lake)?;
+    lake.check(cfg.connect()).await?;
+    let loader = Arc::new(LakeStarts { lake: lake.clone(), source: cfg.source_name.clone(), group: cfg.group.clone() });
+    let topics: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
+    // Check the broker and the topics before creating any table.
+    let source = KafkaSource::connect(&cfg.brokers, &cfg.group, &topics, &cfg.kafka, loader.clone(), cfg.connect()).await?;
+    let mut tables = BTreeMap::new();
+    let mut decoders = HashMap::new();
+    for spec in &specs {
+        decoders.insert(spec.name.clone(), Decoder::new(spec.clone(), cfg.max_message_bytes).map_err(ConfigError::from)?);
+        tables.insert(spec.name.clone(), TopicTable::open(&lake, spec.clone()).await?);
+    }
+    let dead = DeadLetterTable::open(&lake).await?;
+    tracing::info!(brokers = %cfg.brokers, lake = %lake.root(), group = %cfg.group, topics = ?topics, once = opts.once, "ingest started");
+    let mut pipe = Pipeline {
+        cfg,
+        opts,
+        source,
+        loader,
+        tables,
+        decoders,
+        dead,
+        parts: HashMap::new(),
+        generation: 0,
+        assigned: false,
+        pending: HashMap::new(),
+        pending_records: 0,
+        pending_bytes: 0,
+        opened: Instant::now(),
+        summary: IngestSummary::default(),
+    };
+    pipe.run().await
+}
+
+struct Pipeline<'c> {
+    cfg: &'c Config,
+    opts: IngestOptions,
+    source: KafkaSource,
+    loader: Arc<LakeStarts>,
+    tables: BTreeMap<String, TopicTable>,
+    decoders: HashMap<String, Decoder>,
+    dead: DeadLetterTable,
+    parts: HashMap<TopicPartition, PartState>,
+    generation: u64,
+    assigned: bool,
+    pending: HashMap<String, Vec<RawMessage>>,
+    pending_records: usize,
+    pending_bytes: usize,
+    opened: Instant,
+    summary: IngestSummary,
+}
+
+impl Pipeline<'_> {
+    async fn run(&mut self) -> Result<IngestSummary, IngestError> {
+        let trigger = self.cfg.trigger();
+        let idle = self.cfg.idle();
+        let mut last_activity = Instant::now();
+        let mut waiting_since = Instant::now();
+        let join_limit = idle.max(Duration::from_secs(90));
+        let mut shutdown = Box::pin(shutdown_signal());
+        loop {
+            let wait = trigger.saturating_sub(self.opened.elapsed()).max(Duration::from_millis(10));
+            let polled = tokio::select! {
+                _ = &mut shutdown => {
+                    tracing::info!("shutdown requested; committing the open batch");
+                    if !self.flush_with_retry().await? {
+                        tracing::warn!("the open batch was dropped: another writer owns its partitions");
+                    }
+                    break;
+                }
+                r = tokio::time::timeout(wait, self.source.consumer.recv()) => r,
+            };
+            // Own the event before looking at the assignment (the message borrows the consumer).
+            let event = match polled {
+                Ok(Ok(m)) => Polled::Message(
+                    m.topic().to_string(),
+                    RawMessage {
+                        partition: m.partition(),
+                        offset: m.offset(),
+                        key: m.key().map(|k| k.to_vec()),
+                        payload: m.payload().map(|p| p.to_vec()),
+                        timestamp_ms: m.timestamp().to_millis(),
+                    },
+                ),
+                Ok(Err(KafkaError::PartitionEOF(p))) => Polled::Eof(p),
+                Ok(Err(KafkaError::MessageConsumption(RDKafkaErrorCode::OffsetOutOfRange))) => {
+                    // The lake's offset is outside the broker's log: retention removed messages
+                    // that were never ingested, or the topic was re-created. Never skip silently.
+                    return Err(IngestError::Source(SourceError::Broker {
+                        brokers: self.cfg.brokers.clone(),
+                        reason: "a stored offset is out of the broker's range (messages deleted by retention before ingest, or the topic was re-created); see docs/DESIGN.md".into(),
+                    }));
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "consumer error");
+                    Polled::Nothing
+                }
+                Err(_) => Polled::Nothing,
+            };
+            if self.sync_assignment()? {
+                last_activity = Instant::now();
+                waiting_since = Instant::now();
+            }
+            match event {
+                Polled::Message(topic, m) => {
+                    last_activity = Instant::now();
+                    self.take(topic, m);
+                }
+                Polled::Eof(p) => self.mark_eof(p),
+                Polled::Nothing => {}
+            }
+            let progress = self.parts.values().any(|s| s.has_progress());
+            if !progress {
+                self.opened = Instant::now();
+            }
+            let full = self.pending_records >= self.cfg.max_batch_records || self.pending_bytes >= self.cfg.max_batch_bytes;
+            if progress && (full || self.opened.elapsed() >= trigger) {
+                self.flush_with_retry().await?;
+            }
+            if self.opts.once {
+                if !self.assigned {
+                    if waiting_since.elapsed() > join_limit {
+                        return Err(IngestError::Rebalance(format!("no partitions were assigned by the group coordinator within {join_limit:?}")));
+                    }
+                    continue;
+                }
+                // An empty assignment (more members than partitions) is drained at once.
+                let drained = self.parts.values().all(|s| s.drained);
+                let idle_out = last_activity.elapsed() >= idle;
+                if drained || idle_out {
+                    if idle_out && !drained {
+                        let waiting: Vec<String> =
+                            self.parts.iter().filter(|(_, s)| !s.drained).map(|((t, p), _)| format!("{t}/{p}")).collect();
+                        tracing::warn!(?waiting, "no message for {idle:?}; finishing without an end-of-partition signal");
+                    }
+                    if self.flush_with_retry().await? {
+                        break;
+                    }
+                    // Fenced: the partitions restart at the lake's offsets; keep draining.
+                    last_activity = Instant::now();
+                }
+            }
+        }
+        Ok(self.summary.clone())
+    }
+
+    /// Adopt a new assignment from the rebalance callback: drop the open batch, restart at the
+    /// lake's offsets.
+    /// Returns whether the assignment changed.
+    fn sync_assignment(&mut self) -> Result<bool, IngestError> {
+        let state = self.source.assignment.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(e) = &state.error {
+            return Err(IngestError::Rebalance(e.clone()));
+        }
+        if state.generation == self.generation {
+            return Ok(false);
+        }
+        self.generation = state.generation;
+        self.assigned = state.assigned;
+        self.parts = state
+            .partitions
+            .iter()
+            .map(|(tp, s)| (tp.clone(), PartState { start: s.data, dead: s.dead, ..Default::default() }))
+            .collect();
+        drop(state);
+        if self.pending_records > 0 {
+            tracing::info!(dropped = self.pending_records, "rebalance: dropping the uncommitted batch; it is re-read from the lake's offsets");
+        }
+        self.clear_pending();
+        Ok(true)
+    }
+
+    fn clear_pending(&mut self) {
+        self.pending.clear();
+        self.pending_records = 0;
+        self.pending_bytes = 0;
+        self.opened = Instant::now();
+    }
+
+    fn take(&mut self, topic: String, m: RawMessage) {
+        let tp = (topic, m.partition);
+        let Some(state) = self.parts.get_mut(&tp) else { return };
+        if state.position().is_some_and(|n| m.offset < n) {
+            return; // already committed or already in this batch
+        }
+        state.next = Some(m.offset + 1);
+        if self.opts.once {
+            if state.stop.is_none() {
+                state.stop = self.source.cached_high_watermark(&tp.0, tp.1);
+            }
+            state.drained = state.stop.is_some_and(|s| m.offset + 1 >= s);
+        }
+        self.pending_bytes += m.payload.as_ref().map_or(0, |p| p.len());
+        self.pending_records += 1;
+        self.pending.entry(tp.0).or_default().push(m);
+    }
+
+    /// An end-of-partition event names only the partition number; check every topic's
+    /// partition of that number against the high watermark seen in fetch responses.
+    fn mark_eof(&mut self, partition: i32) {
+        for ((topic, p), state) in self.parts.iter_mut() {
+            if *p != partition || state.drained {
+                continue;
+            }
+            if state.stop.is_none() {
+                state.stop = self.source.cached_high_watermark(topic, *p);
+            }
+            if let Some(stop) = state.stop {
+                if state.position().unwrap_or(0) >= stop {
+                    state.drained = true;
+                }
+            }
+        }
+    }
+
+    async fn flush_with_retry(&mut self) -> Result<bool, IngestError> {
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            match self.flush().await {
+                Ok(done) => return Ok(done),
+                Err(e) if e.is_retryable() && attempt < 5 => {
+                    tracing::warn!(error = %e, attempt, "batch commit failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(500 * attempt as u64)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn offset_key(&self, topic: &str, partition: i32) -> OffsetKey {
+        OffsetKey { source: self.cfg.source_name.clone(), group: self.cfg.group.clone(), topic: topic.to_string(), partition }
+    }
+
+    /// Commit the open batch. Safe to call again after a failure: progress already committed
+    /// is recorded in `parts` and skipped.
+    /// Returns `false` when the batch was dropped because another writer moved the offsets.
+    async fn flush(&mut self) -> Result<bool, IngestError> {
+        if !self.parts.values().any(|s| s.has_progress()) {
+            self.clear_pending();
+            return Ok(true);
+        }
+        let started = Instant::now();
+        let mut records = HashMap::new();
+        let mut letters = Vec::new();
+        let mut consumed = 0u64;
+        for (topic, msgs) in &self.pending {
+            let Some(decoder) = self.decoders.get(topic) else { continue };
+            let mut recs = Vec::with_capacity(msgs.len());
+            for m in msgs {
+                let state = self.parts.get(&(topic.clone(), m.partition));
+                if state.is_some_and(|s| s.start.is_some_and(|st| m.offset < st)) {
+                    continue;
+                }
+                consumed += 1;
+                match decoder.decode(m.key.as_deref(), m.payload.as_deref(), m.partition, m.offset) {
+                    Ok(r) => recs.push(r),
+                    Err(error) => {
+                        if state.is_some_and(|s| s.dead.is_some_and(|d| m.offset < d)) {
+                            continue; // already in dead_letters
+                        }
+                        letters.push(DeadLetter {
+                            topic: topic.clone(),
+                            partition: m.partition,
+                            offset: m.offset,
+                            key: m.key.clone(),
+                            payload: m.payload.clone(),
+                            message_timestamp_ms: m.timestamp_ms,
+                            error,
+                        });
+                    }
+                }
+            }
+            records.insert(topic.clone(), recs);
+        }
+
+        // 1. Dead letters first: then every dead letter below a data table's offset is stored.
+        let mut dead_parts: Vec<TopicPartition> = letters.iter().map(|d| (d.topic.clone(), d.partition)).collect();
+        dead_parts.sort();
+        dead_parts.dedup();
+        let dead_ranges: Vec<OffsetRange> = dead_parts
+            .iter()
+            .filter_map(|tp| {
+                let s = self.parts.get(tp)?;
+                Some(OffsetRange { key: self.offset_key(&tp.0, tp.1), start: s.dead, end: s.next? })
+            })
+            .collect();
+        if !dead_ranges.is_empty() {
+            match self.dead.append(&letters, &dead_ranges, &self.cfg.source_name).await {
+                Ok(_) => {
+                    for r in &dead_ranges {
+                        if let Some(s) = self.parts.get_mut(&(r.key.topic.clone(), r.key.partition)) {
+                            s.dead = Some(r.end);
+                        }
+                    }
+                    self.summary.dead_lettered += letters.len() as u64;
+                }
+                Err(LakeError::Fenced { .. }) => return self.refence(None).await,
+                Err(e) => return Err(e.into()),
+            }
+        }
+
+        // 2. Each topic's rows and offsets, in one commit per table, concurrently.
+        let mut work: HashMap<String, Vec<OffsetRange>> = HashMap::new();
+        for ((topic, p), s) in &self.parts {
+            if s.has_progress() {
+                if let Some(end) = s.next {
+                    work.entry(topic.clone()).or_default().push(OffsetRange { key: self.offset_key(topic, *p), start: s.start, end });
+                }
+            }
+        }
+        let source_kind = "kafka";
+        let empty = Vec::new();
+        let futures = self.tables.iter_mut().filter_map(|(name, table)| {
+            let ranges = work.get(name)?;
+            let recs = records.get(name).unwrap_or(&empty);
+            Some(async move {
+                let prov = Provenance::now(source_kind, name);
+                (name.clone(), ranges, recs.len(), table.upsert(recs, ranges, &prov).await)
+            })
+        });
+        let results = futures::future::join_all(futures).await;
+        let mut first_error = None;
+        let mut fenced = Vec::new();
+        let mut committed = Vec::new();
+        for (name, ranges, valid, result) in results {
+            match result {
+                Ok(out) => {
+                    self.summary.add(&out);
+                    self.summary.valid += valid as u64;
+                    tracing::debug!(table = %name, ?out, "committed");
+                    for r in ranges {
+                        if let Some(s) = self.parts.get_mut(&(name.clone(), r.key.partition)) {
+                            s.start = Some(r.end);
+                        }
+                        committed.push(((name.clone(), r.key.partition), r.end));
+                    }
+                }
+                Err(LakeError::Fenced { .. }) => fenced.push(name),
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        self.source.commit_advisory(&committed);
+        if let Some(e) = first_error {
+            return Err(e.into());
+        }
+        self.summary.consumed += consumed;
+        self.summary.batches += 1;
+        tracing::info!(
+            messages = consumed,
+            dead_letters = letters.len(),
+            tables = committed.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "batch committed"
+        );
+        if !fenced.is_empty() {
+            return self.refence(Some(&fenced)).await;
+        }
+        self.clear_pending();
+        Ok(true)
+    }
+
+    /// Another writer moved offsets under us: drop the batch and restart the affected
+    /// partitions (all, when `topics` is `None`) at the lake's offsets.
+    async fn refence(&mut self, topics: Option<&[String]>) -> Result<bool, IngestError> {
+        let tps: Vec<TopicPartition> =
+            self.parts.keys().filter(|(t, _)| topics.is_none_or(|ts| ts.contains(t))).cloned().collect();
+        tracing::warn!(partitions = tps.len(), "offsets moved by another writer; re-reading from the lake's offsets");
+        let starts = self.loader.load(&tps).await.map_err(IngestError::Rebalance)?;
+        let seeks: Vec<(TopicPartition, Option<i64>)> = tps.iter().map(|tp| (tp.clone(), starts.get(tp).and_then(|s| s.data))).collect();
+        // Seek before adopting the new starts: if the seek fails, the run stops rather than
+        // commit offsets for messages it never read.
+        self.source.seek(&seeks)?;
+        for tp in &tps {
+            let s = starts.get(tp).cloned().unwrap_or_default();
+            self.parts.insert(tp.clone(), PartState { start: s.data, dead: s.dead, ..Default::default() });
+        }
+        self.clear_pending();
+        Ok(false)
+    }
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => return std::future::pending().await,
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+

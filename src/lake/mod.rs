@@ -1,0 +1,322 @@
+//! Lake: Delta tables on S3 or a local directory.
+//!
+//! The table for topic `T` lives at `<lake>/<T>`; dead letters at `<lake>/dead_letters`.
+//! [`upsert`] applies Hudi-style upserts with a global key index, [`commit`] writes the data
+//! and the source offsets in one Delta commit, and [`dead_letters`] appends bad records.
+
+pub mod commit;
+pub mod dead_letters;
+pub mod index;
+pub mod upsert;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use arrow::datatypes::SchemaRef;
+use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
+use deltalake::kernel::StructType;
+use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError};
+use url::Url;
+
+/// Errors of the lake layer.
+#[derive(Debug, thiserror::Error)]
+pub enum LakeError {
+    /// The lake URI cannot be used.
+    #[error("bad lake URI `{uri}`: {reason}")]
+    BadUri {
+        /// The URI given.
+        uri: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Storage could not be reached.
+    #[error("cannot reach the lake at {uri}: {reason}")]
+    Unreachable {
+        /// The lake URI.
+        uri: String,
+        /// Underlying error.
+        reason: String,
+    },
+    /// The bucket does not exist.
+    #[error("the bucket of {uri} does not exist (create it first, e.g. `aws s3 mb`): {reason}")]
+    MissingBucket {
+        /// The lake URI.
+        uri: String,
+        /// Underlying error.
+        reason: String,
+    },
+    /// Credentials were refused.
+    #[error("access to {uri} was denied; check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY: {reason}")]
+    AccessDenied {
+        /// The lake URI.
+        uri: String,
+        /// Underlying error.
+        reason: String,
+    },
+    /// A concurrent writer committed first; the batch is recomputed against the new version.
+    #[error("commit conflict on table `{table}`: {reason}")]
+    Conflict {
+        /// Table name.
+        table: String,
+        /// Underlying error.
+        reason: String,
+    },
+    /// Another writer committed offsets this batch did not start from: the batch must be dropped.
+    #[error("table `{table}` partition {partition}: stored offset is {found:?}, this batch started at {expected:?}; another writer owns it")]
+    Fenced {
+        /// Table name.
+        table: String,
+        /// Source partition.
+        partition: i32,
+        /// The offset this batch started from.
+        expected: Option<i64>,
+        /// The offset in the table.
+        found: Option<i64>,
+    },
+    /// The existing table's schema differs from the topic spec.
+    #[error("table `{table}` exists with a different schema: {reason}")]
+    SchemaMismatch {
+        /// Table name.
+        table: String,
+        /// What differs.
+        reason: String,
+    },
+    /// Delta error.
+    #[error("delta table `{table}`: {source}")]
+    Delta {
+        /// Table name.
+        table: String,
+        /// Underlying error.
+        #[source]
+        source: DeltaTableError,
+    },
+    /// Arrow or Parquet error while building or reading files.
+    #[error("data error in `{table}`: {reason}")]
+    Data {
+        /// Table name.
+        table: String,
+        /// Underlying error.
+        reason: String,
+    },
+}
+
+impl LakeError {
+    /// Whether retrying the same operation may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, LakeError::Conflict { .. } | LakeError::Unreachable { .. })
+    }
+
+    /// Whether the user must fix something (URI, bucket, credentials, schema).
+    pub fn is_user_error(&self) -> bool {
+        matches!(
+            self,
+            LakeError::BadUri { .. } | LakeError::MissingBucket { .. } | LakeError::AccessDenied { .. } | LakeError::SchemaMismatch { .. }
+        )
+    }
+
+    pub(crate) fn delta(table: &str, source: DeltaTableError) -> Self {
+        LakeError::Delta { table: table.to_string(), source }
+    }
+
+    pub(crate) fn data(table: &str, e: impl std::fmt::Display) -> Self {
+        LakeError::Data { table: table.to_string(), reason: e.to_string() }
+    }
+}
+
+/// A lake root: where the tables live, and how to reach it.
+#[derive(Clone)]
+pub struct Lake {
+    root: Url,
+    storage_options: HashMap<String, String>,
+}
+
+impl std::fmt::Debug for Lake {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Storage options hold secrets: never print them.
+        f.debug_struct("Lake").field("root", &self.root.as_str()).finish_non_exhaustive()
+    }
+}
+
+static REGISTER: std::sync::Once = std::sync::Once::new();
+
+impl Lake {
+    /// Parse `s3://bucket/prefix`, `file:///path` or a plain path (created if missing).
+    /// S3 settings come from the standard `AWS_*` environment variables.
+    pub fn parse(uri: &str) -> Result<Self, LakeError> {
+        REGISTER.call_once(|| deltalake::aws::register_handlers(None));
+        let bad = |reason: &str| LakeError::BadUri { uri: uri.to_string(), reason: reason.to_string() };
+        let trimmed = uri.trim_end_matches('/');
+        if trimmed.is_empty() {
+            return Err(bad("empty"));
+        }
+        let root = if trimmed.contains("://") {
+            let url = Url::parse(&format!("{trimmed}/")).map_err(|e| bad(&e.to_string()))?;
+            match url.scheme() {
+                "s3" | "s3a" => {
+                    if url.host_str().unwrap_or("").is_empty() {
+                        return Err(bad("no bucket name"));
+                    }
+                    url
+                }
+                "file" => {
+                    let path = url.to_file_path().map_err(|_| bad("not a local path"))?;
+                    std::fs::create_dir_all(&path).map_err(|e| bad(&format!("cannot create directory: {e}")))?;
+                    url
+                }
+                other => return Err(bad(&format!("unsupported scheme `{other}` (use s3://, file:// or a path)"))),
+            }
+        } else {
+            let path = std::path::Path::new(trimmed);
+            std::fs::create_dir_all(path).map_err(|e| bad(&format!("cannot create directory: {e}")))?;
+            let abs = std::fs::canonicalize(path).map_err(|e| bad(&e.to_string()))?;
+            Url::from_directory_path(&abs).map_err(|_| bad("not an absolute path"))?
+        };
+        let storage_options = std::env::vars().filter(|(k, _)| k.starts_with("AWS_")).collect();
+        Ok(Lake { root, storage_options })
+    }
+
+    /// The root URL, ending in `/`.
+    pub fn root(&self) -> &Url {
+        &self.root
+    }
+
+    /// Whether the lake is on S3.
+    pub fn is_s3(&self) -> bool {
+        self.root.scheme().starts_with("s3")
+    }
+
+    /// The URL of a table.
+    pub fn table_url(&self, name: &str) -> Url {
+        // `name` is checked by the spec (letters, digits, `_-.`), so joining cannot fail; fall
+        // back to the root rather than panic.
+        self.root.join(&format!("{name}/")).unwrap_or_else(|_| self.root.clone())
+    }
+
+    /// Storage options for deltalake and object_store (never log them).
+    pub fn storage_options(&self) -> &HashMap<String, String> {
+        &self.storage_options
+    }
+
+    /// Check that the storage answers, within `timeout`: the bucket exists and the credentials work.
+    pub async fn check(&self, timeout: Duration) -> Result<(), LakeError> {
+        let uri = self.root.to_string();
+        let table = DeltaTableBuilder::from_url(self.root.clone())
+            .and_then(|b| b.with_storage_options(self.storage_options.clone()).build())
+            .map_err(|e| LakeError::BadUri { uri: uri.clone(), reason: e.to_string() })?;
+        let store = table.object_store();
+        let listing = tokio::time::timeout(timeout, store.list_with_delimiter(None)).await;
+        match listing {
+            Err(_) => Err(LakeError::Unreachable { uri, reason: format!("no answer within {timeout:?}") }),
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(classify_store_error(&uri, &e.to_string())),
+        }
+    }
+
+    /// Open a table, or `None` when it does not exist yet.
+    pub async fn open(&self, name: &str) -> Result<Option<DeltaTable>, LakeError> {
+        let url = self.table_url(name);
+        if let Ok(path) = url.to_file_path() {
+            if !path.join("_delta_log").is_dir() {
+                return Ok(None);
+            }
+        }
+        let table = DeltaTable::try_from_url_with_storage_options(url, self.storage_options.clone())
+            .await
+            .map_err(|e| self.classify(name, e))?;
+        Ok(if table.version().is_some() { Some(table) } else { None })
+    }
+
+    /// Open a table, creating it with `schema` partitioned by `partition_by` if missing.
+    /// Two processes creating it at once is fine: the loser opens the winner's table.
+    pub async fn open_or_create(&self, name: &str, schema: &SchemaRef, partition_by: &[&str]) -> Result<DeltaTable, LakeError> {
+        if let Some(t) = self.open(name).await? {
+            check_schema(name, &t, schema)?;
+            return Ok(t);
+        }
+        let url = self.table_url(name);
+        if let Ok(path) = url.to_file_path() {
+            std::fs::create_dir_all(&path).map_err(|e| LakeError::data(name, format!("cannot create {}: {e}", path.display())))?;
+        }
+        let table = DeltaTable::try_from_url_with_storage_options(url, self.storage_options.clone())
+            .await
+            .map_err(|e| self.classify(name, e))?;
+        let kernel: StructType = schema.as_ref().try_into_kernel().map_err(|e| LakeError::data(name, e))?;
+        let created = table
+            .create()
+            .with_table_name(name)
+            .with_columns(kernel.fields().cloned())
+            .with_partition_columns(partition_by.iter().map(|s| s.to_string()))
+            .with_configuration_property(deltalake::TableProperty::CheckpointInterval, Some("10"))
+            .await;
+        match created {
+            Ok(t) => Ok(t),
+            Err(e) => match self.open(name).await? {
+                // Somebody else created it first.
+                Some(t) => {
+                    check_schema(name, &t, schema)?;
+                    Ok(t)
+                }
+                None => Err(self.classify(name, e)),
+            },
+        }
+    }
+
+    fn classify(&self, table: &str, e: DeltaTableError) -> LakeError {
+        let text = e.to_string();
+        match classify_store_error(self.root.as_str(), &text) {
+            LakeError::Unreachable { .. } if !looks_unreachable(&text) => LakeError::delta(table, e),
+            other => other,
+        }
+    }
+}
+
+fn looks_unreachable(text: &str) -> bool {
+    let t = text.to_ascii_lowercase();
+    t.contains("connect") || t.contains("dns") || t.contains("timed out") || t.contains("error sending request")
+}
+
+fn classify_store_error(uri: &str, text: &str) -> LakeError {
+    let reason = text.to_string();
+    let uri = uri.to_string();
+    if text.contains("NoSuchBucket") || text.contains("bucket does not exist") {
+        LakeError::MissingBucket { uri, reason }
+    } else if text.contains("AccessDenied") || text.contains("InvalidAccessKeyId") || text.contains("SignatureDoesNotMatch") || text.contains("403") {
+        LakeError::AccessDenied { uri, reason }
+    } else {
+        LakeError::Unreachable { uri, reason }
+    }
+}
+
+fn check_schema(name: &str, table: &DeltaTable, schema: &SchemaRef) -> Result<(), LakeError> {
+    let snapshot = table.snapshot().map_err(|e| LakeError::delta(name, e))?;
+    let existing = snapshot.schema();
+    let existing: Vec<&str> = existing.fields().map(|f| f.name().as_str()).collect();
+    let wanted: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+    if existing != wanted {
+        return Err(LakeError::SchemaMismatch {
+            table: name.to_string(),
+            reason: format!("table has columns {existing:?}, the topic spec gives {wanted:?}"),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_uris() {
+        let dir = tempfile::tempdir().unwrap();
+        let plain = Lake::parse(dir.path().join("lake").to_str().unwrap()).unwrap();
+        assert_eq!(plain.root().scheme(), "file");
+        assert!(plain.table_url("transactions").as_str().ends_with("/lake/transactions/"));
+        let s3 = Lake::parse("s3://bucket/some/prefix").unwrap();
+        assert!(s3.is_s3());
+        assert_eq!(s3.table_url("t").as_str(), "s3://bucket/some/prefix/t/");
+        assert!(matches!(Lake::parse("gopher://x"), Err(LakeError::BadUri { .. })));
+        assert!(matches!(Lake::parse("s3:///nobucket"), Err(LakeError::BadUri { .. })));
+        let dbg = format!("{s3:?}");
+        assert!(!dbg.contains("AWS_"));
+    }
+}

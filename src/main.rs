@@ -1,0 +1,222 @@
+//! The `lakepipe` command line: a thin layer over the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use lakepipe::config::{split_list, Config, Overrides};
+use lakepipe::query::Format;
+
+#[derive(Parser)]
+#[command(name = "lakepipe", version, about = "Kafka → Delta Lake with exactly-once upserts")]
+struct Cli {
+    /// Log output format (logs go to stderr).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Consume topics and upsert them into the lake, exactly once.
+    Ingest(IngestArgs),
+    /// Run SQL over the lake (DataFusion).
+    Sql(SqlArgs),
+    /// Produce realistic records to a topic.
+    Generate(GenerateArgs),
+    /// Generate data for all five topics, ingest it once, print a query.
+    Demo(DemoArgs),
+}
+
+#[derive(Args, Clone, Default)]
+struct Common {
+    /// TOML config file (layered under LAKEPIPE_* variables and flags).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Kafka bootstrap servers, comma separated.
+    #[arg(long)]
+    brokers: Option<String>,
+    /// Lake root: s3://bucket/prefix, file:///path or a path.
+    #[arg(long)]
+    lake: Option<String>,
+}
+
+#[derive(Args)]
+struct IngestArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Consumer group.
+    #[arg(long)]
+    group: Option<String>,
+    /// Topics, comma separated (default: all five, plus any in the config).
+    #[arg(long)]
+    topics: Option<String>,
+    /// Close a batch after this long (e.g. 500ms, 10s).
+    #[arg(long)]
+    trigger_interval: Option<String>,
+    /// Close a batch at this many records.
+    #[arg(long)]
+    max_batch_records: Option<usize>,
+    /// Name of the source cluster in stored offsets.
+    #[arg(long)]
+    source_name: Option<String>,
+    /// Drain every partition to its end, commit and exit.
+    #[arg(long)]
+    once: bool,
+}
+
+#[derive(Args)]
+struct SqlArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    format: Format,
+    /// The SQL statement.
+    query: String,
+}
+
+#[derive(Args)]
+struct GenerateArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Topic to produce to.
+    #[arg(long)]
+    topic: String,
+    /// Shape of the records (a built-in topic; default: the topic's name).
+    #[arg(long)]
+    shape: Option<String>,
+    /// Number of records.
+    #[arg(long, default_value_t = 1000)]
+    count: usize,
+    /// Records per second (default: as fast as the broker takes them).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Share of updates to earlier keys.
+    #[arg(long, default_value_t = 0.2)]
+    update_ratio: f64,
+    /// Share of late versions (older timestamps) of earlier keys.
+    #[arg(long, default_value_t = 0.05)]
+    late_ratio: f64,
+    /// Share of deletes.
+    #[arg(long, default_value_t = 0.02)]
+    delete_ratio: f64,
+    /// Share of invalid records.
+    #[arg(long, default_value_t = 0.02)]
+    invalid_ratio: f64,
+    /// Partitions for a topic that does not exist yet.
+    #[arg(long, default_value_t = 3)]
+    partitions: i32,
+    /// Random seed.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Records per topic.
+    #[arg(long, default_value_t = 2000)]
+    count: usize,
+}
+
+fn load(common: &Common, extra: Overrides) -> anyhow::Result<Config> {
+    let flags = Overrides { brokers: common.brokers.clone(), lake: common.lake.clone(), ..extra };
+    Ok(Config::load(common.config.as_deref(), std::env::vars(), &flags)?)
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LAKEPIPE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,deltalake=warn,datafusion=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Ingest(a) => {
+            let cfg = load(
+                &a.common,
+                Overrides {
+                    group: a.group,
+                    topics: a.topics.as_deref().map(split_list),
+                    trigger_interval: a.trigger_interval,
+                    max_batch_records: a.max_batch_records,
+                    source_name: a.source_name,
+                    ..Default::default()
+                },
+            )?;
+            let summary = lakepipe::ingest::run(&cfg, lakepipe::ingest::IngestOptions { once: a.once }).await?;
+            println!("{}", serde_json::to_string(&summary)?);
+        }
+        Command::Sql(a) => {
+            let cfg = load(&a.common, Overrides::default())?;
+            let lake = lakepipe::lake::Lake::parse(&cfg.lake)?;
+            let (schema, batches) = lakepipe::query::run(&lake, &a.query).await?;
+            println!("{}", lakepipe::query::format(&schema, &batches, a.format)?);
+        }
+        Command::Generate(a) => {
+            let cfg = load(&a.common, Overrides::default())?;
+            let opts = lakepipe::generate::GenerateOptions {
+                shape: a.shape.unwrap_or_else(|| a.topic.clone()),
+                count: a.count,
+                update_ratio: a.update_ratio,
+                late_ratio: a.late_ratio,
+                delete_ratio: a.delete_ratio,
+                invalid_ratio: a.invalid_ratio,
+                days: 3,
+                seed: a.seed,
+            };
+            let msgs = lakepipe::generate::generate(&opts, chrono::Utc::now().timestamp_millis()).map_err(anyhow::Error::msg)?;
+            lakepipe::source::kafka::ensure_topics(&cfg.brokers, std::slice::from_ref(&a.topic), a.partitions, cfg.connect()).await?;
+            let producer = lakepipe::source::kafka::KafkaProducer::new(&cfg.brokers, &cfg.kafka)?;
+            let n = lakepipe::generate::produce(&producer, &a.topic, msgs, a.rate).await?;
+            eprintln!("produced {n} records to {}", a.topic);
+        }
+        Command::Demo(a) => {
+            let cfg = load(&a.common, Overrides::default())?;
+            let summary = lakepipe::demo::run(&cfg, a.count).await?;
+            eprintln!("ingested: {}", serde_json::to_string(&summary)?);
+            let lake = lakepipe::lake::Lake::parse(&cfg.lake)?;
+            for (title, sql) in [
+                ("Revenue per day and currency (latest version of every transaction):", lakepipe::demo::DEMO_QUERY),
+                ("Rows per table:", "SELECT 'transactions' AS t, count(*) AS n FROM transactions UNION ALL SELECT 'user_events', count(*) FROM user_events UNION ALL SELECT 'sensor_data', count(*) FROM sensor_data UNION ALL SELECT 'log_events', count(*) FROM log_events UNION ALL SELECT 'bulk_upload', count(*) FROM bulk_upload UNION ALL SELECT 'dead_letters', count(*) FROM dead_letters ORDER BY t"),
+            ] {
+                let (schema, batches) = lakepipe::query::run(&lake, sql).await.context("demo query")?;
+                println!("{title}\n{}\n", lakepipe::query::format(&schema, &batches, Format::Table)?);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logs(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! Query: SQL over the lake with DataFusion. Every Delta table under the lake root is
+//! registered by name (each topic table and `dead_letters`), at its latest version.
+
+use std::sync::Arc;
+
+use arrow::record_batch::RecordBatch;
+use deltalake::datafusion::prelude::SessionContext;
+use deltalake::DeltaTableBuilder;
+
+use crate::lake::{Lake, LakeError};
+
+/// Errors of the query layer.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    /// The lake could not be read.
+    #[error(transparent)]
+    Lake(#[from] LakeError),
+    /// The SQL failed to plan or run.
+    #[error("query failed: {0}")]
+    Sql(String),
+    /// The result could not be formatted.
+    #[error("cannot format the result: {0}")]
+    Format(String),
+}
+
+impl QueryError {
+    /// Whether the user must change the query.
+    pub fn is_user_error(&self) -> bool {
+        matches!(self, QueryError::Sql(_))
+    }
+}
+
+/// Output formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// An aligned text table.
+    Table,
+    /// CSV with a header row.
+    Csv,
+    /// One JSON array of row objects.
+    Json,
+}
+
+/// Names of the Delta tables directly under the lake root.
+pub async fn list_tables(lake: &Lake) -> Result<Vec<String>, LakeError> {
+    let root = DeltaTableBuilder::from_url(lake.root().clone())
+        .and_then(|b| b.with_storage_options(lake.storage_options().clone()).build())
+        .map_err(|e| LakeError::BadUri { uri: lake.root().to_string(), reason: e.to_string() })?;
+    let listing = root
+        .object_store()
+        .list_with_delimiter(None)
+        .await
+        .map_err(|e| LakeError::Unreachable { uri: lake.root().to_string(), reason: e.to_string() })?;
+    let mut names: Vec<String> = listing.common_prefixes.iter().filter_map(|p| p.filename().map(|s| s.to_string())).collect();
+    names.sort();
+    Ok(names)
+}
+
+/// A DataFusion session with every table of the lake registered.
+pub async fn session(lake: &Lake) -> Result<SessionContext, QueryError> {
+    let ctx = SessionContext::new();
+    for name in list_tables(lake).await? {
+        let Some(table) = lake.open(&name).await? else { continue };
+        let provider = table.table_provider().await.map_err(|e| QueryError::Sql(e.to_string()))?;
+        table.update_datafusion_session(&ctx.state()).map_err(|e| QueryError::Sql(e.to_string()))?;
+        ctx.register_table(name.as_str(), provider).map_err(|e| QueryError::Sql(e.to_string()))?;
+    }
+    Ok(ctx)
+}
+
+/// Run one statement and collect the result.
+pub async fn run(lake: &Lake, sql: &str) -> Result<(Arc<arrow::datatypes::Schema>, Vec<RecordBatch>), QueryError> {
+    let ctx = session(lake).await?;
+    let df = ctx.sql(sql).await.map_err(|e| QueryError::Sql(e.to_string()))?;
+    let schema = Arc::new(df.schema().as_arrow().clone());
+    let batches = df.collect().await.map_err(|e| QueryError::Sql(e.to_string()))?;
+    Ok((schema, batches))
+}
+
+/// Format batches as text.
+pub fn format(schema: &Arc<arrow::datatypes::Schema>, batches: &[RecordBatch], format: Format) -> Result<String, QueryError> {
+    let err = |e: arrow::error::ArrowError| QueryError::Format(e.to_string());
+    match format {
+        Format::Table => {
+            if batches.iter().all(|b| b.num_rows() == 0) {
+                let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+                return Ok(format!("(0 rows; columns: {})", names.join(", ")));
+            }
+            Ok(arrow::util::pretty::pretty_format_batches(batches).map_err(err)?.to_string())
+        }
+        Format::Csv => {
+            let mut buf = Vec::new();
+            {
+                let mut w = arrow::csv::WriterBuilder::new().with_header(true).build(&mut buf);
+                if batches.is_empty() {
+                    w.write(&RecordBatch::new_empty(schema.clone())).map_err(err)?;
+                }
+                for b in batches {
+                    w.write(b).map_err(err)?;
+                }
+            }
+            String::from_utf8(buf).map_err(|e| QueryError::Format(e.to_string()))
+        }
+        Format::Json => {
+            let mut buf = Vec::new();
+            {
+                let mut w = arrow::json::ArrayWriter::new(&mut buf);
+                let refs: Vec<&RecordBatch> = batches.iter().collect();
+                w.write_batches(&refs).map_err(err)?;
+                w.finish().map_err(err)?;
+            }
+            let text = String::from_utf8(buf).map_err(|e| QueryError::Format(e.to_string()))?;
+            Ok(if text.trim().is_empty() { "[]".to_string() } else { text })
+        }
+    }
+}

@@ -1,0 +1,301 @@
+//! The Kafka source: a consumer-group member whose partitions always start at the offsets
+//! stored in the lake, never at Kafka's own committed offsets.
+//!
+//! On every assignment the rebalance callback reads each partition's `txn` offsets from the
+//! topic table and from `dead_letters`, and assigns the partitions at the data table's offset.
+//! Kafka commits are made after each Delta commit, for monitoring tools only.
+
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+
+use super::{PartitionStarts, SourceError, StartLoader, TopicPartition};
+
+/// What the rebalance callback hands to the ingest loop.
+#[derive(Debug, Default)]
+pub struct Assignment {
+    /// Bumped on every assignment change.
+    pub generation: u64,
+    /// Currently assigned partitions and where each started.
+    pub partitions: HashMap<TopicPartition, PartitionStarts>,
+    /// Whether partitions are currently assigned (false between a revoke and the next assign).
+    pub assigned: bool,
+    /// Set when stored offsets could not be read: the loop must stop without committing.
+    pub error: Option<String>,
+}
+
+/// Consumer context that assigns partitions at the lake's offsets.
+pub struct LakeOffsetsContext {
+    loader: Arc<dyn StartLoader>,
+    runtime: tokio::runtime::Handle,
+    /// Shared with the ingest loop.
+    pub assignment: Arc<Mutex<Assignment>>,
+}
+
+impl ClientContext for LakeOffsetsContext {}
+
+impl ConsumerContext for LakeOffsetsContext {
+    fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                let tps: Vec<TopicPartition> = tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect();
+                let loader = self.loader.clone();
+                let handle = self.runtime.clone();
+                let wanted = tps.clone();
+                // The callback is synchronous; read the lake on the runtime without stalling it.
+                let loaded = tokio::task::block_in_place(move || handle.block_on(loader.load(&wanted)));
+                let mut state = self.assignment.lock().unwrap_or_else(|p| p.into_inner());
+                state.generation += 1;
+                state.assigned = true;
+                match loaded {
+                    Ok(starts) => {
+                        for (topic, partition) in &tps {
+                            let s = starts.get(&(topic.clone(), *partition)).cloned().unwrap_or_default();
+                            let offset = s.data.map(Offset::Offset).unwrap_or(Offset::Beginning);
+                            if let Err(e) = tpl.set_partition_offset(topic, *partition, offset) {
+                                state.error = Some(format!("cannot set start offset of {topic}/{partition}: {e}"));
+                            }
+                            state.partitions.insert((topic.clone(), *partition), s);
+                        }
+                        tracing::info!(partitions = tps.len(), "assigned; starting at the lake's offsets");
+                        if let Err(e) = consumer.assign(tpl) {
+                            state.error = Some(format!("assign failed: {e}"));
+                        }
+                    }
+                    Err(e) => {
+                        state.error = Some(format!("cannot read stored offsets from the lake: {e}"));
+                        let _ = consumer.unassign();
+                    }
+                }
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                let mut state = self.assignment.lock().unwrap_or_else(|p| p.into_inner());
+                state.generation += 1;
+                state.assigned = false;
+                state.partitions.clear();
+                let _ = consumer.unassign();
+            }
+            other => {
+                tracing::warn!(error = ?other, "rebalance error");
+                let mut state = self.assignment.lock().unwrap_or_else(|p| p.into_inner());
+                state.generation += 1;
+                state.assigned = false;
+                state.partitions.clear();
+                let _ = consumer.unassign();
+            }
+        }
+    }
+}
+
+/// Base librdkafka settings shared by consumers and producers, plus the user's overrides.
+fn client_config(brokers: &str, extra: &std::collections::BTreeMap<String, String>) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", brokers);
+    c.set("socket.connection.setup.timeout.ms", "10000");
+    c.set("log_level", "3");
+    for (k, v) in extra {
+        c.set(k, v);
+    }
+    c
+}
+
+/// A consumer-group member for the given topics.
+pub struct KafkaSource {
+    /// The consumer.
+    pub consumer: StreamConsumer<LakeOffsetsContext>,
+    /// The current assignment.
+    pub assignment: Arc<Mutex<Assignment>>,
+    brokers: String,
+}
+
+impl KafkaSource {
+    /// Connect, check that every topic exists, and subscribe.
+    pub async fn connect(
+        brokers: &str,
+        group: &str,
+        topics: &[String],
+        extra: &std::collections::BTreeMap<String, String>,
+        loader: Arc<dyn StartLoader>,
+        timeout: Duration,
+    ) -> Result<Self, SourceError> {
+        let mut cfg = client_config(brokers, &std::collections::BTreeMap::new());
+        cfg.set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "error")
+            .set("enable.partition.eof", "true")
+            .set("session.timeout.ms", "10000")
+            .set("heartbeat.interval.ms", "1000")
+            .set("max.poll.interval.ms", "600000")
+            .set("fetch.wait.max.ms", "100")
+            .set("partition.assignment.strategy", "range");
+        for (k, v) in extra {
+            if k == "partition.assignment.strategy" && v.contains("cooperative") {
+                return Err(SourceError::Config { reason: "cooperative rebalancing is not supported; use range or roundrobin".into() });
+            }
+            if k == "enable.auto.commit" || k == "auto.offset.reset" || k == "group.id" {
+                return Err(SourceError::Config { reason: format!("`{k}` is managed by lakepipe and cannot be overridden") });
+            }
+            cfg.set(k, v);
+        }
+        let assignment = Arc::new(Mutex::new(Assignment::default()));
+        let ctx = LakeOffsetsContext { loader, runtime: tokio::runtime::Handle::current(), assignment: assignment.clone() };
+        let consumer: StreamConsumer<LakeOffsetsContext> =
+            cfg.create_with_context(ctx).map_err(|e| SourceError::Config { reason: e.to_string() })?;
+        check_topics(consumer.client(), brokers, topics, timeout).await?;
+        let names: Vec<&str> = topics.iter().map(|s| s.as_str()).collect();
+        consumer.subscribe(&names).map_err(|e| SourceError::Broker { brokers: brokers.to_string(), reason: e.to_string() })?;
+        Ok(KafkaSource { consumer, assignment, brokers: brokers.to_string() })
+    }
+
+    /// The high watermark seen in fetch responses (no broker round trip), if known.
+    pub fn cached_high_watermark(&self, topic: &str, partition: i32) -> Option<i64> {
+        let topic = CString::new(topic).ok()?;
+        let (mut lo, mut hi) = (-1i64, -1i64);
+        // SAFETY: the client pointer is valid for the consumer's lifetime, the topic is a valid
+        // C string, and librdkafka only writes the two out-parameters.
+        let err = unsafe {
+            rdkafka::bindings::rd_kafka_get_watermark_offsets(self.consumer.client().native_ptr(), topic.as_ptr(), partition, &mut lo, &mut hi)
+        };
+        (err == RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR && hi >= 0).then_some(hi)
+    }
+
+    /// Tell Kafka how far the lake has committed (advisory: restarts read the lake).
+    pub fn commit_advisory(&self, offsets: &[(TopicPartition, i64)]) {
+        let mut tpl = TopicPartitionList::new();
+        for ((t, p), o) in offsets {
+            let _ = tpl.add_partition_offset(t, *p, Offset::Offset(*o));
+        }
+        if tpl.count() > 0 {
+            if let Err(e) = self.consumer.commit(&tpl, CommitMode::Async) {
+                tracing::debug!(error = %e, "advisory Kafka commit failed");
+            }
+        }
+    }
+
+    /// Move partitions to new start offsets after a fence (another writer committed).
+    pub fn seek(&self, starts: &[(TopicPartition, Option<i64>)]) -> Result<(), SourceError> {
+        for ((t, p), o) in starts {
+            let offset = o.map(Offset::Offset).unwrap_or(Offset::Beginning);
+            self.consumer
+                .seek(t, *p, offset, Duration::from_secs(10))
+                .map_err(|e| SourceError::Broker { brokers: self.brokers.clone(), reason: format!("seek {t}/{p}: {e}") })?;
+        }
+        Ok(())
+    }
+}
+
+/// Fail clearly when the brokers cannot be reached or a topic does not exist.
+async fn check_topics<C: ClientContext>(client: &rdkafka::client::Client<C>, brokers: &str, topics: &[String], timeout: Duration) -> Result<(), SourceError> {
+    let md = tokio::task::block_in_place(|| client.fetch_metadata(None, timeout)).map_err(|e| SourceError::Unreachable {
+        brokers: brokers.to_string(),
+        reason: e.to_string(),
+    })?;
+    for t in topics {
+        let found = md.topics().iter().find(|m| m.name() == t);
+        match found {
+            Some(m) if m.error().is_none() && !m.partitions().is_empty() => {}
+            _ => return Err(SourceError::UnknownTopic { topic: t.clone(), brokers: brokers.to_string() }),
+        }
+    }
+    Ok(())
+}
+
+/// Create the topics that are missing (used by `generate` and the demo).
+pub async fn ensure_topics(brokers: &str, topics: &[String], partitions: i32, timeout: Duration) -> Result<(), SourceError> {
+    let admin: AdminClient<DefaultClientContext> = client_config(brokers, &Default::default())
+        .create()
+        .map_err(|e| SourceError::Config { reason: e.to_string() })?;
+    let md = tokio::task::block_in_place(|| admin.inner().fetch_metadata(None, timeout))
+        .map_err(|e| SourceError::Unreachable { brokers: brokers.to_string(), reason: e.to_string() })?;
+    let missing: Vec<&String> = topics.iter().filter(|t| !md.topics().iter().any(|m| m.name() == t.as_str() && !m.partitions().is_empty())).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let new: Vec<NewTopic> = missing.iter().map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1))).collect();
+    let results = admin
+        .create_topics(&new, &AdminOptions::new().operation_timeout(Some(timeout)))
+        .await
+        .map_err(|e| SourceError::Broker { brokers: brokers.to_string(), reason: e.to_string() })?;
+    for r in results {
+        match r {
+            Ok(_) => {}
+            Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((t, code)) => return Err(SourceError::Broker { brokers: brokers.to_string(), reason: format!("create topic {t}: {code}") }),
+        }
+    }
+    // Wait until the new topics show up in metadata.
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let md = tokio::task::block_in_place(|| admin.inner().fetch_metadata(None, Duration::from_secs(5)))
+            .map_err(|e| SourceError::Unreachable { brokers: brokers.to_string(), reason: e.to_string() })?;
+        if missing.iter().all(|t| md.topics().iter().any(|m| m.name() == t.as_str() && !m.partitions().is_empty())) {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(SourceError::Broker { brokers: brokers.to_string(), reason: "created topics did not appear in metadata".into() });
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// An idempotent producer with `acks=all`.
+pub struct KafkaProducer {
+    producer: FutureProducer,
+    brokers: String,
+}
+
+impl KafkaProducer {
+    /// Create a producer.
+    pub fn new(brokers: &str, extra: &std::collections::BTreeMap<String, String>) -> Result<Self, SourceError> {
+        let mut cfg = client_config(brokers, &Default::default());
+        cfg.set("enable.idempotence", "true").set("acks", "all").set("linger.ms", "5").set("message.timeout.ms", "30000");
+        for (k, v) in extra {
+            cfg.set(k, v);
+        }
+        let producer = cfg.create().map_err(|e| SourceError::Config { reason: e.to_string() })?;
+        Ok(KafkaProducer { producer, brokers: brokers.to_string() })
+    }
+
+    /// Send many messages and wait until the broker acknowledged each one.
+    pub async fn send_all(&self, topic: &str, messages: impl IntoIterator<Item = (Option<Vec<u8>>, Option<Vec<u8>>)>) -> Result<usize, SourceError> {
+        let mut pending = futures::stream::FuturesOrdered::new();
+        let mut sent = 0;
+        use futures::StreamExt;
+        for (key, payload) in messages {
+            let producer = self.producer.clone();
+            let topic = topic.to_string();
+            pending.push_back(async move {
+                let mut rec: FutureRecord<'_, Vec<u8>, Vec<u8>> = FutureRecord::to(&topic);
+                if let Some(k) = key.as_ref() {
+                    rec = rec.key(k);
+                }
+                if let Some(p) = payload.as_ref() {
+                    rec = rec.payload(p);
+                }
+                producer.send(rec, Duration::from_secs(30)).await.map(|_| ()).map_err(|(e, _)| e)
+            });
+            if pending.len() >= 10_000 {
+                if let Some(r) = pending.next().await {
+                    r.map_err(|e: KafkaError| SourceError::Broker { brokers: self.brokers.clone(), reason: e.to_string() })?;
+                    sent += 1;
+                }
+            }
+        }
+        while let Some(r) = pending.next().await {
+            r.map_err(|e: KafkaError| SourceError::Broker { brokers: self.brokers.clone(), reason: e.to_string() })?;
+            sent += 1;
+        }
+        Ok(sent)
+    }
+}

@@ -1,0 +1,177 @@
+//! Shared fixtures: services from the environment, unique names, the binary, an independent
+//! model of the expected table, and readers we did not write.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use lakepipe::decode::Decoder;
+use lakepipe::source::kafka::ensure_topics;
+use serde_json::Value;
+
+/// A message as produced: key and payload text (`None` payload: tombstone).
+pub type Msg = (Option<String>, Option<String>);
+
+pub fn brokers() -> String {
+    std::env::var("LAKEPIPE_TEST_BROKERS").expect("LAKEPIPE_TEST_BROKERS is not set: run the suite with scripts/test.sh, which starts the broker")
+}
+
+pub fn s3_root() -> String {
+    std::env::var("LAKEPIPE_TEST_S3").expect("LAKEPIPE_TEST_S3 is not set: run the suite with scripts/test.sh, which starts LocalStack")
+}
+
+pub fn python() -> String {
+    std::env::var("LAKEPIPE_PY").expect("LAKEPIPE_PY is not set: run the suite with scripts/test.sh")
+}
+
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    format!("{prefix}_{}_{}_{:x}", std::process::id(), N.fetch_add(1, Ordering::SeqCst), nanos)
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LakeKind {
+    Local,
+    S3,
+}
+
+/// One test's topic, lake and config.
+pub struct Fixture {
+    pub topic: String,
+    pub group: String,
+    pub lake: String,
+    pub config: PathBuf,
+    pub kind: LakeKind,
+    _dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    pub async fn new(kind: LakeKind, shape: &str, partitions: i32, extra_config: &str) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let topic = unique(&format!("t_{shape}"));
+        let lake = match kind {
+            LakeKind::Local => dir.path().join("lake").to_string_lossy().to_string(),
+            LakeKind::S3 => format!("{}/{}", s3_root(), unique("lake")),
+        };
+        let config = dir.path().join("lakepipe.toml");
+        std::fs::write(&config, format!("{extra_config}\n[specs.{topic}]\nextends = \"{shape}\"\n")).unwrap();
+        ensure_topics(&brokers(), std::slice::from_ref(&topic), partitions, Duration::from_secs(20)).await.unwrap();
+        Fixture { group: unique("g"), topic, lake, config, kind, _dir: dir }
+    }
+
+    /// The binary with this fixture's config, brokers, lake, topic and group.
+    pub fn cmd(&self, sub: &str) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_lakepipe"));
+        c.arg(sub).args(["--config", self.config.to_str().unwrap(), "--brokers", &brokers(), "--lake", &self.lake]);
+        if sub == "ingest" {
+            c.args(["--topics", &self.topic, "--group", &self.group]);
+        }
+        c.env("LAKEPIPE_LOG", "info,deltalake=warn").env("LAKEPIPE_IDLE_TIMEOUT", "20s");
+        c
+    }
+
+    pub fn ingest_once(&self) -> Output {
+        let out = self.cmd("ingest").arg("--once").args(["--trigger-interval", "500ms"]).output().unwrap();
+        assert!(out.status.success(), "ingest --once failed:\n{}", String::from_utf8_lossy(&out.stderr));
+        out
+    }
+
+    /// Rows from `lakepipe sql --format json`.
+    pub fn sql(&self, query: &str) -> Vec<Value> {
+        let out = self.cmd("sql").args(["--format", "json", query]).output().unwrap();
+        assert!(out.status.success(), "sql failed: {}", String::from_utf8_lossy(&out.stderr));
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("bad json ({e}): {}", String::from_utf8_lossy(&out.stdout)));
+        v.as_array().cloned().unwrap()
+    }
+
+    pub fn table_uri(&self, table: &str) -> String {
+        match self.kind {
+            LakeKind::Local => format!("file://{}/{table}", std::fs::canonicalize(&self.lake).unwrap().display()),
+            LakeKind::S3 => format!("{}/{table}", self.lake),
+        }
+    }
+
+    /// Rows of a table read by a reader we did not write (`deltalake` or `duckdb` from PyPI).
+    pub fn cross_read(&self, reader: &str, table: &str, cols: &[&str]) -> Vec<BTreeMap<String, Option<String>>> {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/crosscheck.py");
+        let out = Command::new(python()).arg(script).arg(reader).arg(self.table_uri(table)).args(cols).output().unwrap();
+        assert!(out.status.success(), "{reader} cross-check failed: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// The latest table version, from `_delta_log` via SQL-independent means (the Python reader).
+    pub fn table_version(&self, table: &str) -> i64 {
+        let code = "import sys, os\nfrom deltalake import DeltaTable\nkeys=['AWS_ENDPOINT_URL','AWS_ALLOW_HTTP','AWS_REGION','AWS_ACCESS_KEY_ID','AWS_SECRET_ACCESS_KEY']\nprint(DeltaTable(sys.argv[1], storage_options={k: os.environ[k] for k in keys if k in os.environ}).version())";
+        let out = Command::new(python()).args(["-c", code, &self.table_uri(table)]).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+    }
+}
+
+/// What the table must hold: an independent, sequential model of the upsert rules.
+#[derive(Debug, Default)]
+pub struct Model {
+    /// key → (precombine micros, the record's JSON)
+    pub rows: BTreeMap<String, (i64, Value)>,
+    /// (partition, offset) of every invalid message
+    pub invalid: Vec<(i32, i64)>,
+}
+
+impl Model {
+    /// Apply messages of one partition in offset order (offsets from `first_offset`).
+    /// Validity comes from lakepipe's decoder (unit-tested on its own); the upsert rules are
+    /// re-implemented here.
+    pub fn apply(&mut self, shape: &str, partition: i32, first_offset: i64, msgs: &[Msg]) {
+        let spec = lakepipe::spec::builtin_specs()[shape].clone();
+        let d = Decoder::new(spec, 1 << 20).unwrap();
+        for (i, (k, v)) in msgs.iter().enumerate() {
+            let offset = first_offset + i as i64;
+            match d.decode(k.as_deref().map(str::as_bytes), v.as_deref().map(str::as_bytes), partition, offset) {
+                Err(_) => self.invalid.push((partition, offset)),
+                Ok(r) => {
+                    let body: Value = v.as_deref().map(|v| serde_json::from_str(v).unwrap()).unwrap_or(Value::Null);
+                    if r.unconditional {
+                        self.rows.remove(&r.key);
+                        continue;
+                    }
+                    let newer = self.rows.get(&r.key).is_none_or(|(ts, _)| r.precombine >= *ts);
+                    if !newer {
+                        continue;
+                    }
+                    if r.deleted {
+                        self.rows.remove(&r.key);
+                    } else {
+                        self.rows.insert(r.key.clone(), (r.precombine, body));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Send `msgs` to explicit partitions so the model knows their offsets.
+pub async fn produce_to_partition(topic: &str, partition: i32, msgs: &[Msg]) {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let p: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .create()
+        .unwrap();
+    let sends = msgs.iter().map(|(k, v)| {
+        let mut r: FutureRecord<'_, String, String> = FutureRecord::to(topic).partition(partition);
+        if let Some(k) = k {
+            r = r.key(k);
+        }
+        if let Some(v) = v {
+            r = r.payload(v);
+        }
+        p.send(r, Duration::from_secs(30))
+    });
+    for r in futures::future::join_all(sends).await {
+        r.unwrap();
+    }
+}

@@ -1,0 +1,178 @@
+//! Crash safety and scale-out: `kill -9` during ingest, repeatedly, then a restart; and two
+//! processes in one consumer group. The table must equal the model exactly: no loss, no
+//! duplicates, every dead letter once.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use lakepipe::generate::{generate, GenerateOptions};
+use rand::{Rng, SeedableRng};
+
+use crate::harness::{produce_to_partition, Fixture, LakeKind, Model, Msg};
+
+const KAFKA_CONFIG: &str = "[kafka]\n\"session.timeout.ms\" = \"6000\"\n";
+
+/// Generated transactions for one partition, with keys unique to that partition.
+fn partition_messages(partition: i32, count: usize) -> Vec<Msg> {
+    let opts = GenerateOptions {
+        shape: "transactions".into(),
+        count,
+        update_ratio: 0.3,
+        late_ratio: 0.1,
+        delete_ratio: 0.05,
+        invalid_ratio: 0.03,
+        days: 3,
+        seed: 1000 + partition as u64,
+    };
+    generate(&opts, 1_750_000_000_000)
+        .unwrap()
+        .into_iter()
+        .map(|(k, v)| {
+            let k = k.map(|k| String::from_utf8(k).unwrap().replace("txn_", &format!("p{partition}_txn_")));
+            let v = v.map(|v| String::from_utf8(v).unwrap().replace("txn_", &format!("p{partition}_txn_")));
+            (k, v)
+        })
+        .collect()
+}
+
+async fn produce_model(fx: &Fixture, partitions: i32, per_partition: usize) -> Model {
+    let mut model = Model::default();
+    for p in 0..partitions {
+        let msgs = partition_messages(p, per_partition);
+        produce_to_partition(&fx.topic, p, &msgs).await;
+        model.apply("transactions", p, 0, &msgs);
+    }
+    model
+}
+
+/// Compare the lake with the model, through lakepipe's SQL and through Python `deltalake`.
+fn assert_matches(fx: &Fixture, model: &Model) {
+    let rows = fx.sql(&format!(
+        "SELECT transaction_id, status, CAST(CAST(timestamp AS BIGINT) AS VARCHAR) AS ts FROM {} ORDER BY transaction_id",
+        fx.topic
+    ));
+    let keys: Vec<&str> = rows.iter().map(|r| r["transaction_id"].as_str().unwrap()).collect();
+    let distinct: BTreeSet<&str> = keys.iter().copied().collect();
+    assert_eq!(keys.len(), distinct.len(), "duplicate keys in the table");
+    let got: BTreeMap<String, (String, i64)> = rows
+        .iter()
+        .map(|r| {
+            let ts: i64 = r["ts"].as_str().unwrap().parse().unwrap();
+            (r["transaction_id"].as_str().unwrap().to_string(), (r["status"].as_str().unwrap().to_string(), ts))
+        })
+        .collect();
+    let want: BTreeMap<String, (String, i64)> =
+        model.rows.iter().map(|(k, (ts, body))| (k.clone(), (body["status"].as_str().unwrap().to_string(), *ts))).collect();
+    let missing: Vec<&String> = want.keys().filter(|k| !got.contains_key(*k)).take(5).collect();
+    let extra: Vec<&String> = got.keys().filter(|k| !want.contains_key(*k)).take(5).collect();
+    assert_eq!(got.len(), want.len(), "row count; missing e.g. {missing:?}, extra e.g. {extra:?}");
+    assert!(got == want, "table differs from the model; missing e.g. {missing:?}, extra e.g. {extra:?}");
+
+    let dead = fx.sql(&format!("SELECT _partition, _offset FROM dead_letters WHERE _topic = '{}'", fx.topic));
+    let dead: Vec<(i32, i64)> = dead.iter().map(|r| (r["_partition"].as_i64().unwrap() as i32, r["_offset"].as_i64().unwrap())).collect();
+    let dead_set: BTreeSet<(i32, i64)> = dead.iter().copied().collect();
+    assert_eq!(dead.len(), dead_set.len(), "a dead letter was written twice");
+    assert_eq!(dead_set, model.invalid.iter().copied().collect::<BTreeSet<_>>(), "dead letters differ");
+
+    let cross = fx.cross_read("deltalake", &fx.topic, &["transaction_id", "status"]);
+    let cross: BTreeMap<String, String> = cross.into_iter().map(|r| (r["transaction_id"].clone().unwrap(), r["status"].clone().unwrap())).collect();
+    let want_status: BTreeMap<String, String> = want.iter().map(|(k, (s, _))| (k.clone(), s.clone())).collect();
+    assert!(cross == want_status, "Python deltalake disagrees ({} rows vs {})", cross.len(), want_status.len());
+}
+
+fn spawn_ingest(fx: &Fixture, log: &std::path::Path) -> Child {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+    fx.cmd("ingest")
+        .args(["--trigger-interval", "100ms", "--max-batch-records", "250"])
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
+
+async fn kill_nine(kind: LakeKind, per_partition: usize, kills: usize) {
+    let fx = Fixture::new(kind, "transactions", 3, KAFKA_CONFIG).await;
+    let model = produce_model(&fx, 3, per_partition).await;
+    let log = std::env::temp_dir().join(format!("{}.log", fx.topic));
+    let seed: u64 = rand::random();
+    eprintln!("kill -9 test: seed {seed}, log {}", log.display());
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    for i in 0..kills {
+        let mut child = spawn_ingest(&fx, &log);
+        let wait = rng.gen_range(2000..5000);
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+        // SIGKILL: no chance to flush or clean up.
+        child.kill().unwrap();
+        child.wait().unwrap();
+        eprintln!("kill {i} after {wait} ms");
+    }
+    let committed_before_restart = fx.sql(&format!("SELECT count(*) AS n FROM {}", fx.topic))[0]["n"].as_i64().unwrap();
+    eprintln!("rows committed before the final restart: {committed_before_restart}");
+    assert!(committed_before_restart > 0, "the killed runs committed nothing; the test would prove little (log {})", log.display());
+    fx.ingest_once();
+    assert_matches(&fx, &model);
+    // A further run changes nothing.
+    let v = fx.table_version(&fx.topic);
+    fx.ingest_once();
+    assert_eq!(fx.table_version(&fx.topic), v);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_nine_local() {
+    kill_nine(LakeKind::Local, 3000, 4).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_nine_s3() {
+    kill_nine(LakeKind::S3, 1500, 3).await;
+}
+
+async fn two_consumers(kind: LakeKind) {
+    let fx = Fixture::new(kind, "transactions", 4, KAFKA_CONFIG).await;
+    let log = std::env::temp_dir().join(format!("{}.log", fx.topic));
+    let a = spawn_ingest(&fx, &log);
+    let b = spawn_ingest(&fx, &log);
+    // Let both join the group before data arrives, so both get partitions.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let model = produce_model(&fx, 4, 1000).await;
+    let want = model.rows.len() as i64;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let n = fx.sql(&format!("SELECT count(*) AS n FROM {}", fx.topic))[0]["n"].as_i64().unwrap();
+        let dead = fx.sql(&format!("SELECT count(*) AS n FROM dead_letters WHERE _topic = '{}'", fx.topic))[0]["n"].as_i64().unwrap();
+        if n == want && dead == model.invalid.len() as i64 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "two consumers did not converge: {n} of {want} rows (log {})", log.display());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let mut summaries = Vec::new();
+    for child in [a, b] {
+        // SIGTERM: a graceful stop that commits the open batch.
+        unsafe { libc_kill(child.id() as i32, 15) };
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "ingest did not stop cleanly (log {})", log.display());
+        let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        summaries.push(summary);
+    }
+    for s in &summaries {
+        assert!(s["consumed"].as_u64().unwrap() > 0, "both group members must have ingested: {summaries:?}");
+    }
+    assert_matches(&fx, &model);
+}
+
+extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_consumers_local() {
+    two_consumers(LakeKind::Local).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_consumers_s3() {
+    two_consumers(LakeKind::S3).await;
+}
