@@ -133,6 +133,12 @@ struct PartState {
     stop: Option<i64>,
     /// `--once`: reached `stop`.
     drained: bool,
+    /// When this process started reading the partition.
+    since: Option<Instant>,
+    /// A message arrived since then.
+    got_message: bool,
+    /// Already re-read from the beginning because the broker returned nothing.
+    rewound: bool,
 }
 
 impl PartState {
@@ -149,10 +155,12 @@ impl PartState {
     }
 }
 
+/// How long a partition with data beyond its offset may deliver nothing before it is re-read.
+const STALL_AFTER: Duration = Duration::from_secs(4);
+
 /// One poll of the consumer, owned.
 enum Polled {
     Message(String, RawMessage),
-    Eof(i32),
     Nothing,
 }
 
@@ -224,10 +232,14 @@ impl Pipeline<'_> {
         let idle = self.cfg.idle();
         let mut last_activity = Instant::now();
         let mut waiting_since = Instant::now();
+        let mut last_stall_check = Instant::now();
         let join_limit = idle.max(Duration::from_secs(90));
         let mut shutdown = Box::pin(shutdown_signal());
         loop {
-            let wait = trigger.saturating_sub(self.opened.elapsed()).max(Duration::from_millis(10));
+            let mut wait = trigger.saturating_sub(self.opened.elapsed()).max(Duration::from_millis(10));
+            if self.opts.once {
+                wait = wait.min(Duration::from_millis(200));
+            }
             let polled = tokio::select! {
                 _ = &mut shutdown => {
                     tracing::info!("shutdown requested; committing the open batch");
@@ -250,7 +262,7 @@ impl Pipeline<'_> {
                         timestamp_ms: m.timestamp().to_millis(),
                     },
                 ),
-                Ok(Err(KafkaError::PartitionEOF(p))) => Polled::Eof(p),
+                Ok(Err(KafkaError::PartitionEOF(_))) => Polled::Nothing,
                 Ok(Err(KafkaError::MessageConsumption(RDKafkaErrorCode::OffsetOutOfRange))) => {
                     // The lake's offset is outside the broker's log: retention removed messages
                     // that were never ingested, or the topic was re-created. Never skip silently.
@@ -274,8 +286,11 @@ impl Pipeline<'_> {
                     last_activity = Instant::now();
                     self.take(topic, m);
                 }
-                Polled::Eof(p) => self.mark_eof(p),
                 Polled::Nothing => {}
+            }
+            if last_stall_check.elapsed() >= Duration::from_millis(500) {
+                last_stall_check = Instant::now();
+                self.rewind_stalled()?;
             }
             let progress = self.parts.values().any(|s| s.has_progress());
             if !progress {
@@ -292,8 +307,10 @@ impl Pipeline<'_> {
                     }
                     continue;
                 }
-                // An empty assignment (more members than partitions) is drained at once.
-                let drained = self.parts.values().all(|s| s.drained);
+                self.check_drained();
+                // An empty assignment may only be a step of a rebalance (members that died
+                // have not timed out yet): it ends by the idle timeout, not at once.
+                let drained = !self.parts.is_empty() && self.parts.values().all(|s| s.drained);
                 let idle_out = last_activity.elapsed() >= idle;
                 if drained || idle_out {
                     if idle_out && !drained {
@@ -328,7 +345,7 @@ impl Pipeline<'_> {
         self.parts = state
             .partitions
             .iter()
-            .map(|(tp, s)| (tp.clone(), PartState { start: s.data, dead: s.dead, ..Default::default() }))
+            .map(|(tp, s)| (tp.clone(), PartState { start: s.data, dead: s.dead, since: Some(Instant::now()), ..Default::default() }))
             .collect();
         drop(state);
         if self.pending_records > 0 {
@@ -352,6 +369,7 @@ impl Pipeline<'_> {
             return; // already committed or already in this batch
         }
         state.next = Some(m.offset + 1);
+        state.got_message = true;
         if self.opts.once {
             if state.stop.is_none() {
                 state.stop = self.source.cached_high_watermark(&tp.0, tp.1);
@@ -363,11 +381,36 @@ impl Pipeline<'_> {
         self.pending.entry(tp.0).or_default().push(m);
     }
 
-    /// An end-of-partition event names only the partition number; check every topic's
-    /// partition of that number against the high watermark seen in fetch responses.
-    fn mark_eof(&mut self, partition: i32) {
+    /// Some brokers (tansu 0.6) return nothing when a fetch starts inside a producer's record
+    /// batch, which is where a stored offset usually points. A partition that has data beyond
+    /// its offset but delivers nothing for a while is re-read from the beginning; messages below
+    /// the stored offset are skipped, so this costs time, never correctness.
+    fn rewind_stalled(&mut self) -> Result<(), IngestError> {
+        let mut stalled = Vec::new();
         for ((topic, p), state) in self.parts.iter_mut() {
-            if *p != partition || state.drained {
+            if state.got_message || state.rewound || state.since.is_none_or(|t| t.elapsed() < STALL_AFTER) {
+                continue;
+            }
+            let Some(hwm) = self.source.cached_high_watermark(topic, *p) else { continue };
+            if state.start.is_some_and(|s| hwm > s) {
+                state.rewound = true;
+                stalled.push(((topic.clone(), *p), None));
+            }
+        }
+        if !stalled.is_empty() {
+            let names: Vec<String> = stalled.iter().map(|((t, p), _)| format!("{t}/{p}")).collect();
+            tracing::warn!(partitions = ?names, "the broker returns no data from the stored offset although more exists; re-reading from the beginning and skipping what is committed");
+            self.source.seek(&stalled)?;
+        }
+        Ok(())
+    }
+
+    /// `--once`: a partition is drained when its position reaches the first high watermark
+    /// seen after assignment. The watermark comes from fetch responses (no broker round trip),
+    /// so this also works where end-of-partition events or ListOffsets are unreliable.
+    fn check_drained(&mut self) {
+        for ((topic, p), state) in self.parts.iter_mut() {
+            if state.drained {
                 continue;
             }
             if state.stop.is_none() {
@@ -543,7 +586,7 @@ impl Pipeline<'_> {
         self.source.seek(&seeks)?;
         for tp in &tps {
             let s = starts.get(tp).cloned().unwrap_or_default();
-            self.parts.insert(tp.clone(), PartState { start: s.data, dead: s.dead, ..Default::default() });
+            self.parts.insert(tp.clone(), PartState { start: s.data, dead: s.dead, since: Some(Instant::now()), ..Default::default() });
         }
         self.clear_pending();
         Ok(false)

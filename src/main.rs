@@ -136,7 +136,7 @@ fn load(common: &Common, extra: Overrides) -> anyhow::Result<Config> {
 
 fn init_logs(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("LAKEPIPE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,deltalake=warn,datafusion=warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,lakepipe=info,buoyant_kernel=off,deltalake_core::writer::stats=error"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),

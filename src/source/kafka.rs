@@ -42,7 +42,15 @@ pub struct LakeOffsetsContext {
     pub assignment: Arc<Mutex<Assignment>>,
 }
 
-impl ClientContext for LakeOffsetsContext {}
+impl ClientContext for LakeOffsetsContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        match error {
+            // End-of-partition also arrives through the consumer; not an error.
+            KafkaError::PartitionEOF(_) => tracing::trace!(reason, "end of partition"),
+            e => tracing::warn!(error = %e, reason, "librdkafka"),
+        }
+    }
+}
 
 impl ConsumerContext for LakeOffsetsContext {
     fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {

@@ -69,7 +69,7 @@ impl Fixture {
         if sub == "ingest" {
             c.args(["--topics", &self.topic, "--group", &self.group]);
         }
-        c.env("LAKEPIPE_LOG", "info,deltalake=warn").env("LAKEPIPE_IDLE_TIMEOUT", "20s");
+        c.env("LAKEPIPE_LOG", "warn,lakepipe=info,buoyant_kernel=off").env("LAKEPIPE_IDLE_TIMEOUT", "20s");
         c
     }
 
@@ -104,7 +104,7 @@ impl Fixture {
 
     /// The latest table version, from `_delta_log` via SQL-independent means (the Python reader).
     pub fn table_version(&self, table: &str) -> i64 {
-        let code = "import sys, os\nfrom deltalake import DeltaTable\nkeys=['AWS_ENDPOINT_URL','AWS_ALLOW_HTTP','AWS_REGION','AWS_ACCESS_KEY_ID','AWS_SECRET_ACCESS_KEY']\nprint(DeltaTable(sys.argv[1], storage_options={k: os.environ[k] for k in keys if k in os.environ}).version())";
+        let code = "import sys, os\nfrom deltalake import DeltaTable\nkeys=['AWS_ENDPOINT_URL','AWS_ALLOW_HTTP','AWS_REGION','AWS_ACCESS_KEY_ID','AWS_SECRET_ACCESS_KEY']\nprint(DeltaTable(sys.argv[1], storage_options={k: os.environ[k] for k in keys if k in os.environ}).version(), flush=True)\nos._exit(0)";
         let out = Command::new(python()).args(["-c", code, &self.table_uri(table)]).output().unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()

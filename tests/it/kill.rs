@@ -91,6 +91,10 @@ fn spawn_ingest(fx: &Fixture, log: &std::path::Path) -> Child {
         .unwrap()
 }
 
+fn count_in(log: &std::path::Path, needle: &str) -> usize {
+    std::fs::read_to_string(log).map(|t| t.matches(needle).count()).unwrap_or(0)
+}
+
 async fn kill_nine(kind: LakeKind, per_partition: usize, kills: usize) {
     let fx = Fixture::new(kind, "transactions", 3, KAFKA_CONFIG).await;
     let model = produce_model(&fx, 3, per_partition).await;
@@ -99,13 +103,21 @@ async fn kill_nine(kind: LakeKind, per_partition: usize, kills: usize) {
     eprintln!("kill -9 test: seed {seed}, log {}", log.display());
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     for i in 0..kills {
+        let assigned_before = count_in(&log, "assigned;");
         let mut child = spawn_ingest(&fx, &log);
-        let wait = rng.gen_range(2000..5000);
+        // Wait until this process owns partitions (a killed member must first time out of the
+        // group), then kill it at a random moment of its work.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while count_in(&log, "assigned;") == assigned_before {
+            assert!(Instant::now() < deadline, "ingest was never assigned partitions (log {})", log.display());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let wait = rng.gen_range(300..6500);
         tokio::time::sleep(Duration::from_millis(wait)).await;
         // SIGKILL: no chance to flush or clean up.
         child.kill().unwrap();
         child.wait().unwrap();
-        eprintln!("kill {i} after {wait} ms");
+        eprintln!("kill {i} {wait} ms after assignment; {} batches committed so far", count_in(&log, "batch committed"));
     }
     let committed_before_restart = fx.sql(&format!("SELECT count(*) AS n FROM {}", fx.topic))[0]["n"].as_i64().unwrap();
     eprintln!("rows committed before the final restart: {committed_before_restart}");
