@@ -10,5 +10,8 @@ trap '"$LAKEPIPE_ROOT/scripts/services.sh" stop' EXIT
 "$LAKEPIPE_ROOT/scripts/services.sh" start broker
 source "$RUN_DIR/env"
 LAKE="${1:-$LAKEPIPE_ROOT/lake-demo}"
+# The broker keeps its data in memory, so every demo starts with new topics: start the demo
+# lake afresh too (stored offsets from an earlier run would point into the old topics).
+if [ -z "${1:-}" ]; then rm -rf "$LAKE"; fi
 "$LAKEPIPE_BIN" demo --brokers "$LAKEPIPE_TEST_BROKERS" --lake "$LAKE" --count "${DEMO_COUNT:-2000}"
 echo "Lake written to $LAKE. Try: $LAKEPIPE_BIN sql --lake $LAKE \"SELECT * FROM dead_letters LIMIT 5\""

@@ -10,19 +10,29 @@ use crate::source::kafka::{ensure_topics, KafkaProducer};
 pub const DEMO_QUERY: &str = "SELECT date, currency, count(*) AS transactions, sum(amount) AS revenue \
      FROM transactions WHERE status = 'completed' GROUP BY date, currency ORDER BY date, currency";
 
-/// Produce `count` messages to each built-in topic, then run one `--once` ingest.
+/// Produce `count` messages to each built-in topic in two halves, ingesting once after each,
+/// so the second run shows updates, deletes and late records applied against stored rows.
 pub async fn run(cfg: &Config, count: usize) -> Result<IngestSummary, anyhow_free::DemoError> {
     let topics: Vec<String> = cfg.selected_specs()?.into_iter().map(|s| s.name).collect();
     ensure_topics(&cfg.brokers, &topics, 3, cfg.connect()).await?;
     let producer = KafkaProducer::new(&cfg.brokers, &cfg.kafka)?;
     let now = chrono::Utc::now().timestamp_millis();
+    let mut halves: Vec<(String, Vec<crate::generate::Message>)> = Vec::new();
     for (i, topic) in topics.iter().enumerate() {
         let opts = GenerateOptions { shape: topic.clone(), count, seed: 7 + i as u64, ..Default::default() };
-        let msgs = generate(&opts, now).map_err(anyhow_free::DemoError::Generate)?;
-        let n = produce(&producer, topic, msgs, None).await?;
-        tracing::info!(topic = %topic, messages = n, "produced");
+        let mut msgs = generate(&opts, now).map_err(anyhow_free::DemoError::Generate)?;
+        let second = msgs.split_off(msgs.len() / 2);
+        produce(&producer, topic, msgs, None).await?;
+        halves.push((topic.clone(), second));
     }
-    Ok(ingest::run(cfg, IngestOptions { once: true }).await?)
+    let first = ingest::run(cfg, IngestOptions { once: true }).await?;
+    tracing::info!(?first, "first half ingested");
+    for (topic, msgs) in halves {
+        produce(&producer, &topic, msgs, None).await?;
+    }
+    let second = ingest::run(cfg, IngestOptions { once: true }).await?;
+    tracing::info!(?second, "second half ingested");
+    Ok(second)
 }
 
 /// Errors of the demo (kept free of `anyhow`, which stays at the binary's edge).

@@ -188,7 +188,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo(a) => {
             let cfg = load(&a.common, Overrides::default())?;
             let summary = lakepipe::demo::run(&cfg, a.count).await?;
-            eprintln!("ingested: {}", serde_json::to_string(&summary)?);
+            eprintln!("second ingest run: {}", serde_json::to_string(&summary)?);
             let lake = lakepipe::lake::Lake::parse(&cfg.lake)?;
             for (title, sql) in [
                 ("Revenue per day and currency (latest version of every transaction):", lakepipe::demo::DEMO_QUERY),

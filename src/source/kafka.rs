@@ -16,7 +16,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::types::RDKafkaRespErr;
+use rdkafka::types::{RDKafkaErrorCode, RDKafkaRespErr};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use super::{PartitionStarts, SourceError, StartLoader, TopicPartition};
@@ -46,7 +46,7 @@ impl ClientContext for LakeOffsetsContext {
     fn error(&self, error: KafkaError, reason: &str) {
         match error {
             // End-of-partition also arrives through the consumer; not an error.
-            KafkaError::PartitionEOF(_) => tracing::trace!(reason, "end of partition"),
+            KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF) => tracing::trace!(reason, "end of partition"),
             e => tracing::warn!(error = %e, reason, "librdkafka"),
         }
     }
@@ -238,7 +238,7 @@ pub async fn ensure_topics(brokers: &str, topics: &[String], partitions: i32, ti
     for r in results {
         match r {
             Ok(_) => {}
-            Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
             Err((t, code)) => return Err(SourceError::Broker { brokers: brokers.to_string(), reason: format!("create topic {t}: {code}") }),
         }
     }
