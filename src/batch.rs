@@ -1,9 +1,12 @@
-//! Batch: the precombine of one micro-batch, and its conversion to an Arrow `RecordBatch`.
+//! Batch: how the records of one micro-batch resolve against the stored rows, and their
+//! conversion to an Arrow `RecordBatch`.
 //!
-//! [`precombine`] keeps one winner per key: the greater precombine value wins, and on a tie the
-//! record later in the stream wins. A tombstone wins over everything before it and makes its key
-//! *unconditional*: what follows it in the batch replaces the stored row whatever the stored
-//! row's precombine value, because the tombstone already deleted that row.
+//! The records of a key are applied in stream order, starting from the stored row
+//! ([`resolve`]): a record replaces the current version when its precombine value is not older
+//! (so the greatest value wins and, on a tie, the later record); a delete that wins removes the
+//! key, after which any record inserts it again; a tombstone removes the key whatever its
+//! timestamp. Because this is a left fold over the stream, the result does not depend on where
+//! batch boundaries fall: a crash that changes them changes nothing in the table.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,36 +23,74 @@ use crate::decode::{Record, Value};
 pub use crate::enrich::Provenance;
 use crate::spec::{meta, FieldType, TopicSpec};
 
-/// The winner for one key in a batch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Winner {
-    /// Index of the winning record in the batch.
-    pub idx: usize,
-    /// Apply whatever the stored row's precombine value (a tombstone came first).
-    pub unconditional: bool,
-}
-
-/// Keep the latest record per key, in stream order of first appearance.
-pub fn precombine(records: &[Record]) -> Vec<Winner> {
+/// The records of a batch grouped by key (indices in stream order), keys in order of first
+/// appearance.
+pub fn group_by_key(records: &[Record]) -> Vec<Vec<usize>> {
     let mut slots: HashMap<&str, usize> = HashMap::with_capacity(records.len());
-    let mut winners: Vec<Winner> = Vec::with_capacity(records.len());
+    let mut groups: Vec<Vec<usize>> = Vec::new();
     for (idx, r) in records.iter().enumerate() {
         match slots.get(r.key.as_str()) {
+            Some(&g) => groups[g].push(idx),
             None => {
-                slots.insert(r.key.as_str(), winners.len());
-                winners.push(Winner { idx, unconditional: r.unconditional });
-            }
-            Some(&slot) => {
-                let cur = winners[slot];
-                let cur_rec = &records[cur.idx];
-                let replace = r.unconditional || cur_rec.unconditional || r.precombine >= cur_rec.precombine;
-                if replace {
-                    winners[slot] = Winner { idx, unconditional: cur.unconditional || r.unconditional };
-                }
+                slots.insert(r.key.as_str(), groups.len());
+                groups.push(vec![idx]);
             }
         }
     }
-    winners
+    groups
+}
+
+/// What a key's records do to its stored row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resolution {
+    /// The stored row (or its absence) stays.
+    Unchanged,
+    /// The stored row is deleted.
+    Delete,
+    /// The record at this index becomes the row.
+    Upsert(usize),
+}
+
+/// Apply a key's records (`group`, in stream order) to its stored row, whose precombine value
+/// is `stored` (`None`: no row). Returns the resolution and how many records lost to the
+/// stored row (stale).
+pub fn resolve(records: &[Record], group: &[usize], stored: Option<i64>) -> (Resolution, u64) {
+    #[derive(Clone, Copy)]
+    enum Cur {
+        Absent,
+        Stored(i64),
+        Batch(usize),
+    }
+    let mut cur = match stored {
+        Some(ts) => Cur::Stored(ts),
+        None => Cur::Absent,
+    };
+    let mut stale = 0;
+    for &idx in group {
+        let r = &records[idx];
+        if r.unconditional {
+            cur = Cur::Absent;
+            continue;
+        }
+        let newer = match cur {
+            Cur::Absent => true,
+            Cur::Stored(ts) => {
+                let newer = r.precombine >= ts;
+                stale += u64::from(!newer);
+                newer
+            }
+            Cur::Batch(j) => r.precombine >= records[j].precombine,
+        };
+        if newer {
+            cur = if r.deleted { Cur::Absent } else { Cur::Batch(idx) };
+        }
+    }
+    let resolution = match (stored, cur) {
+        (_, Cur::Batch(i)) => Resolution::Upsert(i),
+        (Some(_), Cur::Absent) => Resolution::Delete,
+        _ => Resolution::Unchanged,
+    };
+    (resolution, stale)
 }
 
 /// Arrow type of a field.
@@ -177,18 +218,38 @@ mod tests {
         }
     }
 
-    #[test]
-    fn later_wins_ties_and_late_records_lose() {
-        let rs = vec![rec("a", 5, false, false), rec("a", 5, false, false), rec("a", 3, false, false), rec("b", 1, true, false)];
-        let w = precombine(&rs);
-        assert_eq!(w, vec![Winner { idx: 1, unconditional: false }, Winner { idx: 3, unconditional: false }]);
+    /// The stored row (precombine value, and which record wrote it) after a resolution.
+    fn after(records: &[Record], stored: Option<(i64, Option<usize>)>, r: Resolution) -> Option<(i64, Option<usize>)> {
+        match r {
+            Resolution::Unchanged => stored,
+            Resolution::Delete => None,
+            Resolution::Upsert(i) => Some((records[i].precombine, Some(i))),
+        }
     }
 
     #[test]
-    fn tombstone_then_insert() {
-        let rs = vec![rec("a", 9, false, false), rec("a", 0, false, true), rec("a", 1, false, false), rec("a", 0, false, false)];
-        let w = precombine(&rs);
-        assert_eq!(w, vec![Winner { idx: 2, unconditional: true }]);
+    fn later_wins_ties_and_late_records_lose() {
+        let rs = vec![rec("a", 5, false, false), rec("a", 5, false, false), rec("a", 3, false, false), rec("b", 1, true, false)];
+        let groups = group_by_key(&rs);
+        assert_eq!(groups, vec![vec![0, 1, 2], vec![3]]);
+        assert_eq!(resolve(&rs, &groups[0], None), (Resolution::Upsert(1), 0));
+        assert_eq!(resolve(&rs, &groups[0], Some(4)), (Resolution::Upsert(1), 0), "3 lost to a batch record, not to the stored row");
+        assert_eq!(resolve(&rs, &groups[0], Some(9)), (Resolution::Unchanged, 3));
+        assert_eq!(resolve(&rs, &groups[1], Some(1)), (Resolution::Delete, 0));
+        assert_eq!(resolve(&rs, &groups[1], Some(2)), (Resolution::Unchanged, 1));
+        assert_eq!(resolve(&rs, &groups[1], None), (Resolution::Unchanged, 0));
+    }
+
+    #[test]
+    fn deletes_and_tombstones() {
+        // A delete that wins removes the key; an older record after it inserts it again.
+        let rs = vec![rec("a", 10, true, false), rec("a", 5, false, false)];
+        assert_eq!(resolve(&rs, &[0, 1], Some(3)).0, Resolution::Upsert(1));
+        // A tombstone deletes a newer stored row.
+        let rs = vec![rec("a", 0, false, true)];
+        assert_eq!(resolve(&rs, &[0], Some(99)).0, Resolution::Delete);
+        let rs = vec![rec("a", 9, false, false), rec("a", 0, false, true), rec("a", 1, false, false)];
+        assert_eq!(resolve(&rs, &[0, 1, 2], Some(50)).0, Resolution::Upsert(2));
     }
 
     #[test]
@@ -208,46 +269,36 @@ mod tests {
     }
 
     proptest! {
-        /// Against a model without tombstones: the winner per key is the max by (precombine, position).
+        /// Without deletes, the winner is the max by (precombine, position), as in Hudi.
         #[test]
-        fn precombine_matches_model(items in proptest::collection::vec((0u8..5, 0i64..4, any::<bool>()), 0..60)) {
-            let rs: Vec<Record> = items.iter().map(|(k, p, d)| rec(&k.to_string(), *p, *d, false)).collect();
-            let got = precombine(&rs);
-            let mut model: HashMap<String, (i64, usize)> = HashMap::new();
-            for (i, r) in rs.iter().enumerate() {
-                let e = model.entry(r.key.clone()).or_insert((r.precombine, i));
-                if (r.precombine, i) >= *e { *e = (r.precombine, i); }
+        fn winner_is_latest_by_precombine(items in proptest::collection::vec(0i64..4, 1..30), stored in proptest::option::of(0i64..4)) {
+            let rs: Vec<Record> = items.iter().map(|p| rec("k", *p, false, false)).collect();
+            let all: Vec<usize> = (0..rs.len()).collect();
+            let (res, _) = resolve(&rs, &all, stored);
+            let best = (0..rs.len()).max_by_key(|&i| (rs[i].precombine, i)).unwrap();
+            match stored {
+                Some(s) if s > rs[best].precombine => prop_assert_eq!(res, Resolution::Unchanged),
+                _ => prop_assert_eq!(res, Resolution::Upsert(best)),
             }
-            prop_assert_eq!(got.len(), model.len());
-            for w in &got {
-                prop_assert_eq!(model[&rs[w.idx].key].1, w.idx);
-                prop_assert!(!w.unconditional);
-            }
-            let mut firsts: Vec<usize> = got.iter().map(|w| rs.iter().position(|r| r.key == rs[w.idx].key).unwrap()).collect();
-            let sorted = { let mut s = firsts.clone(); s.sort(); s };
-            prop_assert_eq!(std::mem::take(&mut firsts), sorted);
         }
 
-        /// With tombstones: the winner is the last tombstone's successor chain, per a sequential model.
+        /// Where a batch boundary falls changes nothing: resolving a sequence at once equals
+        /// resolving a prefix, storing the result, then resolving the rest.
         #[test]
-        fn precombine_matches_sequential_model(items in proptest::collection::vec((0u8..3, 0i64..4, 0u8..6), 0..60)) {
-            let rs: Vec<Record> = items.iter().map(|(k, p, t)| rec(&k.to_string(), *p, false, *t == 0)).collect();
-            // Model: apply each record in order to a per-key state of (winner, unconditional).
-            let mut model: HashMap<String, (usize, bool)> = HashMap::new();
-            for (i, r) in rs.iter().enumerate() {
-                match model.get(&r.key).copied() {
-                    None => { model.insert(r.key.clone(), (i, r.unconditional)); }
-                    Some((w, u)) => {
-                        if r.unconditional { model.insert(r.key.clone(), (i, true)); }
-                        else if rs[w].unconditional || r.precombine >= rs[w].precombine { model.insert(r.key.clone(), (i, u)); }
-                    }
-                }
-            }
-            let got = precombine(&rs);
-            prop_assert_eq!(got.len(), model.len());
-            for w in got {
-                prop_assert_eq!(model[&rs[w.idx].key], (w.idx, w.unconditional));
-            }
+        fn batch_boundaries_do_not_matter(
+            items in proptest::collection::vec((0i64..5, 0u8..8), 1..30),
+            stored in proptest::option::of(0i64..5),
+            cut in 0usize..30,
+        ) {
+            let rs: Vec<Record> = items.iter().map(|(p, op)| rec("k", *p, *op == 0, *op == 1)).collect();
+            let cut = cut.min(rs.len());
+            let all: Vec<usize> = (0..rs.len()).collect();
+            let stored = stored.map(|ts| (ts, None));
+            let ts = |s: Option<(i64, Option<usize>)>| s.map(|(t, _)| t);
+            let whole = after(&rs, stored, resolve(&rs, &all, ts(stored)).0);
+            let mid = after(&rs, stored, resolve(&rs, &all[..cut], ts(stored)).0);
+            let split = after(&rs, mid, resolve(&rs, &all[cut..], ts(mid)).0);
+            prop_assert_eq!(whole, split);
         }
     }
 }

@@ -72,6 +72,10 @@ pub struct Config {
     pub idle_timeout: String,
     /// How long to wait for the broker and the bucket to answer at start.
     pub connect_timeout: String,
+    /// Write a Delta checkpoint every this many commits (in tables lakepipe creates).
+    pub checkpoint_interval: u64,
+    /// `vacuum` refuses a shorter retention unless `--force` is given.
+    pub min_vacuum_retention_hours: u64,
     /// Extra librdkafka properties for the consumer and producer.
     pub kafka: BTreeMap<String, String>,
     /// Topic specs added to or overriding the built-in five.
@@ -92,6 +96,8 @@ impl Default for Config {
             max_message_bytes: 1 << 20,
             idle_timeout: "30s".into(),
             connect_timeout: "15s".into(),
+            checkpoint_interval: 10,
+            min_vacuum_retention_hours: 168,
             kafka: BTreeMap::new(),
             specs: BTreeMap::new(),
         }
@@ -206,6 +212,11 @@ impl Config {
             return Ok(all.into_values().collect());
         }
         self.topics.iter().map(|t| all.get(t).cloned().ok_or_else(|| ConfigError::UnknownTopic(t.clone()))).collect()
+    }
+
+    /// The lake, as configured.
+    pub fn lake(&self) -> Result<crate::lake::Lake, crate::lake::LakeError> {
+        Ok(crate::lake::Lake::parse(&self.lake)?.with_checkpoint_interval(self.checkpoint_interval))
     }
 
     /// The batch trigger interval.

@@ -25,12 +25,12 @@ pub async fn run(cfg: &Config, count: usize) -> Result<IngestSummary, anyhow_fre
         produce(&producer, topic, msgs, None).await?;
         halves.push((topic.clone(), second));
     }
-    let first = ingest::run(cfg, IngestOptions { once: true }).await?;
+    let first = ingest::run(cfg, IngestOptions { once: true, ..Default::default() }).await?;
     tracing::info!(?first, "first half ingested");
     for (topic, msgs) in halves {
         produce(&producer, &topic, msgs, None).await?;
     }
-    let second = ingest::run(cfg, IngestOptions { once: true }).await?;
+    let second = ingest::run(cfg, IngestOptions { once: true, ..Default::default() }).await?;
     tracing::info!(?second, "second half ingested");
     Ok(second)
 }

@@ -19,6 +19,7 @@ use serde::Serialize;
 use crate::config::{Config, ConfigError};
 use crate::decode::Decoder;
 use crate::enrich::Provenance;
+use crate::metrics::Metrics;
 use crate::lake::commit::{OffsetKey, OffsetRange};
 use crate::lake::dead_letters::{DeadLetter, DeadLetterTable, TABLE as DEAD_LETTERS};
 use crate::lake::upsert::{TopicTable, UpsertOutcome};
@@ -139,6 +140,8 @@ struct PartState {
     got_message: bool,
     /// Already re-read from the beginning because the broker returned nothing.
     rewound: bool,
+    /// The stored offset when this process started reading the partition.
+    origin: Option<i64>,
 }
 
 impl PartState {
@@ -165,16 +168,20 @@ enum Polled {
 }
 
 /// Options of one run.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Clone, Default)]
 pub struct IngestOptions {
     /// Drain each partition to its end, commit and return.
     pub once: bool,
+    /// Where to record metrics (a private registry when `None`).
+    pub metrics: Option<Arc<Metrics>>,
+    /// Show a progress bar (`--once` on a terminal).
+    pub progress: bool,
 }
 
 /// Run the ingest until shutdown (or, with `once`, until every partition is drained).
 pub async fn run(cfg: &Config, opts: IngestOptions) -> Result<IngestSummary, IngestError> {
     let specs = cfg.selected_specs()?;
-    let lake = Lake::parse(&cfg.lake)?;
+    let lake = cfg.lake()?;
     lake.check(cfg.connect()).await?;
     let loader = Arc::new(LakeStarts { lake: lake.clone(), source: cfg.source_name.clone(), group: cfg.group.clone() });
     let topics: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
@@ -188,8 +195,15 @@ pub async fn run(cfg: &Config, opts: IngestOptions) -> Result<IngestSummary, Ing
     }
     let dead = DeadLetterTable::open(&lake).await?;
     tracing::info!(brokers = %cfg.brokers, lake = %lake.root(), group = %cfg.group, topics = ?topics, once = opts.once, "ingest started");
+    let metrics = match &opts.metrics {
+        Some(m) => m.clone(),
+        None => Metrics::new().map_err(|e| IngestError::Rebalance(e.to_string()))?,
+    };
+    let progress = crate::progress::Progress::new(opts.once && opts.progress, "messages");
     let mut pipe = Pipeline {
         cfg,
+        progress,
+        metrics,
         opts,
         source,
         loader,
@@ -210,6 +224,8 @@ pub async fn run(cfg: &Config, opts: IngestOptions) -> Result<IngestSummary, Ing
 
 struct Pipeline<'c> {
     cfg: &'c Config,
+    progress: crate::progress::Progress,
+    metrics: Arc<Metrics>,
     opts: IngestOptions,
     source: KafkaSource,
     loader: Arc<LakeStarts>,
@@ -291,6 +307,8 @@ impl Pipeline<'_> {
             if last_stall_check.elapsed() >= Duration::from_millis(500) {
                 last_stall_check = Instant::now();
                 self.rewind_stalled()?;
+                self.update_lag();
+                self.show_progress();
             }
             let progress = self.parts.values().any(|s| s.has_progress());
             if !progress {
@@ -326,6 +344,7 @@ impl Pipeline<'_> {
                 }
             }
         }
+        self.progress.finish();
         Ok(self.summary.clone())
     }
 
@@ -342,10 +361,11 @@ impl Pipeline<'_> {
         }
         self.generation = state.generation;
         self.assigned = state.assigned;
+        self.metrics.set_ready(state.assigned);
         self.parts = state
             .partitions
             .iter()
-            .map(|(tp, s)| (tp.clone(), PartState { start: s.data, dead: s.dead, since: Some(Instant::now()), ..Default::default() }))
+            .map(|(tp, s)| (tp.clone(), PartState { start: s.data, dead: s.dead, since: Some(Instant::now()), origin: s.data, ..Default::default() }))
             .collect();
         drop(state);
         if self.pending_records > 0 {
@@ -379,6 +399,35 @@ impl Pipeline<'_> {
         self.pending_bytes += m.payload.as_ref().map_or(0, |p| p.len());
         self.pending_records += 1;
         self.pending.entry(tp.0).or_default().push(m);
+    }
+
+    /// `--once`: messages read since assignment, of those up to each partition's stop offset.
+    fn show_progress(&self) {
+        let mut done = 0u64;
+        let mut total = Some(0u64);
+        for s in self.parts.values() {
+            let origin = s.origin.unwrap_or(0);
+            done += (s.position().unwrap_or(origin) - origin).max(0) as u64;
+            total = match (total, s.stop) {
+                (Some(t), Some(stop)) => Some(t + (stop - origin).max(0) as u64),
+                _ => None,
+            };
+        }
+        self.progress.set(done, total);
+    }
+
+    /// Publish committed offsets and lag (high watermark from fetch responses).
+    fn update_lag(&self) {
+        for ((topic, p), s) in &self.parts {
+            let part = p.to_string();
+            if let Some(c) = s.start {
+                self.metrics.committed_offset.with_label_values(&[topic.as_str(), part.as_str()]).set(c);
+            }
+            if let Some(h) = self.source.cached_high_watermark(topic, *p) {
+                let lag = (h - s.start.unwrap_or(0)).max(0);
+                self.metrics.consumer_lag.with_label_values(&[topic.as_str(), part.as_str()]).set(lag);
+            }
+        }
     }
 
     /// Some brokers (tansu 0.6) return nothing when a fetch starts inside a producer's record
@@ -455,7 +504,9 @@ impl Pipeline<'_> {
         let mut records = HashMap::new();
         let mut letters = Vec::new();
         let mut consumed = 0u64;
+        let mut consumed_per_topic: Vec<(String, u64)> = Vec::new();
         for (topic, msgs) in &self.pending {
+            let before = consumed;
             let Some(decoder) = self.decoders.get(topic) else { continue };
             let mut recs = Vec::with_capacity(msgs.len());
             for m in msgs {
@@ -482,6 +533,7 @@ impl Pipeline<'_> {
                     }
                 }
             }
+            consumed_per_topic.push((topic.clone(), consumed - before));
             records.insert(topic.clone(), recs);
         }
 
@@ -505,6 +557,9 @@ impl Pipeline<'_> {
                         }
                     }
                     self.summary.dead_lettered += letters.len() as u64;
+                    for d in &letters {
+                        self.metrics.dead_lettered.with_label_values(&[d.topic.as_str(), d.error.kind.as_str()]).inc();
+                    }
                 }
                 Err(LakeError::Fenced { .. }) => return self.refence(None).await,
                 Err(e) => return Err(e.into()),
@@ -527,18 +582,22 @@ impl Pipeline<'_> {
             let recs = records.get(name).unwrap_or(&empty);
             Some(async move {
                 let prov = Provenance::now(source_kind, name);
-                (name.clone(), ranges, recs.len(), table.upsert(recs, ranges, &prov).await)
+                let t0 = Instant::now();
+                let result = table.upsert(recs, ranges, &prov).await;
+                (name.clone(), ranges, recs.len(), result, t0.elapsed().as_secs_f64())
             })
         });
         let results = futures::future::join_all(futures).await;
         let mut first_error = None;
         let mut fenced = Vec::new();
         let mut committed = Vec::new();
-        for (name, ranges, valid, result) in results {
+        for (name, ranges, valid, result, seconds) in results {
             match result {
                 Ok(out) => {
                     self.summary.add(&out);
                     self.summary.valid += valid as u64;
+                    self.metrics.valid.with_label_values(&[name.as_str()]).inc_by(valid as u64);
+                    self.metrics.record_upsert(&name, valid, &out, seconds);
                     tracing::debug!(table = %name, ?out, "committed");
                     for r in ranges {
                         if let Some(s) = self.parts.get_mut(&(name.clone(), r.key.partition)) {
@@ -559,6 +618,11 @@ impl Pipeline<'_> {
         }
         self.summary.consumed += consumed;
         self.summary.batches += 1;
+        for (topic, n) in &consumed_per_topic {
+            self.metrics.consumed.with_label_values(&[topic.as_str()]).inc_by(*n);
+        }
+        self.metrics.batch_seconds.with_label_values(&["all"]).observe(started.elapsed().as_secs_f64());
+        self.update_lag();
         tracing::info!(
             messages = consumed,
             dead_letters = letters.len(),
@@ -586,7 +650,7 @@ impl Pipeline<'_> {
         self.source.seek(&seeks)?;
         for tp in &tps {
             let s = starts.get(tp).cloned().unwrap_or_default();
-            self.parts.insert(tp.clone(), PartState { start: s.data, dead: s.dead, since: Some(Instant::now()), ..Default::default() });
+            self.parts.insert(tp.clone(), PartState { start: s.data, dead: s.dead, since: Some(Instant::now()), origin: s.data, ..Default::default() });
         }
         self.clear_pending();
         Ok(false)

@@ -34,6 +34,75 @@ enum Command {
     Generate(GenerateArgs),
     /// Generate data for all five topics, ingest it once, print a query.
     Demo(DemoArgs),
+    /// Prove exactly-once: re-read the broker up to the lake's offsets and compare.
+    Audit(AuditArgs),
+    /// Bin-pack (or Z-order) small files per partition.
+    Compact(CompactArgs),
+    /// Delete files no longer referenced by recent versions.
+    Vacuum(VacuumArgs),
+    /// Serve the HTTP endpoints: /metrics, /health/live and /health/ready (the query API
+    /// joins them with the analysts' issue).
+    Serve(ServeArgs),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Listen address.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: std::net::SocketAddr,
+}
+
+#[derive(Args)]
+struct AuditArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Consumer group whose offsets are audited.
+    #[arg(long)]
+    group: Option<String>,
+    /// Topics, comma separated (default: every topic with a spec and a table).
+    #[arg(long)]
+    topics: Option<String>,
+    /// Name of the source cluster in stored offsets.
+    #[arg(long)]
+    source_name: Option<String>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct CompactArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Only this table (default: all).
+    #[arg(long)]
+    table: Option<String>,
+    /// Target file size in bytes.
+    #[arg(long, default_value_t = 128 * 1024 * 1024)]
+    target_file_size: u64,
+    /// Z-order by these columns, comma separated.
+    #[arg(long)]
+    zorder: Option<String>,
+}
+
+#[derive(Args)]
+struct VacuumArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Only this table (default: all).
+    #[arg(long)]
+    table: Option<String>,
+    /// Keep files unreferenced for less than this many hours.
+    #[arg(long)]
+    retain_hours: u64,
+    /// Allow a retention below the configured minimum (168 h by default).
+    #[arg(long)]
+    force: bool,
+    /// Only list what would be deleted.
+    #[arg(long)]
+    dry_run: bool,
 }
 
 #[derive(Args, Clone, Default)]
@@ -71,6 +140,9 @@ struct IngestArgs {
     /// Drain every partition to its end, commit and exit.
     #[arg(long)]
     once: bool,
+    /// Serve /metrics, /health/live and /health/ready on this address (e.g. 127.0.0.1:9464).
+    #[arg(long)]
+    metrics_addr: Option<std::net::SocketAddr>,
 }
 
 #[derive(Args)]
@@ -158,12 +230,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     ..Default::default()
                 },
             )?;
-            let summary = lakepipe::ingest::run(&cfg, lakepipe::ingest::IngestOptions { once: a.once }).await?;
+            let metrics = lakepipe::metrics::Metrics::new()?;
+            if let Some(addr) = a.metrics_addr {
+                lakepipe::metrics::serve(addr, metrics.clone()).await?;
+            }
+            let opts = lakepipe::ingest::IngestOptions { once: a.once, metrics: Some(metrics), progress: true };
+            let summary = lakepipe::ingest::run(&cfg, opts).await?;
             println!("{}", serde_json::to_string(&summary)?);
         }
         Command::Sql(a) => {
             let cfg = load(&a.common, Overrides::default())?;
-            let lake = lakepipe::lake::Lake::parse(&cfg.lake)?;
+            let lake = cfg.lake()?;
             let (schema, batches) = lakepipe::query::run(&lake, &a.query).await?;
             println!("{}", lakepipe::query::format(&schema, &batches, a.format)?);
         }
@@ -189,7 +266,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let cfg = load(&a.common, Overrides::default())?;
             let summary = lakepipe::demo::run(&cfg, a.count).await?;
             eprintln!("second ingest run: {}", serde_json::to_string(&summary)?);
-            let lake = lakepipe::lake::Lake::parse(&cfg.lake)?;
+            let lake = cfg.lake()?;
             for (title, sql) in [
                 ("Revenue per day and currency (latest version of every transaction):", lakepipe::demo::DEMO_QUERY),
                 ("Rows per table:", "SELECT 'transactions' AS t, count(*) AS n FROM transactions UNION ALL SELECT 'user_events', count(*) FROM user_events UNION ALL SELECT 'sensor_data', count(*) FROM sensor_data UNION ALL SELECT 'log_events', count(*) FROM log_events UNION ALL SELECT 'bulk_upload', count(*) FROM bulk_upload UNION ALL SELECT 'dead_letters', count(*) FROM dead_letters ORDER BY t"),
@@ -197,6 +274,67 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 let (schema, batches) = lakepipe::query::run(&lake, sql).await.context("demo query")?;
                 println!("{title}\n{}\n", lakepipe::query::format(&schema, &batches, Format::Table)?);
             }
+        }
+        Command::Audit(a) => {
+            let cfg = load(
+                &a.common,
+                Overrides { group: a.group, topics: a.topics.as_deref().map(split_list), source_name: a.source_name, ..Default::default() },
+            )?;
+            let lake = cfg.lake()?;
+            let specs = cfg.selected_specs()?;
+            let opts = lakepipe::audit::AuditOptions {
+                brokers: &cfg.brokers,
+                group: &cfg.group,
+                source_name: &cfg.source_name,
+                kafka: &cfg.kafka,
+                idle: cfg.connect(),
+                max_message_bytes: cfg.max_message_bytes,
+            };
+            let report = lakepipe::audit::audit(&lake, &specs, &opts).await?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.text());
+            }
+            if !report.ok() {
+                anyhow::bail!("the audit found {} kind(s) of violation", report.findings.len());
+            }
+        }
+        Command::Compact(a) => {
+            let cfg = load(&a.common, Overrides::default())?;
+            let lake = cfg.lake()?;
+            let opts = lakepipe::maintain::CompactOptions {
+                tables: a.table.into_iter().collect(),
+                target_file_size: a.target_file_size,
+                zorder: a.zorder.as_deref().map(split_list).unwrap_or_default(),
+                progress: true,
+            };
+            let reports = lakepipe::maintain::compact(&lake, &cfg, &opts).await?;
+            println!("{}", serde_json::to_string(&reports)?);
+        }
+        Command::Serve(a) => {
+            let cfg = load(&a.common, Overrides::default())?;
+            let lake = cfg.lake()?;
+            lake.check(cfg.connect()).await?;
+            let metrics = lakepipe::metrics::Metrics::new()?;
+            metrics.set_ready(true);
+            let bound = lakepipe::metrics::serve(a.listen, metrics).await?;
+            eprintln!("serving http://{bound}/metrics and /health for {}", lake.root());
+            tokio::signal::ctrl_c().await?;
+        }
+        Command::Vacuum(a) => {
+            let cfg = load(&a.common, Overrides::default())?;
+            let lake = cfg.lake()?;
+            let opts = lakepipe::maintain::VacuumOptions {
+                tables: a.table.into_iter().collect(),
+                retain_hours: a.retain_hours,
+                force: a.force,
+                min_retain_hours: cfg.min_vacuum_retention_hours,
+                dry_run: a.dry_run,
+                progress: true,
+            };
+            let reports = lakepipe::maintain::vacuum(&lake, &opts).await?;
+            println!("{}", serde_json::to_string(&reports)?);
         }
     }
     Ok(())

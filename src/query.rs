@@ -56,16 +56,32 @@ pub async fn list_tables(lake: &Lake) -> Result<Vec<String>, LakeError> {
     Ok(names)
 }
 
+/// Register one table of the lake, at its latest version, if it exists.
+async fn register(ctx: &SessionContext, lake: &Lake, name: &str) -> Result<(), QueryError> {
+    let Some(table) = lake.open(name).await? else { return Ok(()) };
+    let provider = table.table_provider().await.map_err(|e| QueryError::Sql(e.to_string()))?;
+    table.update_datafusion_session(&ctx.state()).map_err(|e| QueryError::Sql(e.to_string()))?;
+    ctx.register_table(name, provider).map_err(|e| QueryError::Sql(e.to_string()))?;
+    Ok(())
+}
+
 /// A DataFusion session with every table of the lake registered.
 pub async fn session(lake: &Lake) -> Result<SessionContext, QueryError> {
     let ctx = SessionContext::new();
     for name in list_tables(lake).await? {
-        let Some(table) = lake.open(&name).await? else { continue };
-        let provider = table.table_provider().await.map_err(|e| QueryError::Sql(e.to_string()))?;
-        table.update_datafusion_session(&ctx.state()).map_err(|e| QueryError::Sql(e.to_string()))?;
-        ctx.register_table(name.as_str(), provider).map_err(|e| QueryError::Sql(e.to_string()))?;
+        register(&ctx, lake, &name).await?;
     }
     Ok(ctx)
+}
+
+/// Run a statement over some tables and stream the result batch by batch.
+pub async fn stream(lake: &Lake, tables: &[&str], sql: &str) -> Result<deltalake::datafusion::execution::SendableRecordBatchStream, QueryError> {
+    let ctx = SessionContext::new();
+    for name in tables {
+        register(&ctx, lake, name).await?;
+    }
+    let df = ctx.sql(sql).await.map_err(|e| QueryError::Sql(e.to_string()))?;
+    df.execute_stream().await.map_err(|e| QueryError::Sql(e.to_string()))
 }
 
 /// Run one statement and collect the result.

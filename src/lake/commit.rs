@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 
-use deltalake::kernel::transaction::CommitBuilder;
+use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
 use deltalake::kernel::{Action, Transaction};
 use deltalake::protocol::DeltaOperation;
 use deltalake::{DeltaTable, DeltaTableError};
@@ -91,7 +91,10 @@ pub async fn commit(
     app_metadata: HashMap<String, serde_json::Value>,
 ) -> Result<u64, LakeError> {
     let snapshot = table.snapshot().map_err(|e| LakeError::delta(name, e))?;
-    let result = CommitBuilder::default()
+    // Built from `CommitProperties` so the post-commit hook writes a checkpoint every
+    // `delta.checkpointInterval` commits; never rebase (`max_retries = 0`).
+    let props = CommitProperties::default().with_max_retries(0).with_create_checkpoint(true);
+    let result = CommitBuilder::from(props)
         .with_actions(actions)
         .with_app_metadata(app_metadata)
         .with_max_retries(0)
@@ -147,5 +150,40 @@ mod tests {
             Action::Txn(t) => assert_eq!((t.app_id.as_str(), t.version), ("lakepipe:kafka:g:t:2", 9)),
             other => panic!("unexpected {other:?}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod long_log {
+    use super::*;
+    use crate::lake::Lake;
+
+    /// Measurement, not a timed assertion: `cargo test --release -- --ignored long_log --nocapture`.
+    /// Builds a table with `LAKEPIPE_LONG_LOG_COMMITS` commits (default 10,000; a checkpoint
+    /// every 10) and times opening it.
+    #[tokio::test(flavor = "multi_thread")]
+    #[ignore]
+    async fn open_table_with_many_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = Lake::parse(dir.path().to_str().unwrap()).unwrap();
+        let schema = crate::lake::dead_letters::schema();
+        let mut table = lake.open_or_create("t", &schema, &["date"]).await.unwrap();
+        let n: i64 = std::env::var("LAKEPIPE_LONG_LOG_COMMITS").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
+        let started = std::time::Instant::now();
+        for i in 0..n {
+            table.update_state().await.unwrap();
+            let action = Action::Txn(Transaction::new("lakepipe:kafka:g:t:0", i + 1));
+            let op = DeltaOperation::Write { mode: deltalake::protocol::SaveMode::Append, partition_by: None, predicate: None };
+            commit(&table, "t", vec![action], op, HashMap::new()).await.unwrap();
+        }
+        eprintln!("{n} commits written in {:?}", started.elapsed());
+        let t0 = std::time::Instant::now();
+        let opened = lake.open("t").await.unwrap().unwrap();
+        eprintln!("opened version {:?} in {:?}", opened.version(), t0.elapsed());
+        assert_eq!(opened.version(), Some(n as u64));
+        let key = OffsetKey { source: "kafka".into(), group: "g".into(), topic: "t".into(), partition: 0 };
+        let t1 = std::time::Instant::now();
+        assert_eq!(stored_offset(&opened, "t", &key).await.unwrap(), Some(n));
+        eprintln!("read the stored offset in {:?}", t1.elapsed());
     }
 }

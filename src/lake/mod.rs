@@ -128,6 +128,7 @@ impl LakeError {
 pub struct Lake {
     root: Url,
     storage_options: HashMap<String, String>,
+    checkpoint_interval: u64,
 }
 
 impl std::fmt::Debug for Lake {
@@ -172,7 +173,13 @@ impl Lake {
             Url::from_directory_path(&abs).map_err(|_| bad("not an absolute path"))?
         };
         let storage_options = std::env::vars().filter(|(k, _)| k.starts_with("AWS_")).collect();
-        Ok(Lake { root, storage_options })
+        Ok(Lake { root, storage_options, checkpoint_interval: 10 })
+    }
+
+    /// Write a Delta checkpoint every `n` commits in tables this lake creates (default 10).
+    pub fn with_checkpoint_interval(mut self, n: u64) -> Self {
+        self.checkpoint_interval = n.max(1);
+        self
     }
 
     /// The root URL, ending in `/`.
@@ -246,7 +253,7 @@ impl Lake {
             .with_table_name(name)
             .with_columns(kernel.fields().cloned())
             .with_partition_columns(partition_by.iter().map(|s| s.to_string()))
-            .with_configuration_property(deltalake::TableProperty::CheckpointInterval, Some("10"))
+            .with_configuration_property(deltalake::TableProperty::CheckpointInterval, Some(self.checkpoint_interval.to_string()))
             .await;
         match created {
             Ok(t) => Ok(t),

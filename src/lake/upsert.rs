@@ -26,7 +26,7 @@ use parquet::schema::types::ColumnPath;
 use super::commit::{commit, fence, stored_offset, txn_actions, OffsetKey, OffsetRange};
 use super::index::{i64_values, read_file, row_keys, KeyIndex};
 use super::{Lake, LakeError};
-use crate::batch::{arrow_schema, precombine, to_record_batch, Provenance};
+use crate::batch::{arrow_schema, group_by_key, resolve, to_record_batch, Provenance, Resolution};
 use crate::decode::Record;
 use crate::spec::{meta, TopicSpec};
 
@@ -129,21 +129,20 @@ impl TopicTable {
         self.table.update_state().await.map_err(|e| LakeError::delta(&name, e))?;
         fence(&self.table, &name, ranges).await?;
         let live = self.index.refresh(&self.table, &name).await?;
-        let winners = precombine(records);
+        let groups = group_by_key(records);
 
-        // Which winners have a stored row, and in which file.
+        // Which keys have a stored row, and in which file.
         let mut by_file: HashMap<Arc<str>, HashMap<&str, usize>> = HashMap::new();
-        for (wi, w) in winners.iter().enumerate() {
-            let key = records[w.idx].key.as_str();
+        for (g, group) in groups.iter().enumerate() {
+            let key = records[group[0]].key.as_str();
             if let Some(path) = self.index.lookup(key) {
                 if live.contains_key(path) {
-                    by_file.entry(path.clone()).or_default().insert(key, wi);
+                    by_file.entry(path.clone()).or_default().insert(key, g);
                 }
             }
         }
 
-        let mut stale = vec![false; winners.len()];
-        let mut stored = vec![false; winners.len()];
+        let mut decided: Vec<Option<(Resolution, bool)>> = vec![None; groups.len()];
         let mut removes: Vec<Action> = Vec::new();
         let mut remainders: Vec<(RecordBatch, Vec<String>, i32)> = Vec::new();
         let mut out = UpsertOutcome::default();
@@ -164,16 +163,11 @@ impl TopicTable {
                 for (row, key) in keys.iter().enumerate() {
                     let keep = match wanted.get(key.as_str()) {
                         None => true,
-                        Some(&wi) => {
-                            stored[wi] = true;
-                            let w = winners[wi];
-                            let r = &records[w.idx];
-                            if w.unconditional || r.precombine >= pres[row] {
-                                false
-                            } else {
-                                stale[wi] = true;
-                                true
-                            }
+                        Some(&g) => {
+                            let (res, stale) = resolve(records, &groups[g], Some(pres[row]));
+                            out.stale += stale;
+                            decided[g] = Some((res, true));
+                            res == Resolution::Unchanged
                         }
                     };
                     dropped_any |= !keep;
@@ -196,22 +190,25 @@ impl TopicTable {
 
         let mut rows: Vec<&Record> = Vec::new();
         let mut gone: Vec<&str> = Vec::new();
-        for (wi, w) in winners.iter().enumerate() {
-            let r = &records[w.idx];
-            if stale[wi] {
-                out.stale += 1;
-            } else if r.deleted {
-                if stored[wi] {
+        for (g, group) in groups.iter().enumerate() {
+            let (res, stored) = match decided[g] {
+                Some(d) => d,
+                None => (resolve(records, group, None).0, false),
+            };
+            match res {
+                Resolution::Unchanged => {}
+                Resolution::Delete => {
                     out.deleted += 1;
-                    gone.push(r.key.as_str());
+                    gone.push(records[group[0]].key.as_str());
                 }
-            } else {
-                if stored[wi] {
-                    out.updated += 1;
-                } else {
-                    out.inserted += 1;
+                Resolution::Upsert(i) => {
+                    if stored {
+                        out.updated += 1;
+                    } else {
+                        out.inserted += 1;
+                    }
+                    rows.push(&records[i]);
                 }
-                rows.push(r);
             }
         }
 
@@ -426,22 +423,14 @@ mod tests {
                         let deleted = *op == 0;
                         let status = if op % 2 == 0 { "completed" } else { "pending" };
                         recs.push(rec(&d, &key, ts, status, deleted, offset));
-                        // Batch precombine then apply equals sequential apply when no delete is
-                        // followed in the same batch by an older record of the same key; keep
-                        // the model exact by applying the batch winner.
                         offset += 1;
                     }
-                    // Model: per key, the batch winner (max ts, later wins ties), then vs stored.
-                    let mut winners: BTreeMap<String, (i64, i64, bool, String)> = BTreeMap::new();
+                    // Model: every record in stream order against the current row.
                     for r in &recs {
                         let status = match &r.values[4] { crate::decode::Value::Str(s) => s.clone(), _ => String::new() };
-                        let e = winners.entry(r.key.clone()).or_insert((r.precombine, r.offset, r.deleted, status.clone()));
-                        if r.precombine >= e.0 { *e = (r.precombine, r.offset, r.deleted, status); }
-                    }
-                    for (k, (ts, _, del, status)) in winners {
-                        let newer = model.get(&k).is_none_or(|(sts, _, _)| ts >= *sts);
+                        let newer = model.get(&r.key).is_none_or(|(sts, _, _)| r.precombine >= *sts);
                         if newer {
-                            if del { model.remove(&k); } else { model.insert(k, (ts, status, ts.div_euclid(DAY * 1000))); }
+                            if r.deleted { model.remove(&r.key); } else { model.insert(r.key.clone(), (r.precombine, status, r.precombine.div_euclid(DAY * 1000))); }
                         }
                     }
                     t.upsert(&recs, &range(if start == 0 { None } else { Some(start) }, offset), &prov).await.unwrap();

@@ -11,7 +11,7 @@ use rand::{Rng, SeedableRng};
 
 use crate::harness::{produce_to_partition, Fixture, LakeKind, Model, Msg};
 
-const KAFKA_CONFIG: &str = "[kafka]\n\"session.timeout.ms\" = \"6000\"\n";
+pub const KAFKA_CONFIG: &str = "[kafka]\n\"session.timeout.ms\" = \"6000\"\n";
 
 /// Generated transactions for one partition, with keys unique to that partition.
 fn partition_messages(partition: i32, count: usize) -> Vec<Msg> {
@@ -36,7 +36,7 @@ fn partition_messages(partition: i32, count: usize) -> Vec<Msg> {
         .collect()
 }
 
-async fn produce_model(fx: &Fixture, partitions: i32, per_partition: usize) -> Model {
+pub async fn produce_model(fx: &Fixture, partitions: i32, per_partition: usize) -> Model {
     let mut model = Model::default();
     for p in 0..partitions {
         let msgs = partition_messages(p, per_partition);
@@ -47,7 +47,7 @@ async fn produce_model(fx: &Fixture, partitions: i32, per_partition: usize) -> M
 }
 
 /// Compare the lake with the model, through lakepipe's SQL and through Python `deltalake`.
-fn assert_matches(fx: &Fixture, model: &Model) {
+pub fn assert_matches(fx: &Fixture, model: &Model) {
     let rows = fx.sql(&format!(
         "SELECT transaction_id, status, CAST(CAST(timestamp AS BIGINT) AS VARCHAR) AS ts FROM {} ORDER BY transaction_id",
         fx.topic
@@ -81,7 +81,7 @@ fn assert_matches(fx: &Fixture, model: &Model) {
     assert!(cross == want_status, "Python deltalake disagrees ({} rows vs {})", cross.len(), want_status.len());
 }
 
-fn spawn_ingest(fx: &Fixture, log: &std::path::Path) -> Child {
+pub fn spawn_ingest(fx: &Fixture, log: &std::path::Path) -> Child {
     let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
     fx.cmd("ingest")
         .args(["--trigger-interval", "100ms", "--max-batch-records", "250"])
@@ -176,7 +176,7 @@ async fn two_consumers(kind: LakeKind) {
 
 extern "C" {
     #[link_name = "kill"]
-    fn libc_kill(pid: i32, sig: i32) -> i32;
+    pub fn libc_kill(pid: i32, sig: i32) -> i32;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -4,4 +4,5 @@
 mod failures;
 mod harness;
 mod kill;
+mod operate;
 mod upsert;

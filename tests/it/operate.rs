@@ -1,0 +1,273 @@
+//! Operating the lake: metrics scraped during a real ingest, the exactly-once audit on a
+//! correct and on a damaged lake, compaction, vacuum and checkpoints, and maintenance running
+//! beside a live ingest.
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use deltalake::kernel::{Action, Transaction};
+use deltalake::protocol::{DeltaOperation, SaveMode};
+use lakepipe::lake::commit::{app_id, commit};
+use lakepipe::lake::Lake;
+use serde_json::Value;
+
+use crate::harness::{produce_to_partition, Fixture, LakeKind, Msg};
+use crate::kill::{assert_matches, produce_model, spawn_ingest, KAFKA_CONFIG};
+
+/// A plain HTTP/1.0 GET against the ingest's own server.
+fn http_get(port: u16, path: &str) -> (u16, String) {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}
+
+fn metric(body: &str, name: &str, labels: &str) -> Option<f64> {
+    let prefix = format!("{name}{{{labels}}} ");
+    body.lines().find_map(|l| l.strip_prefix(&prefix)).and_then(|v| v.trim().parse().ok())
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn txn(id: &str, ts: i64, status: &str) -> Msg {
+    (Some(id.into()), Some(format!(r#"{{"transaction_id":"{id}","user_id":"u","amount":1,"currency":"EUR","status":"{status}","timestamp":{ts}}}"#)))
+}
+
+async fn wait_for_metric(port: u16, name: &str, labels: &str, want: f64) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok((200, body)) = std::panic::catch_unwind(|| http_get(port, "/metrics")) {
+            if metric(&body, name, labels) == Some(want) {
+                return body;
+            }
+            assert!(Instant::now() < deadline, "{name}{{{labels}}} never reached {want}:\n{body}");
+        }
+        assert!(Instant::now() < deadline, "metrics endpoint never answered");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_match_what_was_produced() {
+    let fx = Fixture::new(LakeKind::Local, "transactions", 1, "").await;
+    let port = free_port();
+    let log = std::env::temp_dir().join(format!("{}.log", fx.topic));
+    let child = fx
+        .cmd("ingest")
+        .args(["--trigger-interval", "200ms", "--metrics-addr", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let t = fx.topic.clone();
+    let mut first: Vec<Msg> = (0..30).map(|i| txn(&format!("k{i}"), 1000, "pending")).collect();
+    first.push((Some("bad1".into()), Some("{oops".into())));
+    first.push((Some("bad2".into()), Some(r#"{"transaction_id":"bad2","timestamp":1}"#.into())));
+    first.push((Some("bad3".into()), Some(r#"{"transaction_id":"b3","user_id":"u","amount":1,"currency":"EUR","status":"lost","timestamp":1}"#.into())));
+    produce_to_partition(&t, 0, &first).await;
+    wait_for_metric(port, "lakepipe_rows_inserted_total", &format!("topic=\"{t}\""), 30.0).await;
+
+    let mut second: Vec<Msg> = (0..5).map(|i| txn(&format!("k{i}"), 2000, "completed")).collect();
+    second.push(txn("k5", 500, "failed")); // stale
+    second.push((Some("k6".into()), Some(format!(r#"{{"transaction_id":"k6","timestamp":3000,"_deleted":true}}"#))));
+    second.push((Some("k7".into()), Some(format!(r#"{{"transaction_id":"k7","timestamp":3000,"_deleted":true}}"#))));
+    produce_to_partition(&t, 0, &second).await;
+    let body = wait_for_metric(port, "lakepipe_rows_deleted_total", &format!("topic=\"{t}\""), 2.0).await;
+
+    let topic = format!("topic=\"{t}\"");
+    assert_eq!(metric(&body, "lakepipe_records_consumed_total", &topic), Some(41.0));
+    assert_eq!(metric(&body, "lakepipe_records_valid_total", &topic), Some(38.0));
+    assert_eq!(metric(&body, "lakepipe_rows_updated_total", &topic), Some(5.0));
+    assert_eq!(metric(&body, "lakepipe_records_stale_total", &topic), Some(1.0));
+    for kind in ["malformed_json", "missing_field", "invalid_enum"] {
+        assert_eq!(metric(&body, "lakepipe_records_dead_lettered_total", &format!("kind=\"{kind}\",{topic}")), Some(1.0), "{kind}");
+    }
+    assert_eq!(metric(&body, "lakepipe_committed_offset", &format!("partition=\"0\",{topic}")), Some(41.0));
+    assert_eq!(metric(&body, "lakepipe_consumer_lag_messages", &format!("partition=\"0\",{topic}")), Some(0.0));
+    assert!(body.contains("# TYPE lakepipe_commit_duration_seconds histogram"));
+    assert!(metric(&body, "lakepipe_commit_duration_seconds_count", &format!("table=\"{t}\"")).unwrap() >= 2.0);
+    assert_eq!(http_get(port, "/health/live").0, 200);
+    assert_eq!(http_get(port, "/health/ready").0, 200);
+    unsafe { crate::kill::libc_kill(child.id() as i32, 15) };
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "log {}", log.display());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn json_logs() {
+    let fx = Fixture::new(LakeKind::Local, "log_events", 1, "").await;
+    let out = fx.cmd("ingest").args(["--once", "--log-format", "json"]).output().unwrap();
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<Value> = stderr.lines().filter(|l| !l.trim().is_empty()).map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))).collect();
+    assert!(lines.iter().any(|l| l["fields"]["message"] == "ingest started"), "{stderr}");
+}
+
+fn audit(fx: &Fixture) -> (bool, Value) {
+    let out = fx.cmd("audit").args(["--json", "--topics", &fx.topic, "--group", &fx.group]).env("LAKEPIPE_CONNECT_TIMEOUT", "5s").output().unwrap();
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)));
+    (out.status.success(), report)
+}
+
+fn kinds(report: &Value) -> BTreeSet<String> {
+    report["findings"].as_array().unwrap().iter().map(|f| f["kind"].as_str().unwrap().to_string()).collect()
+}
+
+async fn open(fx: &Fixture, table: &str) -> deltalake::DeltaTable {
+    Lake::parse(&fx.lake).unwrap().open(table).await.unwrap().unwrap()
+}
+
+fn write_op() -> DeltaOperation {
+    DeltaOperation::Write { mode: SaveMode::Append, partition_by: None, predicate: None }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn audit_passes_then_finds_each_kind_of_damage() {
+    let fx = Fixture::new(LakeKind::Local, "transactions", 2, KAFKA_CONFIG).await;
+    let model = produce_model(&fx, 2, 800).await;
+    fx.ingest_once();
+    assert_matches(&fx, &model);
+    let (ok, report) = audit(&fx);
+    assert!(ok, "a correct lake must pass: {report:#}");
+    let t = &report["topics"][0];
+    assert_eq!(t["expected_rows"], t["table_rows"]);
+    assert_eq!(t["expected_rows"].as_u64().unwrap() as usize, model.rows.len());
+    assert_eq!(t["complete_history"], true);
+
+    // 1. Remove a committed data file from the log: its keys go missing.
+    let table = open(&fx, &fx.topic).await;
+    let file = table.snapshot().unwrap().log_data().iter().next().unwrap();
+    commit(&table, &fx.topic, vec![Action::Remove(file.remove_action(true))], write_op(), Default::default()).await.unwrap();
+    let (ok, report) = audit(&fx);
+    assert!(!ok);
+    assert_eq!(kinds(&report), BTreeSet::from(["missing_key".to_string()]), "{report:#}");
+
+    // 2. Duplicate rows: reference another live file a second time under a new name.
+    let table = open(&fx, &fx.topic).await;
+    let file = table.snapshot().unwrap().log_data().iter().next().unwrap();
+    #[allow(deprecated)]
+    let mut add = file.add_action();
+    let copy = format!("{}-copy.parquet", add.path.trim_end_matches(".parquet"));
+    let lake_dir = std::fs::canonicalize(&fx.lake).unwrap().join(&fx.topic);
+    std::fs::copy(lake_dir.join(&add.path), lake_dir.join(&copy)).unwrap();
+    add.path = copy;
+    commit(&table, &fx.topic, vec![Action::Add(add)], write_op(), Default::default()).await.unwrap();
+    let (_, report) = audit(&fx);
+    assert!(kinds(&report).contains("duplicate_key"), "{report:#}");
+
+    // 3. Rewind partition 0's offset: the table now holds rows from beyond it.
+    let table = open(&fx, &fx.topic).await;
+    let id = app_id("kafka", &fx.group, &fx.topic, 0);
+    commit(&table, &fx.topic, vec![Action::Txn(Transaction::new(&id, 400))], write_op(), Default::default()).await.unwrap();
+    let (_, report) = audit(&fx);
+    let k = kinds(&report);
+    assert!(k.contains("extra_key") || k.contains("stale_row"), "{report:#}");
+
+    // 4. An offset beyond the broker's log.
+    let table = open(&fx, &fx.topic).await;
+    let id = app_id("kafka", &fx.group, &fx.topic, 1);
+    commit(&table, &fx.topic, vec![Action::Txn(Transaction::new(&id, 1_000_000))], write_op(), Default::default()).await.unwrap();
+    let (_, report) = audit(&fx);
+    assert!(kinds(&report).contains("offset_beyond_log"), "{report:#}");
+
+    // 5. Lose a dead-letter file.
+    let dead = open(&fx, "dead_letters").await;
+    let file = dead.snapshot().unwrap().log_data().iter().next().unwrap();
+    commit(&dead, "dead_letters", vec![Action::Remove(file.remove_action(true))], write_op(), Default::default()).await.unwrap();
+    let (_, report) = audit(&fx);
+    assert!(kinds(&report).contains("bad_message_without_dead_letter"), "{report:#}");
+}
+
+fn file_count(fx: &Fixture) -> usize {
+    let code = "import sys\nfrom deltalake import DeltaTable\nprint(len(DeltaTable(sys.argv[1]).file_uris()), flush=True)\nimport os\nos._exit(0)";
+    let out = Command::new(crate::harness::python()).args(["-c", code, &fx.table_uri(&fx.topic)]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn compaction_vacuum_and_checkpoints() {
+    let fx = Fixture::new(LakeKind::Local, "transactions", 2, "checkpoint_interval = 5").await;
+    let model = produce_model(&fx, 2, 600).await;
+    let out = fx.cmd("ingest").args(["--once", "--max-batch-records", "40"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_matches(&fx, &model);
+    let before = file_count(&fx);
+    let query = format!("SELECT transaction_id, status, CAST(amount AS VARCHAR) AS a, CAST(date AS VARCHAR) AS d FROM {} ORDER BY transaction_id", fx.topic);
+    let rows_before = fx.sql(&query);
+    let lake_dir = std::fs::canonicalize(&fx.lake).unwrap().join(&fx.topic);
+    assert!(lake_dir.join("_delta_log/_last_checkpoint").exists(), "a checkpoint is written every 5 commits");
+
+    let out = fx.cmd("compact").args(["--table", &fx.topic, "--target-file-size", "100000000"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let after = file_count(&fx);
+    assert!(after < before, "compaction must reduce the file count ({before} -> {after})");
+    assert!(after <= 4, "one file per date partition expected, got {after}");
+    assert_eq!(fx.sql(&query), rows_before, "compaction changes no result");
+    let (ok, report) = audit(&fx);
+    assert!(ok, "{report:#}");
+    let out = fx.cmd("compact").args(["--table", &fx.topic, "--zorder", "user_id,amount"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(fx.sql(&query), rows_before, "Z-ordering changes no result");
+
+    // Upserts after compaction find their keys in the compacted files.
+    let updates: Vec<Msg> = model.rows.iter().take(20).map(|(k, (ts, _))| txn(k, ts / 1000 + 1, "refunded")).collect();
+    produce_to_partition(&fx.topic, 0, &updates).await;
+    fx.ingest_once();
+    let refunded = fx.sql(&format!("SELECT count(*) AS n FROM {} WHERE status = 'refunded' AND transaction_id IN ({})", fx.topic,
+        updates.iter().map(|(k, _)| format!("'{}'", k.as_ref().unwrap())).collect::<Vec<_>>().join(",")));
+    assert_eq!(refunded[0]["n"], 20);
+    let dupes = fx.sql(&format!("SELECT count(*) - count(DISTINCT transaction_id) AS d FROM {}", fx.topic));
+    assert_eq!(dupes[0]["d"], 0);
+
+    // Vacuum: an unsafe retention is refused, a forced one deletes the replaced files.
+    let parquet_files = || std::fs::read_dir(&lake_dir).unwrap().flatten().filter(|d| d.file_name().to_string_lossy().starts_with("date=")).flat_map(|d| std::fs::read_dir(d.path()).into_iter().flatten().flatten()).filter(|f| f.path().extension().is_some_and(|e| e == "parquet")).count();
+    let on_disk = parquet_files();
+    let out = fx.cmd("vacuum").args(["--table", &fx.topic, "--retain-hours", "1"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("refusing to vacuum"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(parquet_files(), on_disk, "a refused vacuum deletes nothing");
+    let out = fx.cmd("vacuum").args(["--table", &fx.topic, "--retain-hours", "0", "--force"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(parquet_files() < on_disk, "forced vacuum deletes replaced files");
+    assert_eq!(parquet_files(), file_count(&fx), "only live files remain");
+    let cross = fx.cross_read("deltalake", &fx.topic, &["transaction_id"]);
+    assert_eq!(cross.len(), model.rows.len());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn maintenance_beside_a_live_ingest_loses_nothing() {
+    let fx = Fixture::new(LakeKind::Local, "transactions", 3, KAFKA_CONFIG).await;
+    let log = std::env::temp_dir().join(format!("{}.log", fx.topic));
+    let mut ingest = spawn_ingest(&fx, &log);
+    let model = produce_model(&fx, 3, 1200).await;
+    let want = model.rows.len() as i64;
+    let mut compactions = 0;
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let out = fx.cmd("compact").args(["--target-file-size", "100000000"]).output().unwrap();
+        assert!(out.status.success(), "compaction beside ingest failed: {}", String::from_utf8_lossy(&out.stderr));
+        compactions += 1;
+        let out = fx.cmd("vacuum").args(["--retain-hours", "168"]).output().unwrap();
+        assert!(out.status.success(), "vacuum beside ingest failed: {}", String::from_utf8_lossy(&out.stderr));
+        let n = fx.sql(&format!("SELECT count(*) AS n FROM {}", fx.topic))[0]["n"].as_i64().unwrap();
+        let dead = fx.sql(&format!("SELECT count(*) AS n FROM dead_letters WHERE _topic = '{}'", fx.topic))[0]["n"].as_i64().unwrap();
+        if n == want && dead == model.invalid.len() as i64 && compactions >= 3 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "ingest did not converge beside maintenance: {n}/{want} (log {})", log.display());
+    }
+    ingest.kill().unwrap();
+    ingest.wait().unwrap();
+    assert_matches(&fx, &model);
+    let (ok, report) = audit(&fx);
+    assert!(ok, "{report:#}");
+}
