@@ -165,7 +165,8 @@ mod long_log {
     #[ignore]
     async fn open_table_with_many_commits() {
         let dir = tempfile::tempdir().unwrap();
-        let lake = Lake::parse(dir.path().to_str().unwrap()).unwrap();
+        let every: u64 = std::env::var("LAKEPIPE_LONG_LOG_CHECKPOINT").ok().and_then(|v| v.parse().ok()).unwrap_or(10);
+        let lake = Lake::parse(dir.path().to_str().unwrap()).unwrap().with_checkpoint_interval(every);
         let schema = crate::lake::dead_letters::schema();
         let mut table = lake.open_or_create("t", &schema, &["date"]).await.unwrap();
         let n: i64 = std::env::var("LAKEPIPE_LONG_LOG_COMMITS").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);

@@ -133,6 +133,11 @@ async fn upsert_semantics(kind: LakeKind) {
     let dl_count = fx.sql(&format!("SELECT count(*) AS n FROM dead_letters WHERE _topic = '{}'", fx.topic));
     assert_eq!(dl_count[0]["n"], 10);
 
+    // The audit agrees: every committed message is in the lake exactly once.
+    let out = fx.cmd("audit").args(["--topics", &fx.topic, "--group", &fx.group]).output().unwrap();
+    assert!(out.status.success(), "audit: {}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("OK: exactly once"));
+
     // Readers we did not write see exactly the same rows.
     let readers: &[&str] = if kind == LakeKind::Local { &["deltalake", "duckdb"] } else { &["deltalake"] };
     for reader in readers {
