@@ -34,7 +34,8 @@ start_s3() {
   if (exec 3<>"/dev/tcp/127.0.0.1/$S3_PORT") 2>/dev/null; then
     log "port $S3_PORT is taken; set LAKEPIPE_S3_PORT"; exit 1
   fi
-  ( cd "$RUN_DIR" && SERVICES=s3 GATEWAY_LISTEN="127.0.0.1:$S3_PORT" DNS_ADDRESS=0 EAGER_SERVICE_LOADING=1 \
+  mkdir -p "$RUN_DIR/tmp"
+  ( cd "$RUN_DIR" && TMPDIR="$RUN_DIR/tmp" SERVICES=s3 GATEWAY_LISTEN="127.0.0.1:$S3_PORT" DNS_ADDRESS=0 EAGER_SERVICE_LOADING=1 \
       LOCALSTACK_VOLUME_DIR="$RUN_DIR/localstack-volume" \
       exec "$LOCALSTACK_VENV/bin/python" -m localstack.runtime.main ) >"$RUN_DIR/localstack.log" 2>&1 &
   echo $! >"$RUN_DIR/localstack.pid"
@@ -72,7 +73,7 @@ stop() {
       rm -f "$RUN_DIR/$name.pid"
     fi
   done
-  rm -rf "$RUN_DIR/localstack-volume"
+  rm -rf "$RUN_DIR/localstack-volume" "$RUN_DIR/tmp"
 }
 
 case "${1:-}" in
