@@ -7,6 +7,7 @@
 pub mod commit;
 pub mod dead_letters;
 pub mod index;
+pub mod log;
 pub mod upsert;
 
 use std::collections::HashMap;
@@ -236,6 +237,17 @@ impl Lake {
     /// Open a table, creating it with `schema` partitioned by `partition_by` if missing.
     /// Two processes creating it at once is fine: the loser opens the winner's table.
     pub async fn open_or_create(&self, name: &str, schema: &SchemaRef, partition_by: &[&str]) -> Result<DeltaTable, LakeError> {
+        self.open_or_create_with(name, schema, partition_by, &[]).await
+    }
+
+    /// [`Lake::open_or_create`], recording extra table properties (such as `lakepipe.key`).
+    pub async fn open_or_create_with(
+        &self,
+        name: &str,
+        schema: &SchemaRef,
+        partition_by: &[&str],
+        properties: &[(&str, String)],
+    ) -> Result<DeltaTable, LakeError> {
         if let Some(t) = self.open(name).await? {
             check_schema(name, &t, schema)?;
             return Ok(t);
@@ -254,6 +266,8 @@ impl Lake {
             .with_columns(kernel.fields().cloned())
             .with_partition_columns(partition_by.iter().map(|s| s.to_string()))
             .with_configuration_property(deltalake::TableProperty::CheckpointInterval, Some(self.checkpoint_interval.to_string()))
+            .with_configuration(properties.iter().map(|(k, v)| (k.to_string(), Some(v.clone()))))
+            .with_raise_if_key_not_exists(false)
             .await;
         match created {
             Ok(t) => Ok(t),

@@ -79,7 +79,8 @@ impl TopicTable {
     /// Open (or create) the table of a topic.
     pub async fn open(lake: &Lake, spec: TopicSpec) -> Result<Self, LakeError> {
         let schema = arrow_schema(&spec);
-        let table = lake.open_or_create(&spec.name, &schema, &[meta::DATE]).await?;
+        let props = [(crate::query::functions::KEY_PROPERTY, spec.key.join(",")), ("lakepipe.precombine", spec.precombine.clone())];
+        let table = lake.open_or_create_with(&spec.name, &schema, &[meta::DATE], &props).await?;
         Ok(TopicTable {
             name: spec.name.clone(),
             index: KeyIndex::new(spec.key.clone()),
@@ -296,7 +297,7 @@ impl TopicTable {
 }
 
 /// The `date` partition of a file as days since the epoch.
-fn file_day(values: &HashMap<String, Option<String>>) -> Option<i32> {
+pub(crate) fn file_day(values: &HashMap<String, Option<String>>) -> Option<i32> {
     let text = values.get(meta::DATE)?.as_ref()?;
     let d = chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d").ok()?;
     let epoch = chrono::NaiveDate::from_ymd_opt(1970, 1, 1)?;
@@ -304,7 +305,7 @@ fn file_day(values: &HashMap<String, Option<String>>) -> Option<i32> {
 }
 
 /// Shape rows read from a data file (which lacks the partition column) as the table schema.
-fn conform(batch: &RecordBatch, schema: &SchemaRef, day: i32) -> Result<RecordBatch, arrow::error::ArrowError> {
+pub(crate) fn conform(batch: &RecordBatch, schema: &SchemaRef, day: i32) -> Result<RecordBatch, arrow::error::ArrowError> {
     let n = batch.num_rows();
     let cols: Vec<ArrayRef> = schema
         .fields()

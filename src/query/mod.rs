@@ -1,5 +1,8 @@
 //! Query: SQL over the lake with DataFusion. Every Delta table under the lake root is
-//! registered by name (each topic table and `dead_letters`), at its latest version.
+//! registered by name (each topic table and `dead_letters`), at its latest version, with the
+//! table functions `as_of`, `history` and `changes` ([`functions`]).
+
+pub mod functions;
 
 use std::sync::Arc;
 
@@ -58,6 +61,7 @@ pub async fn list_tables(lake: &Lake) -> Result<Vec<String>, LakeError> {
 
 /// Register one table of the lake, at its latest version, if it exists.
 async fn register(ctx: &SessionContext, lake: &Lake, name: &str) -> Result<(), QueryError> {
+
     let Some(table) = lake.open(name).await? else { return Ok(()) };
     let provider = table.table_provider().await.map_err(|e| QueryError::Sql(e.to_string()))?;
     table.update_datafusion_session(&ctx.state()).map_err(|e| QueryError::Sql(e.to_string()))?;
@@ -68,6 +72,7 @@ async fn register(ctx: &SessionContext, lake: &Lake, name: &str) -> Result<(), Q
 /// A DataFusion session with every table of the lake registered.
 pub async fn session(lake: &Lake) -> Result<SessionContext, QueryError> {
     let ctx = SessionContext::new();
+    functions::register_all(&ctx, lake);
     for name in list_tables(lake).await? {
         register(&ctx, lake, &name).await?;
     }
@@ -77,6 +82,7 @@ pub async fn session(lake: &Lake) -> Result<SessionContext, QueryError> {
 /// Run a statement over some tables and stream the result batch by batch.
 pub async fn stream(lake: &Lake, tables: &[&str], sql: &str) -> Result<deltalake::datafusion::execution::SendableRecordBatchStream, QueryError> {
     let ctx = SessionContext::new();
+    functions::register_all(&ctx, lake);
     for name in tables {
         register(&ctx, lake, name).await?;
     }
