@@ -212,7 +212,10 @@ fn mutate(shape: &str, body: &Json, ts: i64, rng: &mut StdRng) -> Json {
     match shape {
         "transactions" => b["status"] = json!(one(rng, &["completed", "failed", "refunded"])),
         "user_events" => b["page"] = json!(format!("/p/{}", rng.gen_range(0..100))),
-        "sensor_data" => b["value"] = json!(rng.gen_range(0.0..100.0f64).round()),
+        "sensor_data" => {
+            let v = b["value"].as_f64().unwrap_or(0.0) * rng.gen_range(0.95..1.05);
+            b["value"] = json!((v * 100.0).round() / 100.0);
+        }
         "log_events" => b["message"] = json!("updated message"),
         _ => b["payload"] = json!({"revised": true}),
     }

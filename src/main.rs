@@ -152,8 +152,11 @@ struct SqlArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Table)]
     format: Format,
-    /// The SQL statement.
-    query: String,
+    /// Write the result to a .parquet or .csv file instead of printing it.
+    #[arg(long)]
+    output: Option<PathBuf>,
+    /// The SQL statement (or a file of SQL, with @FILE); none opens an interactive shell.
+    query: Option<String>,
 }
 
 #[derive(Args)]
@@ -241,8 +244,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Sql(a) => {
             let cfg = load(&a.common, Overrides::default())?;
             let lake = cfg.lake()?;
-            let (schema, batches) = lakepipe::query::run(&lake, &a.query).await?;
-            println!("{}", lakepipe::query::format(&schema, &batches, a.format)?);
+            let Some(query) = a.query else {
+                lakepipe::query::shell::run_shell(&lake, a.format).await?;
+                return Ok(());
+            };
+            let query = match query.strip_prefix('@') {
+                Some(file) => std::fs::read_to_string(file).with_context(|| format!("cannot read {file}"))?,
+                None => query,
+            };
+            let (schema, batches) = lakepipe::query::run(&lake, query.trim().trim_end_matches(';')).await?;
+            match a.output {
+                Some(path) => {
+                    let rows = lakepipe::query::export(&schema, &batches, &path)?;
+                    eprintln!("wrote {rows} rows to {}", path.display());
+                }
+                None => println!("{}", lakepipe::query::format(&schema, &batches, a.format)?),
+            }
         }
         Command::Generate(a) => {
             let cfg = load(&a.common, Overrides::default())?;

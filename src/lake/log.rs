@@ -62,11 +62,10 @@ fn file_action(v: &serde_json::Value) -> FileAction {
 pub async fn read_commit(table: &DeltaTable, name: &str, version: u64) -> Result<Option<Commit>, LakeError> {
     let store = table.object_store();
     let path = Path::from(format!("_delta_log/{version:020}.json"));
-    let mut modified = None;
-    let bytes = match store.get(&path).await {
+    let (bytes, modified) = match store.get(&path).await {
         Ok(r) => {
-            modified = Some(r.meta.last_modified.timestamp_millis());
-            r.bytes().await.map_err(|e| LakeError::data(name, e))?
+            let modified = Some(r.meta.last_modified.timestamp_millis());
+            (r.bytes().await.map_err(|e| LakeError::data(name, e))?, modified)
         }
         Err(deltalake::ObjectStoreError::NotFound { .. }) => return Ok(None),
         Err(e) => return Err(LakeError::data(name, e)),

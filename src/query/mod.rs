@@ -3,6 +3,7 @@
 //! table functions `as_of`, `history` and `changes` ([`functions`]).
 
 pub mod functions;
+pub mod shell;
 
 use std::sync::Arc;
 
@@ -24,6 +25,14 @@ pub enum QueryError {
     /// The result could not be formatted.
     #[error("cannot format the result: {0}")]
     Format(String),
+    /// The result could not be written to a file.
+    #[error("cannot write {path}: {reason}")]
+    Export {
+        /// The file.
+        path: String,
+        /// What went wrong.
+        reason: String,
+    },
 }
 
 impl QueryError {
@@ -135,4 +144,35 @@ pub fn format(schema: &Arc<arrow::datatypes::Schema>, batches: &[RecordBatch], f
             Ok(if text.trim().is_empty() { "[]".to_string() } else { text })
         }
     }
+}
+
+/// Write a result to `path`: Parquet (zstd) for `.parquet`, CSV with a header for `.csv`.
+pub fn export(schema: &Arc<arrow::datatypes::Schema>, batches: &[RecordBatch], path: &std::path::Path) -> Result<u64, QueryError> {
+    let err = |reason: String| QueryError::Export { path: path.display().to_string(), reason };
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or_default().to_ascii_lowercase();
+    let file = || std::fs::File::create(path).map_err(|e| err(e.to_string()));
+    let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
+    match ext.as_str() {
+        "parquet" => {
+            let props = parquet::file::properties::WriterProperties::builder()
+                .set_compression(parquet::basic::Compression::ZSTD(parquet::basic::ZstdLevel::default()))
+                .build();
+            let mut w = parquet::arrow::ArrowWriter::try_new(file()?, schema.clone(), Some(props)).map_err(|e| err(e.to_string()))?;
+            for b in batches {
+                w.write(b).map_err(|e| err(e.to_string()))?;
+            }
+            w.close().map_err(|e| err(e.to_string()))?;
+        }
+        "csv" => {
+            let mut w = arrow::csv::WriterBuilder::new().with_header(true).build(file()?);
+            if batches.is_empty() {
+                w.write(&RecordBatch::new_empty(schema.clone())).map_err(|e| err(e.to_string()))?;
+            }
+            for b in batches {
+                w.write(b).map_err(|e| err(e.to_string()))?;
+            }
+        }
+        _ => return Err(err("the file name must end in .parquet or .csv".into())),
+    }
+    Ok(rows)
 }

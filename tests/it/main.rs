@@ -5,4 +5,5 @@ mod failures;
 mod harness;
 mod kill;
 mod operate;
+mod sql_golden;
 mod upsert;
