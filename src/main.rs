@@ -252,7 +252,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Some(file) => std::fs::read_to_string(file).with_context(|| format!("cannot read {file}"))?,
                 None => query,
             };
-            let (schema, batches) = lakepipe::query::run(&lake, query.trim().trim_end_matches(';')).await?;
+            let broker = a.common.brokers.as_ref().map(|_| lakepipe::query::functions::BrokerInfo {
+                brokers: cfg.brokers.clone(),
+                source_name: cfg.source_name.clone(),
+            });
+            let (schema, batches) = lakepipe::query::run_with(&lake, query.trim().trim_end_matches(';'), broker.as_ref()).await?;
             match a.output {
                 Some(path) => {
                     let rows = lakepipe::query::export(&schema, &batches, &path)?;

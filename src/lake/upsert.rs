@@ -79,7 +79,7 @@ impl TopicTable {
     /// Open (or create) the table of a topic.
     pub async fn open(lake: &Lake, spec: TopicSpec) -> Result<Self, LakeError> {
         let schema = arrow_schema(&spec);
-        let props = [(crate::query::functions::KEY_PROPERTY, spec.key.join(",")), ("lakepipe.precombine", spec.precombine.clone())];
+        let props = [(crate::query::functions::KEY_PROPERTY, spec.key.join(",")), ("lakepipe.precombine", spec.precombine.clone()), ("lakepipe.partition_time", spec.partition_time.clone())];
         let table = lake.open_or_create_with(&spec.name, &schema, &[meta::DATE], &props).await?;
         Ok(TopicTable {
             name: spec.name.clone(),

@@ -79,9 +79,9 @@ async fn register(ctx: &SessionContext, lake: &Lake, name: &str) -> Result<(), Q
 }
 
 /// A DataFusion session with every table of the lake registered.
-pub async fn session(lake: &Lake) -> Result<SessionContext, QueryError> {
+pub async fn session(lake: &Lake, broker: Option<&functions::BrokerInfo>) -> Result<SessionContext, QueryError> {
     let ctx = SessionContext::new();
-    functions::register_all(&ctx, lake);
+    functions::register_all(&ctx, lake, broker);
     for name in list_tables(lake).await? {
         register(&ctx, lake, &name).await?;
     }
@@ -91,7 +91,7 @@ pub async fn session(lake: &Lake) -> Result<SessionContext, QueryError> {
 /// Run a statement over some tables and stream the result batch by batch.
 pub async fn stream(lake: &Lake, tables: &[&str], sql: &str) -> Result<deltalake::datafusion::execution::SendableRecordBatchStream, QueryError> {
     let ctx = SessionContext::new();
-    functions::register_all(&ctx, lake);
+    functions::register_all(&ctx, lake, None);
     for name in tables {
         register(&ctx, lake, name).await?;
     }
@@ -101,7 +101,12 @@ pub async fn stream(lake: &Lake, tables: &[&str], sql: &str) -> Result<deltalake
 
 /// Run one statement and collect the result.
 pub async fn run(lake: &Lake, sql: &str) -> Result<(Arc<arrow::datatypes::Schema>, Vec<RecordBatch>), QueryError> {
-    let ctx = session(lake).await?;
+    run_with(lake, sql, None).await
+}
+
+/// Run one statement, with the broker known to `freshness()`.
+pub async fn run_with(lake: &Lake, sql: &str, broker: Option<&functions::BrokerInfo>) -> Result<(Arc<arrow::datatypes::Schema>, Vec<RecordBatch>), QueryError> {
+    let ctx = session(lake, broker).await?;
     let df = ctx.sql(sql).await.map_err(|e| QueryError::Sql(e.to_string()))?;
     let schema = Arc::new(df.schema().as_arrow().clone());
     let batches = df.collect().await.map_err(|e| QueryError::Sql(e.to_string()))?;

@@ -133,6 +133,24 @@ async fn upsert_semantics(kind: LakeKind) {
     let dl_count = fx.sql(&format!("SELECT count(*) AS n FROM dead_letters WHERE _topic = '{}'", fx.topic));
     assert_eq!(dl_count[0]["n"], 10);
 
+    // freshness(): offsets, the broker's end and the lag per partition; the newest event per date.
+    let fresh = fx.sql(&format!(
+        "SELECT partition, committed_offset, high_watermark, lag FROM freshness() WHERE scope = 'partition' AND table_name = '{}' AND consumer_group = '{}' ORDER BY partition",
+        fx.topic, fx.group
+    ));
+    let got: Vec<(i64, i64, i64, i64)> = fresh
+        .iter()
+        .map(|r| (r["partition"].as_i64().unwrap(), r["committed_offset"].as_i64().unwrap(), r["high_watermark"].as_i64().unwrap(), r["lag"].as_i64().unwrap()))
+        .collect();
+    assert_eq!(got, vec![(0, 26, 26, 0), (1, 1, 1, 0)]);
+    let dates = fx.sql(&format!(
+        "SELECT CAST(date AS VARCHAR) AS d, CAST(newest_event_time AS VARCHAR) AS newest, rows FROM freshness() WHERE scope = 'date' AND table_name = '{}' ORDER BY date",
+        fx.topic
+    ));
+    assert_eq!(dates.len(), 4, "{dates:?}");
+    assert_eq!(dates[2]["d"], "2024-01-03");
+    assert!(dates[2]["newest"].as_str().unwrap().starts_with("2024-01-03T00:00:01"), "{dates:?}");
+
     // The audit agrees: every committed message is in the lake exactly once.
     let out = fx.cmd("audit").args(["--topics", &fx.topic, "--group", &fx.group]).output().unwrap();
     assert!(out.status.success(), "audit: {}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
