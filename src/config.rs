@@ -76,6 +76,10 @@ pub struct Config {
     pub checkpoint_interval: u64,
     /// `vacuum` refuses a shorter retention unless `--force` is given.
     pub min_vacuum_retention_hours: u64,
+    /// `serve`: longest a query may run.
+    pub query_timeout: String,
+    /// `serve`: most rows a query result returns (longer results are cut and marked).
+    pub max_result_rows: usize,
     /// Extra librdkafka properties for the consumer and producer.
     pub kafka: BTreeMap<String, String>,
     /// Topic specs added to or overriding the built-in five.
@@ -98,6 +102,8 @@ impl Default for Config {
             connect_timeout: "15s".into(),
             checkpoint_interval: 10,
             min_vacuum_retention_hours: 168,
+            query_timeout: "30s".into(),
+            max_result_rows: 100_000,
             kafka: BTreeMap::new(),
             specs: BTreeMap::new(),
         }
@@ -183,7 +189,12 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        for (key, value) in [("trigger_interval", &self.trigger_interval), ("idle_timeout", &self.idle_timeout), ("connect_timeout", &self.connect_timeout)] {
+        for (key, value) in [
+            ("trigger_interval", &self.trigger_interval),
+            ("idle_timeout", &self.idle_timeout),
+            ("connect_timeout", &self.connect_timeout),
+            ("query_timeout", &self.query_timeout),
+        ] {
             parse_duration(value).map_err(|message| ConfigError::Invalid { origin: Some(key.into()), message })?;
         }
         if self.max_batch_records == 0 || self.max_batch_bytes == 0 {

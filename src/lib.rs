@@ -41,5 +41,6 @@ pub mod maintain;
 pub mod metrics;
 pub mod progress;
 pub mod query;
+pub mod server;
 pub mod source;
 pub mod spec;

@@ -40,8 +40,8 @@ enum Command {
     Compact(CompactArgs),
     /// Delete files no longer referenced by recent versions.
     Vacuum(VacuumArgs),
-    /// Serve the HTTP endpoints: /metrics, /health/live and /health/ready (the query API
-    /// joins them with the analysts' issue).
+    /// Serve the read-only HTTP API (/query, /tables, /tables/{t}/history) with /metrics and
+    /// /health. Set LAKEPIPE_API_TOKEN to require a bearer token.
     Serve(ServeArgs),
 }
 
@@ -339,9 +339,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             lake.check(cfg.connect()).await?;
             let metrics = lakepipe::metrics::Metrics::new()?;
             metrics.set_ready(true);
-            let bound = lakepipe::metrics::serve(a.listen, metrics).await?;
-            eprintln!("serving http://{bound}/metrics and /health for {}", lake.root());
-            tokio::signal::ctrl_c().await?;
+            let broker = a.common.brokers.as_ref().map(|_| lakepipe::query::functions::BrokerInfo {
+                brokers: cfg.brokers.clone(),
+                source_name: cfg.source_name.clone(),
+            });
+            let token = std::env::var("LAKEPIPE_API_TOKEN").ok().filter(|t| !t.is_empty());
+            let server = lakepipe::server::ServerConfig {
+                lake: lake.clone(),
+                broker,
+                token,
+                query_timeout: lakepipe::config::parse_duration(&cfg.query_timeout).map_err(anyhow::Error::msg)?,
+                max_rows: cfg.max_result_rows,
+            };
+            let listener = tokio::net::TcpListener::bind(a.listen).await.with_context(|| format!("cannot listen on {}", a.listen))?;
+            eprintln!("serving http://{} for {}", listener.local_addr()?, lake.root());
+            axum::serve(listener, lakepipe::server::router(server, metrics))
+                .with_graceful_shutdown(async {
+                    let _ = tokio::signal::ctrl_c().await;
+                })
+                .await?;
         }
         Command::Vacuum(a) => {
             let cfg = load(&a.common, Overrides::default())?;

@@ -1,6 +1,7 @@
 //! Integration tests against a real Kafka-protocol broker (tansu) and real LocalStack S3, both
 //! started by `scripts/test.sh` on 127.0.0.1. Every test uses its own topic, group and table.
 
+mod api;
 mod failures;
 mod harness;
 mod kill;

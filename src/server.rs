@@ -1,0 +1,267 @@
+//! Server: the read-only HTTP API of `lakepipe serve`.
+//!
+//! * `POST /query` `{sql, engine, format: json|csv|arrow}` runs one read-only statement.
+//! * `GET /tables` lists the tables with schema, row count, size and latest version.
+//! * `GET /tables/{t}/history` returns the commits.
+//! * `/metrics`, `/health/live` and `/health/ready`.
+//!
+//! Only a single `SELECT`/`WITH` query is accepted; anything that writes, changes the catalog
+//! or reads files is refused with a 400 before it reaches an engine. When `LAKEPIPE_API_TOKEN`
+//! is set, every request except the health checks needs `Authorization: Bearer <token>`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path as UrlPath, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use deltalake::datafusion::sql::sqlparser::ast::{visit_relations, Statement};
+use deltalake::datafusion::sql::sqlparser::dialect::GenericDialect;
+use deltalake::datafusion::sql::sqlparser::parser::Parser;
+use serde::Deserialize;
+
+use crate::lake::Lake;
+use crate::query::functions::BrokerInfo;
+use crate::query::{format, Format};
+
+/// Server settings.
+#[derive(Clone)]
+pub struct ServerConfig {
+    /// The lake.
+    pub lake: Lake,
+    /// The broker, for `freshness()`.
+    pub broker: Option<BrokerInfo>,
+    /// Required bearer token, if any (never logged).
+    pub token: Option<String>,
+    /// Longest a query may run.
+    pub query_timeout: Duration,
+    /// Most rows a result may return; longer results are cut and marked.
+    pub max_rows: usize,
+}
+
+/// A request to `POST /query`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueryRequest {
+    /// One SQL statement.
+    pub sql: String,
+    /// `datafusion` (default).
+    #[serde(default)]
+    pub engine: Option<String>,
+    /// `json` (default), `csv` or `arrow` (Arrow IPC stream).
+    #[serde(default)]
+    pub format: Option<String>,
+}
+
+/// Table functions that read files or URLs: refused by the read-only API.
+const FILE_READERS: [&str; 12] = [
+    "read_parquet", "parquet_scan", "read_csv", "read_csv_auto", "read_json", "read_json_auto", "read_ndjson", "read_text", "read_blob",
+    "delta_scan", "iceberg_scan", "glob",
+];
+
+/// Check that `sql` is one read-only query. Returns the reason when it is not.
+pub fn check_read_only(sql: &str) -> Result<(), String> {
+    let statements = Parser::parse_sql(&GenericDialect {}, sql).map_err(|e| format!("cannot parse the query: {e}"))?;
+    let [statement] = statements.as_slice() else {
+        return Err(format!("send exactly one statement (got {})", statements.len()));
+    };
+    let Statement::Query(_) = statement else {
+        let kind = statement.to_string().split_whitespace().next().unwrap_or("this").to_ascii_uppercase();
+        return Err(format!("the API is read-only: {kind} statements are not allowed; only SELECT and WITH queries are"));
+    };
+    let mut bad = None;
+    let _ = visit_relations(statement, |name| {
+        let n = name.to_string().to_ascii_lowercase();
+        if FILE_READERS.contains(&n.as_str()) || n.contains('/') || n.contains("://") {
+            bad = Some(n);
+        }
+        std::ops::ControlFlow::<()>::Continue(())
+    });
+    // Table functions appear as relations with arguments; also scan the text for file readers.
+    let lower = sql.to_ascii_lowercase();
+    if bad.is_none() {
+        bad = FILE_READERS.iter().find(|f| lower.contains(&format!("{f}("))).map(|f| f.to_string());
+    }
+    match bad {
+        Some(f) => Err(format!("the API is read-only: reading files (`{f}`) is not allowed; query the lake's tables by name")),
+        None => Ok(()),
+    }
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(serde_json::json!({ "error": message.into() }))).into_response()
+}
+
+fn authorized(cfg: &ServerConfig, headers: &HeaderMap) -> bool {
+    let Some(token) = &cfg.token else { return true };
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|t| constant_time_eq(t.as_bytes(), token.as_bytes()))
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn query(State(cfg): State<Arc<ServerConfig>>, headers: HeaderMap, body: Result<Json<QueryRequest>, axum::extract::rejection::JsonRejection>) -> Response {
+    if !authorized(&cfg, &headers) {
+        return error(StatusCode::UNAUTHORIZED, "a bearer token is required (Authorization: Bearer …)");
+    }
+    let Json(req) = match body {
+        Ok(b) => b,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad request body: {e}")),
+    };
+    match req.engine.as_deref().unwrap_or("datafusion") {
+        "datafusion" => {}
+        other => return error(StatusCode::BAD_REQUEST, format!("engine `{other}` is not available; use datafusion")),
+    }
+    if let Err(reason) = check_read_only(&req.sql) {
+        return error(StatusCode::BAD_REQUEST, reason);
+    }
+    let fmt = req.format.as_deref().unwrap_or("json");
+    let run = crate::query::run_with(&cfg.lake, req.sql.trim().trim_end_matches(';'), cfg.broker.as_ref());
+    let (schema, batches) = match tokio::time::timeout(cfg.query_timeout, run).await {
+        Err(_) => return error(StatusCode::BAD_REQUEST, format!("the query ran longer than the limit of {:?}", cfg.query_timeout)),
+        Ok(Err(e)) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+        Ok(Ok(r)) => r,
+    };
+    let total: usize = batches.iter().map(|b| b.num_rows()).sum();
+    let mut kept = Vec::new();
+    let mut left = cfg.max_rows;
+    for b in batches {
+        if left == 0 {
+            break;
+        }
+        let n = b.num_rows().min(left);
+        kept.push(b.slice(0, n));
+        left -= n;
+    }
+    let truncated = total > cfg.max_rows;
+    let (content_type, body) = match fmt {
+        "json" | "csv" => {
+            let f = if fmt == "json" { Format::Json } else { Format::Csv };
+            match format(&schema, &kept, f) {
+                Ok(text) => (if fmt == "json" { "application/json" } else { "text/csv" }, text.into_bytes()),
+                Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+            }
+        }
+        "arrow" => {
+            let mut buf = Vec::new();
+            let written = (|| {
+                let mut w = arrow::ipc::writer::StreamWriter::try_new(&mut buf, &schema)?;
+                for b in &kept {
+                    w.write(b)?;
+                }
+                w.finish()
+            })();
+            if let Err(e) = written {
+                return error(StatusCode::BAD_REQUEST, e.to_string());
+            }
+            ("application/vnd.apache.arrow.stream", buf)
+        }
+        other => return error(StatusCode::BAD_REQUEST, format!("unknown format `{other}`: use json, csv or arrow")),
+    };
+    let mut resp = (StatusCode::OK, [(header::CONTENT_TYPE, content_type)], body).into_response();
+    if truncated {
+        if let Ok(v) = format!("{} of {total} rows", cfg.max_rows).parse() {
+            resp.headers_mut().insert("x-lakepipe-truncated", v);
+        }
+    }
+    resp
+}
+
+async fn tables(State(cfg): State<Arc<ServerConfig>>, headers: HeaderMap) -> Response {
+    if !authorized(&cfg, &headers) {
+        return error(StatusCode::UNAUTHORIZED, "a bearer token is required (Authorization: Bearer …)");
+    }
+    let names = match crate::query::list_tables(&cfg.lake).await {
+        Ok(n) => n,
+        Err(e) => return error(StatusCode::BAD_GATEWAY, e.to_string()),
+    };
+    let mut out = Vec::new();
+    for name in names {
+        let Ok(Some(t)) = cfg.lake.open(&name).await else { continue };
+        let Ok(snapshot) = t.snapshot() else { continue };
+        let schema: Vec<serde_json::Value> = snapshot
+            .schema()
+            .fields()
+            .map(|f| serde_json::json!({"name": f.name(), "type": f.data_type().to_string(), "nullable": f.is_nullable()}))
+            .collect();
+        let (mut rows, mut size, mut files) = (0u64, 0u64, 0u64);
+        for f in snapshot.log_data().iter() {
+            rows += f.num_records().unwrap_or(0) as u64;
+            size += f.size().max(0) as u64;
+            files += 1;
+        }
+        out.push(serde_json::json!({
+            "name": name, "version": t.version(), "rows": rows, "size_bytes": size, "files": files,
+            "partition_columns": snapshot.metadata().partition_columns(), "schema": schema,
+        }));
+    }
+    Json(out).into_response()
+}
+
+async fn history(State(cfg): State<Arc<ServerConfig>>, headers: HeaderMap, UrlPath(table): UrlPath<String>) -> Response {
+    if !authorized(&cfg, &headers) {
+        return error(StatusCode::UNAUTHORIZED, "a bearer token is required (Authorization: Bearer …)");
+    }
+    match cfg.lake.open(&table).await {
+        Ok(Some(_)) => {}
+        Ok(None) => return error(StatusCode::NOT_FOUND, format!("no table `{table}`")),
+        Err(e) => return error(StatusCode::BAD_GATEWAY, e.to_string()),
+    }
+    let batch = match crate::query::functions::history(&cfg.lake, &table).await {
+        Ok(b) => b,
+        Err(e) => return error(StatusCode::BAD_GATEWAY, e.to_string()),
+    };
+    match format(&batch.schema(), &[batch], Format::Json) {
+        Ok(text) => (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], text).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// The API routes, with metrics and health.
+pub fn router(cfg: ServerConfig, metrics: Arc<crate::metrics::Metrics>) -> Router {
+    let api = Router::new()
+        .route("/query", post(query))
+        .route("/tables", get(tables))
+        .route("/tables/{table}/history", get(history))
+        .with_state(Arc::new(cfg));
+    api.merge(crate::metrics::router(metrics))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_only_guard() {
+        assert!(check_read_only("SELECT 1").is_ok());
+        assert!(check_read_only("WITH x AS (SELECT * FROM transactions) SELECT count(*) FROM x").is_ok());
+        assert!(check_read_only("SELECT * FROM changes('transactions', 1)").is_ok());
+        for bad in [
+            "INSERT INTO transactions VALUES (1)",
+            "UPDATE transactions SET status = 'x'",
+            "DELETE FROM transactions",
+            "MERGE INTO t USING s ON t.a = s.a WHEN MATCHED THEN DELETE",
+            "CREATE TABLE x (a INT)",
+            "DROP TABLE transactions",
+            "ALTER TABLE transactions ADD COLUMN x INT",
+            "COPY transactions TO 'out.csv'",
+            "ATTACH 'file.db'",
+            "INSTALL httpfs",
+            "LOAD httpfs",
+            "PRAGMA version",
+            "SET x = 1",
+            "SELECT * FROM read_parquet('/etc/passwd')",
+            "SELECT * FROM read_csv_auto('x.csv')",
+            "SELECT 1; SELECT 2",
+        ] {
+            assert!(check_read_only(bad).is_err(), "{bad} must be refused");
+        }
+    }
+}

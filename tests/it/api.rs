@@ -1,0 +1,146 @@
+//! The read-only HTTP API of `lakepipe serve`, driven with curl.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::harness::{produce_to_partition, Fixture, LakeKind, Msg};
+
+struct Server {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve(fx: &Fixture, env: &[(&str, &str)]) -> Server {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut cmd = fx.cmd("serve");
+    cmd.args(["--listen", &format!("127.0.0.1:{port}")]).stdout(Stdio::null()).stderr(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let child = cmd.spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "serve did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Server { child, port }
+}
+
+/// curl: returns (status, headers, body).
+fn curl(port: u16, method: &str, path: &str, body: Option<&Value>, token: Option<&str>) -> (u16, String, Vec<u8>) {
+    let dir = tempfile::tempdir().unwrap();
+    let headers = dir.path().join("h");
+    let mut c = Command::new("curl");
+    c.args(["-s", "-X", method, "-D", headers.to_str().unwrap(), "--max-time", "60"]);
+    if let Some(t) = token {
+        c.args(["-H", &format!("Authorization: Bearer {t}")]);
+    }
+    if let Some(b) = body {
+        c.args(["-H", "Content-Type: application/json", "--data-binary", &b.to_string()]);
+    }
+    c.arg(format!("http://127.0.0.1:{port}{path}"));
+    let out = c.output().unwrap();
+    assert!(out.status.success(), "curl failed: {}", String::from_utf8_lossy(&out.stderr));
+    let h = std::fs::read_to_string(&headers).unwrap_or_default();
+    let status = h.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (status, h.to_ascii_lowercase(), out.stdout)
+}
+
+fn q(sql: &str, format: &str) -> Value {
+    serde_json::json!({"sql": sql, "engine": "datafusion", "format": format})
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn read_only_api_with_token_limits_and_clear_errors() {
+    let fx = Fixture::new(LakeKind::Local, "transactions", 1, "").await;
+    let msgs: Vec<Msg> = (0..12)
+        .map(|i| (Some(format!("t{i}")), Some(format!(r#"{{"transaction_id":"t{i}","user_id":"u","amount":{i}.5,"currency":"EUR","status":"completed","timestamp":{}}}"#, 1_700_000_000_000i64 + i))))
+        .collect();
+    produce_to_partition(&fx.topic, 0, &msgs).await;
+    fx.ingest_once();
+    let srv = serve(&fx, &[("LAKEPIPE_API_TOKEN", "s3cret"), ("LAKEPIPE_MAX_RESULT_ROWS", "5")]);
+    let sql = format!("SELECT transaction_id, amount FROM {} ORDER BY transaction_id", fx.topic);
+
+    // The token.
+    assert_eq!(curl(srv.port, "POST", "/query", Some(&q(&sql, "json")), None).0, 401);
+    assert_eq!(curl(srv.port, "POST", "/query", Some(&q(&sql, "json")), Some("wrong")).0, 401);
+    assert_eq!(curl(srv.port, "GET", "/health/live", None, None).0, 200, "health needs no token");
+
+    // JSON: the same array of row objects as the CLI, cut at the row limit and marked.
+    let (status, headers, body) = curl(srv.port, "POST", "/query", Some(&q(&sql, "json")), Some("s3cret"));
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let rows: Vec<Value> = serde_json::from_slice(&body).unwrap();
+    assert_eq!(rows.len(), 5);
+    assert_eq!(rows[0]["transaction_id"], "t0");
+    assert!(headers.contains("x-lakepipe-truncated: 5 of 12 rows"), "{headers}");
+    let cli = fx.sql(&sql);
+    assert_eq!(rows[..], cli[..5]);
+
+    // CSV and Arrow IPC (read back with pyarrow).
+    let (_, headers, body) = curl(srv.port, "POST", "/query", Some(&q(&format!("SELECT count(*) AS n FROM {}", fx.topic), "csv")), Some("s3cret"));
+    assert!(headers.contains("content-type: text/csv"));
+    assert_eq!(String::from_utf8_lossy(&body), "n\n12\n");
+    let (_, headers, body) = curl(srv.port, "POST", "/query", Some(&q(&sql, "arrow")), Some("s3cret"));
+    assert!(headers.contains("application/vnd.apache.arrow.stream"));
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("r.arrows");
+    std::fs::write(&file, &body).unwrap();
+    let code = "import sys, pyarrow.ipc as ipc\nt = ipc.open_stream(open(sys.argv[1], 'rb')).read_all()\nprint(t.num_rows, t.column('transaction_id')[0])";
+    let out = Command::new(crate::harness::python()).args(["-c", code, file.to_str().unwrap()]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "5 t0", "{}", String::from_utf8_lossy(&out.stderr));
+
+    // Read-only: every kind of write, DDL, setting and file read is a 400 with a clear message.
+    for bad in [
+        format!("INSERT INTO {} SELECT * FROM {}", fx.topic, fx.topic),
+        format!("UPDATE {} SET status = 'failed'", fx.topic),
+        format!("DELETE FROM {}", fx.topic),
+        format!("DROP TABLE {}", fx.topic),
+        "CREATE TABLE x AS SELECT 1".to_string(),
+        format!("COPY {} TO '/tmp/x.csv'", fx.topic),
+        "SET datafusion.execution.batch_size = 1".to_string(),
+        "SELECT * FROM read_parquet('/etc/hosts')".to_string(),
+    ] {
+        let (status, _, body) = curl(srv.port, "POST", "/query", Some(&q(&bad, "json")), Some("s3cret"));
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(status, 400, "{bad}: {v}");
+        assert!(v["error"].as_str().unwrap().contains("read-only") || v["error"].as_str().unwrap().contains("not allowed"), "{bad}: {v}");
+    }
+    let rows = fx.sql(&format!("SELECT count(*) AS n FROM {}", fx.topic));
+    assert_eq!(rows[0]["n"], 12, "nothing was changed");
+
+    // A bad query: 400 with the engine's message, never a 500.
+    let (status, _, body) = curl(srv.port, "POST", "/query", Some(&q(&format!("SELECT nope FROM {}", fx.topic), "json")), Some("s3cret"));
+    assert_eq!(status, 400);
+    assert!(String::from_utf8_lossy(&body).contains("nope"));
+    let (status, _, _) = curl(srv.port, "POST", "/query", Some(&serde_json::json!({"sql": 5})), Some("s3cret"));
+    assert_eq!(status, 400);
+
+    // Tables and history.
+    let (status, _, body) = curl(srv.port, "GET", "/tables", None, Some("s3cret"));
+    assert_eq!(status, 200);
+    let tables: Vec<Value> = serde_json::from_slice(&body).unwrap();
+    let t = tables.iter().find(|t| t["name"] == fx.topic.as_str()).unwrap();
+    assert_eq!(t["rows"], 12);
+    assert!(t["schema"].as_array().unwrap().iter().any(|c| c["name"] == "amount" && c["type"].as_str().unwrap().contains("decimal")), "{t}");
+    let (status, _, body) = curl(srv.port, "GET", &format!("/tables/{}/history", fx.topic), None, Some("s3cret"));
+    assert_eq!(status, 200);
+    let history: Vec<Value> = serde_json::from_slice(&body).unwrap();
+    assert_eq!(history.last().unwrap()["rows_inserted"], 12);
+    assert_eq!(curl(srv.port, "GET", "/tables/nope/history", None, Some("s3cret")).0, 404);
+    drop(srv);
+
+    // A query that outlives the timeout gets a 400.
+    let slow = serve(&fx, &[("LAKEPIPE_QUERY_TIMEOUT", "1ms")]);
+    let (status, _, body) = curl(slow.port, "POST", "/query", Some(&q(&sql, "json")), None);
+    assert_eq!(status, 400);
+    assert!(String::from_utf8_lossy(&body).contains("longer than the limit"), "{}", String::from_utf8_lossy(&body));
+}
