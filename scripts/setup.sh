@@ -16,10 +16,13 @@ install_tansu() {
 }
 
 install_py() {
-  if "$PY_VENV/bin/python" -c 'import deltalake, duckdb, confluent_kafka' 2>/dev/null; then return; fi
-  log "installing Python readers for cross-checks (deltalake, duckdb + delta extension)"
-  python3 -m venv "$PY_VENV"
-  "$PY_VENV/bin/pip" install -q -r "$LAKEPIPE_ROOT/scripts/requirements-readers.txt"
+  local req="$LAKEPIPE_ROOT/scripts/requirements-readers.txt" want
+  want=$(sha256sum "$req" | cut -d' ' -f1)
+  if [ "$(cat "$PY_VENV/.requirements.sha256" 2>/dev/null)" = "$want" ]; then return; fi
+  log "installing Python readers for cross-checks (deltalake, duckdb + delta extension, notebook runner)"
+  [ -x "$PY_VENV/bin/python" ] || python3 -m venv "$PY_VENV"
+  "$PY_VENV/bin/pip" install -q -r "$req"
+  echo "$want" >"$PY_VENV/.requirements.sha256"
 }
 
 install_localstack() {

@@ -168,11 +168,12 @@ fn fresh(shape: &str, i: usize, ts: i64, rng: &mut StdRng) -> (String, Json) {
         }
         "sensor_data" => {
             let sensor = format!("sensor_{:03}", rng.gen_range(0..100));
-            let (kind, unit, base) = [("temperature", "C", 21.0), ("humidity", "%", 45.0), ("pressure", "hPa", 1013.0), ("vibration", "mm/s", 2.0)]
+            let (kind, unit, base, spread) = [("temperature", "C", 21.0, 0.25), ("humidity", "%", 45.0, 0.3), ("pressure", "hPa", 1013.0, 0.015), ("vibration", "mm/s", 2.0, 0.5)]
                 .choose(rng)
                 .copied()
-                .unwrap_or(("temperature", "C", 21.0));
-            let value = base + rng.gen_range(-10.0..10.0) * if rng.gen_bool(0.03) { 6.0 } else { 1.0 };
+                .unwrap_or(("temperature", "C", 21.0, 0.25));
+            // Mostly near the type's normal level; 3% are spikes far outside it.
+            let value = base * (1.0 + rng.gen_range(-spread..spread)) * if rng.gen_bool(0.03) { 6.0 } else { 1.0 };
             let body = json!({
                 "sensor_id": sensor, "sensor_type": kind, "value": (value * 100.0f64).round() / 100.0, "unit": unit,
                 "location": format!("building_{}/floor_{}", rng.gen_range(1..4), rng.gen_range(1..6)),

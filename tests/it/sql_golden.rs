@@ -78,3 +78,35 @@ async fn analyst_queries_match_golden_files() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
+
+/// The analysts' notebook runs headless against a lake this test made, and draws its plots.
+#[tokio::test(flavor = "multi_thread")]
+async fn notebook_runs_headless() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake_dir = dir.path().join("lake");
+    let lake = Lake::parse(lake_dir.to_str().unwrap()).unwrap();
+    build_lake(&lake).await;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let executed = dir.path().join("executed.ipynb");
+    let code = r#"
+import sys, nbformat, nbclient
+nb = nbformat.read(sys.argv[1], as_version=4)
+nbclient.NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": sys.argv[3]}}).execute()
+nbformat.write(nb, sys.argv[2])
+images = sum(1 for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if "image/png" in o.get("data", {}))
+text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+print(images)
+print(text)
+"#;
+    let out = std::process::Command::new(crate::harness::python())
+        .args(["-c", code, root.join("notebooks/lake_tour.ipynb").to_str().unwrap(), executed.to_str().unwrap(), root.join("notebooks").to_str().unwrap()])
+        .env("LAKEPIPE_LAKE", &lake_dir)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "the notebook failed:\n{}\n{}", stdout, String::from_utf8_lossy(&out.stderr));
+    let mut lines = stdout.lines();
+    let images: usize = lines.next().unwrap().trim().parse().unwrap();
+    assert!(images >= 2, "expected two plots, got {images}");
+    assert!(stdout.contains("transactions") && stdout.contains("malformed_json"), "{stdout}");
+}
