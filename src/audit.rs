@@ -247,6 +247,7 @@ async fn audit_topic(
     let decoder = Decoder::new(spec.clone(), opts.max_message_bytes).map_err(|e| broker_err(e.to_string()))?;
     let mut expected: HashMap<String, Expected> = HashMap::new();
     let mut bad: HashSet<(i32, i64)> = HashSet::new();
+    let mut last_read: HashMap<i32, i64> = HashMap::new();
     let target = |a: &PartitionAudit| a.committed.unwrap_or(0).max(a.dead_letters_committed.unwrap_or(0));
     if tpl.count() > 0 {
         consumer.assign(&tpl).map_err(|e| broker_err(e.to_string()))?;
@@ -265,6 +266,7 @@ async fn audit_topic(
             }
             a.covered_from.get_or_insert(off);
             a.messages_read += 1;
+            last_read.insert(p, off);
             if off + 1 >= target(a) {
                 done.insert(p);
             }
@@ -289,6 +291,27 @@ async fn audit_topic(
                 Ok(_) => {}
             }
         }
+    }
+    // A partition that stopped short of its committed offset: either the offset is beyond the
+    // log (a finding, below) or the broker stopped answering (no conclusion possible).
+    for a in parts.values() {
+        let t = target(a);
+        if t == 0 || a.messages_read > 0 && a.covered_from.is_some_and(|f| f + a.messages_read as i64 >= t) {
+            continue;
+        }
+        let hwm = fetch_high_watermark(&consumer, topic, a.partition);
+        if hwm.is_some_and(|h| h < t) {
+            continue;
+        }
+        if last_read.get(&a.partition).is_some_and(|&o| o + 1 >= t) {
+            continue;
+        }
+        return Err(broker_err(format!(
+            "partition {}: no message for {:?} before reaching the committed offset {t} (last read {:?}, high watermark {hwm:?}); the audit cannot conclude",
+            a.partition,
+            opts.idle,
+            last_read.get(&a.partition)
+        )));
     }
     let mut complete = true;
     for a in parts.values_mut() {

@@ -99,7 +99,7 @@ pub async fn compact(lake: &Lake, cfg: &crate::config::Config, opts: &CompactOpt
         let mut attempt = 0;
         let report = loop {
             attempt += 1;
-            let table = lake.open(name).await?.ok_or_else(|| MaintainError::NoTable(name.clone()))?;
+            let Some(table) = lake.open(name).await? else { break CompactReport { table: name.clone(), files_added: 0, files_removed: 0, attempts: 0 } };
             let kind = if opts.zorder.is_empty() { OptimizeType::Compact } else { OptimizeType::ZOrder(opts.zorder.clone()) };
             let result = table.optimize().with_target_size(target).with_type(kind).with_writer_properties(writer_properties(&keys)).await;
             match result {
@@ -165,7 +165,7 @@ pub async fn vacuum(lake: &Lake, opts: &VacuumOptions) -> Result<Vec<VacuumRepor
         let mut attempt = 0;
         let deleted = loop {
             attempt += 1;
-            let table = lake.open(name).await?.ok_or_else(|| MaintainError::NoTable(name.clone()))?;
+            let Some(table) = lake.open(name).await? else { break 0 };
             let result = table
                 .vacuum()
                 .with_retention_period(chrono::Duration::hours(opts.retain_hours as i64))

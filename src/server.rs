@@ -6,8 +6,10 @@
 //! * `/metrics`, `/health/live` and `/health/ready`.
 //!
 //! Only a single `SELECT`/`WITH` query is accepted; anything that writes, changes the catalog
-//! or reads files is refused with a 400 before it reaches an engine. When `LAKEPIPE_API_TOKEN`
-//! is set, every request except the health checks needs `Authorization: Bearer <token>`.
+//! or reads files is refused with a 400 before it reaches an engine, and the engine itself runs
+//! with DDL, DML and statements disabled. Results stop at the row limit (the engine is told, so
+//! it does not compute more). When `LAKEPIPE_API_TOKEN` is set, every API request needs
+//! `Authorization: Bearer <token>`; `/metrics` and `/health` stay open for scrapers and probes.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -67,10 +69,24 @@ pub fn check_read_only(sql: &str) -> Result<(), String> {
     let [statement] = statements.as_slice() else {
         return Err(format!("send exactly one statement (got {})", statements.len()));
     };
-    let Statement::Query(_) = statement else {
+    let Statement::Query(query) = statement else {
         let kind = statement.to_string().split_whitespace().next().unwrap_or("this").to_ascii_uppercase();
         return Err(format!("the API is read-only: {kind} statements are not allowed; only SELECT and WITH queries are"));
     };
+    // `WITH … INSERT/UPDATE/DELETE/MERGE` parses as a query too: only reading bodies pass.
+    use deltalake::datafusion::sql::sqlparser::ast::SetExpr;
+    fn reads_only(body: &SetExpr) -> bool {
+        match body {
+            SetExpr::Select(_) | SetExpr::Values(_) | SetExpr::Table(_) => true,
+            SetExpr::Query(q) => reads_only(&q.body),
+            SetExpr::SetOperation { left, right, .. } => reads_only(left) && reads_only(right),
+            _ => false,
+        }
+    }
+    let ctes_read_only = query.with.as_ref().is_none_or(|w| w.cte_tables.iter().all(|c| reads_only(&c.query.body)));
+    if !reads_only(&query.body) || !ctes_read_only {
+        return Err("the API is read-only: only SELECT and WITH … SELECT queries are allowed".into());
+    }
     let mut bad = None;
     let _ = visit_relations(statement, |name| {
         let n = name.to_string().to_ascii_lowercase();
@@ -123,12 +139,13 @@ async fn query(State(cfg): State<Arc<ServerConfig>>, headers: HeaderMap, body: R
         return error(StatusCode::BAD_REQUEST, reason);
     }
     let fmt = req.format.as_deref().unwrap_or("json");
-    let run = crate::query::run_with(&cfg.lake, req.sql.trim().trim_end_matches(';'), cfg.broker.as_ref());
+    let run = crate::query::run_limited(&cfg.lake, req.sql.trim().trim_end_matches(';'), cfg.broker.as_ref(), cfg.max_rows + 1);
     let (schema, batches) = match tokio::time::timeout(cfg.query_timeout, run).await {
         Err(_) => return error(StatusCode::BAD_REQUEST, format!("the query ran longer than the limit of {:?}", cfg.query_timeout)),
         Ok(Err(e)) => return error(StatusCode::BAD_REQUEST, e.to_string()),
         Ok(Ok(r)) => r,
     };
+    // The engine stopped at max_rows + 1, so "more" is known without computing everything.
     let total: usize = batches.iter().map(|b| b.num_rows()).sum();
     let mut kept = Vec::new();
     let mut left = cfg.max_rows;
@@ -167,7 +184,7 @@ async fn query(State(cfg): State<Arc<ServerConfig>>, headers: HeaderMap, body: R
     };
     let mut resp = (StatusCode::OK, [(header::CONTENT_TYPE, content_type)], body).into_response();
     if truncated {
-        if let Ok(v) = format!("{} of {total} rows", cfg.max_rows).parse() {
+        if let Ok(v) = format!("first {} rows", cfg.max_rows).parse() {
             resp.headers_mut().insert("x-lakepipe-truncated", v);
         }
     }
@@ -212,6 +229,7 @@ async fn history(State(cfg): State<Arc<ServerConfig>>, headers: HeaderMap, UrlPa
     match cfg.lake.open(&table).await {
         Ok(Some(_)) => {}
         Ok(None) => return error(StatusCode::NOT_FOUND, format!("no table `{table}`")),
+        Err(e @ crate::lake::LakeError::BadTableName(_)) => return error(StatusCode::BAD_REQUEST, e.to_string()),
         Err(e) => return error(StatusCode::BAD_GATEWAY, e.to_string()),
     }
     let batch = match crate::query::functions::history(&cfg.lake, &table).await {
@@ -260,6 +278,8 @@ mod tests {
             "SELECT * FROM read_parquet('/etc/passwd')",
             "SELECT * FROM read_csv_auto('x.csv')",
             "SELECT 1; SELECT 2",
+            "WITH a AS (SELECT 1) INSERT INTO t SELECT * FROM a",
+            "WITH a AS (SELECT 1) DELETE FROM t",
         ] {
             assert!(check_read_only(bad).is_err(), "{bad} must be refused");
         }

@@ -30,6 +30,9 @@ pub enum LakeError {
         /// What is wrong with it.
         reason: String,
     },
+    /// A table name that is not a plain name (it could escape the lake).
+    #[error("bad table name `{0}`: use letters, digits, `_`, `-` and `.`")]
+    BadTableName(String),
     /// Storage could not be reached.
     #[error("cannot reach the lake at {uri}: {reason}")]
     Unreachable {
@@ -111,7 +114,11 @@ impl LakeError {
     pub fn is_user_error(&self) -> bool {
         matches!(
             self,
-            LakeError::BadUri { .. } | LakeError::MissingBucket { .. } | LakeError::AccessDenied { .. } | LakeError::SchemaMismatch { .. }
+            LakeError::BadUri { .. }
+                | LakeError::BadTableName(_)
+                | LakeError::MissingBucket { .. }
+                | LakeError::AccessDenied { .. }
+                | LakeError::SchemaMismatch { .. }
         )
     }
 
@@ -222,6 +229,7 @@ impl Lake {
 
     /// Open a table, or `None` when it does not exist yet.
     pub async fn open(&self, name: &str) -> Result<Option<DeltaTable>, LakeError> {
+        check_table_name(name)?;
         let url = self.table_url(name);
         if let Ok(path) = url.to_file_path() {
             if !path.join("_delta_log").is_dir() {
@@ -291,6 +299,19 @@ impl Lake {
     }
 }
 
+/// Only plain names: a table is always directly under the lake root.
+pub fn check_table_name(name: &str) -> Result<(), LakeError> {
+    let plain = !name.is_empty()
+        && name != "."
+        && name != ".."
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.');
+    if plain {
+        Ok(())
+    } else {
+        Err(LakeError::BadTableName(name.to_string()))
+    }
+}
+
 fn looks_unreachable(text: &str) -> bool {
     let t = text.to_ascii_lowercase();
     t.contains("connect") || t.contains("dns") || t.contains("timed out") || t.contains("error sending request")
@@ -337,6 +358,10 @@ mod tests {
         assert_eq!(s3.table_url("t").as_str(), "s3://bucket/some/prefix/t/");
         assert!(matches!(Lake::parse("gopher://x"), Err(LakeError::BadUri { .. })));
         assert!(matches!(Lake::parse("s3:///nobucket"), Err(LakeError::BadUri { .. })));
+        assert!(check_table_name("transactions").is_ok());
+        for bad in ["../x", "..", "a/b", "s3://b/t", "", "a b"] {
+            assert!(matches!(check_table_name(bad), Err(LakeError::BadTableName(_))), "{bad}");
+        }
         let dbg = format!("{s3:?}");
         assert!(!dbg.contains("AWS_"));
     }

@@ -229,10 +229,14 @@ pub async fn changes(lake: &Lake, name: &str, from: u64, to: Option<u64>) -> Res
         let added = read(c.adds.clone()).await.map_err(|e| LakeError::data(name, e))?;
         let rk = row_keys(&removed, &spec_key).map_err(|e| LakeError::data(name, e))?;
         let ak = row_keys(&added, &spec_key).map_err(|e| LakeError::data(name, e))?;
-        let prov = |b: &RecordBatch| -> Vec<(Option<i32>, Option<i64>)> {
+        // A row's identity: the source message that wrote it (source, partition, offset).
+        let prov = |b: &RecordBatch| -> Vec<(Option<String>, Option<i32>, Option<i64>)> {
+            let s = b.column_by_name(meta::SOURCE).and_then(|c| c.as_any().downcast_ref::<StringArray>().cloned());
             let p = b.column_by_name(meta::PARTITION).and_then(|c| c.as_any().downcast_ref::<arrow::array::Int32Array>().cloned());
             let o = b.column_by_name(meta::OFFSET).and_then(|c| c.as_any().downcast_ref::<arrow::array::Int64Array>().cloned());
-            (0..b.num_rows()).map(|i| (p.as_ref().map(|a| a.value(i)), o.as_ref().map(|a| a.value(i)))).collect()
+            (0..b.num_rows())
+                .map(|i| (s.as_ref().map(|a| a.value(i).to_string()), p.as_ref().map(|a| a.value(i)), o.as_ref().map(|a| a.value(i))))
+                .collect()
         };
         let (rp, ap) = (prov(&removed), prov(&added));
         let added_by_key: HashMap<&str, usize> = ak.iter().enumerate().map(|(i, k)| (k.as_str(), i)).collect();

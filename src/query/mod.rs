@@ -104,6 +104,19 @@ pub async fn run(lake: &Lake, sql: &str) -> Result<(Arc<arrow::datatypes::Schema
     run_with(lake, sql, None).await
 }
 
+/// Run one read-only statement with DDL, DML and other statements disabled, stopping after
+/// `limit` rows (for the HTTP API).
+pub async fn run_limited(lake: &Lake, sql: &str, broker: Option<&functions::BrokerInfo>, limit: usize) -> Result<(Arc<arrow::datatypes::Schema>, Vec<RecordBatch>), QueryError> {
+    use deltalake::datafusion::execution::context::SQLOptions;
+    let ctx = session(lake, broker).await?;
+    let options = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
+    let df = ctx.sql_with_options(sql, options).await.map_err(|e| QueryError::Sql(e.to_string()))?;
+    let df = df.limit(0, Some(limit)).map_err(|e| QueryError::Sql(e.to_string()))?;
+    let schema = Arc::new(df.schema().as_arrow().clone());
+    let batches = df.collect().await.map_err(|e| QueryError::Sql(e.to_string()))?;
+    Ok((schema, batches))
+}
+
 /// Run one statement, with the broker known to `freshness()`.
 pub async fn run_with(lake: &Lake, sql: &str, broker: Option<&functions::BrokerInfo>) -> Result<(Arc<arrow::datatypes::Schema>, Vec<RecordBatch>), QueryError> {
     let ctx = session(lake, broker).await?;
