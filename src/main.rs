@@ -54,19 +54,32 @@ struct ServeArgs {
     listen: std::net::SocketAddr,
 }
 
-#[derive(Args)]
-struct AuditArgs {
-    #[command(flatten)]
-    common: Common,
-    /// Consumer group whose offsets are audited.
+/// Which offsets: the consumer group, topics and source cluster.
+#[derive(Args, Clone, Default)]
+struct Selection {
+    /// Consumer group.
     #[arg(long)]
     group: Option<String>,
-    /// Topics, comma separated (default: every topic with a spec and a table).
+    /// Topics, comma separated (default: all five, plus any in the config).
     #[arg(long)]
     topics: Option<String>,
     /// Name of the source cluster in stored offsets.
     #[arg(long)]
     source_name: Option<String>,
+}
+
+impl Selection {
+    fn overrides(self) -> Overrides {
+        Overrides { group: self.group, topics: self.topics.as_deref().map(split_list), source_name: self.source_name, ..Default::default() }
+    }
+}
+
+#[derive(Args)]
+struct AuditArgs {
+    #[command(flatten)]
+    common: Common,
+    #[command(flatten)]
+    selection: Selection,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -122,21 +135,14 @@ struct Common {
 struct IngestArgs {
     #[command(flatten)]
     common: Common,
-    /// Consumer group.
-    #[arg(long)]
-    group: Option<String>,
-    /// Topics, comma separated (default: all five, plus any in the config).
-    #[arg(long)]
-    topics: Option<String>,
+    #[command(flatten)]
+    selection: Selection,
     /// Close a batch after this long (e.g. 500ms, 10s).
     #[arg(long)]
     trigger_interval: Option<String>,
     /// Close a batch at this many records.
     #[arg(long)]
     max_batch_records: Option<usize>,
-    /// Name of the source cluster in stored offsets.
-    #[arg(long)]
-    source_name: Option<String>,
     /// Drain every partition to its end, commit and exit.
     #[arg(long)]
     once: bool,
@@ -224,14 +230,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Ingest(a) => {
             let cfg = load(
                 &a.common,
-                Overrides {
-                    group: a.group,
-                    topics: a.topics.as_deref().map(split_list),
-                    trigger_interval: a.trigger_interval,
-                    max_batch_records: a.max_batch_records,
-                    source_name: a.source_name,
-                    ..Default::default()
-                },
+                Overrides { trigger_interval: a.trigger_interval, max_batch_records: a.max_batch_records, ..a.selection.overrides() },
             )?;
             let metrics = lakepipe::metrics::Metrics::new()?;
             if let Some(addr) = a.metrics_addr {
@@ -297,10 +296,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Audit(a) => {
-            let cfg = load(
-                &a.common,
-                Overrides { group: a.group, topics: a.topics.as_deref().map(split_list), source_name: a.source_name, ..Default::default() },
-            )?;
+            let cfg = load(&a.common, a.selection.overrides())?;
             let lake = cfg.lake()?;
             let specs = cfg.selected_specs()?;
             let opts = lakepipe::audit::AuditOptions {
