@@ -102,8 +102,32 @@ async fn upsert_semantics(kind: LakeKind) {
     assert!(dl[2]["error_message"].as_str().unwrap().contains("amount"), "the message names the field: {}", dl[2]);
 
     // Phase two: stale, update, late partition move, re-insert, ignored old delete.
+    let v1 = fx.sql(&format!("SELECT max(version) AS v FROM history('{}')", fx.topic))[0]["v"].as_i64().unwrap();
     produce_to_partition(&fx.topic, 0, &phase_two()).await;
     fx.ingest_once();
+    // The change feed of phase two, however it was batched: t2 updated, t3 inserted, nothing else.
+    let changes = fx.sql(&format!(
+        "SELECT transaction_id, _change_type, status FROM changes('{}', {}) ORDER BY transaction_id, _change_type",
+        fx.topic,
+        v1 + 1
+    ));
+    let got: Vec<(String, String, String)> = changes
+        .iter()
+        .map(|r| (r["transaction_id"].as_str().unwrap().into(), r["_change_type"].as_str().unwrap().into(), r["status"].as_str().unwrap().into()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("t2".to_string(), "update_postimage".to_string(), "completed".to_string()),
+            ("t2".into(), "update_preimage".into(), "pending".into()),
+            ("t3".into(), "insert".into(), "completed".into()),
+        ]
+    );
+    // Time travel back to the end of phase one.
+    let before = fx.sql(&format!("SELECT transaction_id, status FROM as_of('{}', {v1}) ORDER BY transaction_id", fx.topic));
+    let ids: Vec<&str> = before.iter().map(|r| r["transaction_id"].as_str().unwrap()).collect();
+    assert_eq!(ids, vec!["p1", "t1", "t2", "t5", "t6"]);
+    assert_eq!(before[2]["status"], "pending");
     let rows = fx.sql(&format!("SELECT transaction_id, status, CAST(date AS VARCHAR) AS date, _partition, _offset FROM {} ORDER BY transaction_id", fx.topic));
     let got: BTreeMap<String, (String, String)> = rows
         .iter()
