@@ -271,3 +271,23 @@ async fn maintenance_beside_a_live_ingest_loses_nothing() {
     let (ok, report) = audit(&fx);
     assert!(ok, "{report:#}");
 }
+
+/// On a terminal, long work shows an indicatif bar with rate and ETA; in logs, it does not.
+#[tokio::test(flavor = "multi_thread")]
+async fn progress_bar_only_on_a_terminal() {
+    let fx = Fixture::new(LakeKind::Local, "log_events", 1, "").await;
+    let msgs: Vec<Msg> = (0..5)
+        .map(|i| (Some(format!("l{i}")), Some(format!(r#"{{"log_id":"l{i}","service":"api","level":"INFO","message":"m","timestamp":{i}}}"#))))
+        .collect();
+    produce_to_partition(&fx.topic, 0, &msgs).await;
+    fx.ingest_once();
+    let bin = env!("CARGO_BIN_EXE_lakepipe");
+    let command = format!("{bin} compact --lake {} --target-file-size 1000000", fx.lake);
+    let out = Command::new("script").args(["-qec", &command, "/dev/null"]).output().unwrap();
+    let tty = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{tty}");
+    assert!(tty.contains("tables (") && tty.contains("ETA"), "no progress bar on a terminal:\n{tty}");
+    let plain = fx.cmd("compact").args(["--target-file-size", "1000000"]).output().unwrap();
+    assert!(plain.status.success());
+    assert!(!String::from_utf8_lossy(&plain.stderr).contains("ETA"), "a bar in plain logs");
+}
