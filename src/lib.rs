@@ -22,7 +22,9 @@
 //! * [`lake`]: upserts into the topic's table and appends to `dead_letters`, each commit
 //!   carrying the source offsets it covers, fenced against other writers.
 //! * [`ingest`]: the micro-batch loop that ties them together.
-//! * [`query`]: SQL over the lake.
+//! * [`query`]: SQL over the lake, with `as_of`, `history`, `changes` and `freshness()`.
+//! * [`server`]: the read-only HTTP API; [`metrics`]: Prometheus metrics and health.
+//! * [`audit`], [`maintain`]: proving exactly-once, compaction and vacuum.
 //!
 //! The exactly-once protocol is written up in `docs/DESIGN.md`.
 
