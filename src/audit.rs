@@ -405,11 +405,7 @@ fn provenance(batch: &arrow::record_batch::RecordBatch, p: &str, o: &str) -> Res
 
 /// The high watermark from fetch responses when known, else from the broker.
 fn fetch_high_watermark(consumer: &StreamConsumer, topic: &str, partition: i32) -> Option<i64> {
-    let topic_c = std::ffi::CString::new(topic).ok()?;
-    let (mut lo, mut hi) = (-1i64, -1i64);
-    // SAFETY: valid client pointer and C string; librdkafka writes only the out-parameters.
-    let err = unsafe { rdkafka::bindings::rd_kafka_get_watermark_offsets(consumer.client().native_ptr(), topic_c.as_ptr(), partition, &mut lo, &mut hi) };
-    if err == rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR && hi >= 0 {
+    if let Some(hi) = crate::source::kafka::cached_high_watermark(consumer.client(), topic, partition) {
         return Some(hi);
     }
     // Partitions that were not read: ask the broker (tansu reports the last batch's base + 1

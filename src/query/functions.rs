@@ -81,6 +81,11 @@ async fn open(lake: &Lake, name: &str) -> DfResult<DeltaTable> {
     lake.open(name).await.map_err(|e| DataFusionError::External(Box::new(e)))?.ok_or_else(|| plan_err(format!("no table `{name}` in the lake")))
 }
 
+/// A computed result as a table.
+fn in_memory(batch: RecordBatch) -> DfResult<Arc<dyn TableProvider>> {
+    Ok(Arc::new(MemTable::try_new(batch.schema(), vec![vec![batch]])?))
+}
+
 fn ext(e: LakeError) -> DataFusionError {
     DataFusionError::External(Box::new(e))
 }
@@ -175,7 +180,7 @@ impl TableFunctionImpl for History {
     fn call_with_args(&self, args: TableFunctionArgs) -> DfResult<Arc<dyn TableProvider>> {
         let name = string_arg(args.exprs(), 0, "history")?;
         let batch = block(history(&self.lake, &name)).map_err(ext)?;
-        Ok(Arc::new(MemTable::try_new(batch.schema(), vec![vec![batch]])?))
+        in_memory(batch)
     }
 }
 
@@ -316,7 +321,7 @@ impl TableFunctionImpl for Changes {
         let from = version(1)?.ok_or_else(|| plan_err("changes('table', from_version[, to_version]) needs a start version"))?;
         let to = version(2)?;
         let batch = block(changes(&self.lake, &name, from, to)).map_err(ext)?;
-        Ok(Arc::new(MemTable::try_new(batch.schema(), vec![vec![batch]])?))
+        in_memory(batch)
     }
 }
 
@@ -554,14 +559,10 @@ async fn high_watermark(brokers: &str, topic: &str, partition: i32) -> Option<i6
     tpl.add_partition_offset(topic, partition, rdkafka::Offset::End).ok()?;
     consumer.assign(&tpl).ok()?;
     // One fetch at the end of the log brings the high watermark back.
-    let topic_c = std::ffi::CString::new(topic).ok()?;
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
     while tokio::time::Instant::now() < deadline {
         let _ = tokio::time::timeout(std::time::Duration::from_millis(50), consumer.recv()).await;
-        let (mut lo, mut hi) = (-1i64, -1i64);
-        // SAFETY: valid client pointer and C string; librdkafka writes only the out-parameters.
-        let err = unsafe { rdkafka::bindings::rd_kafka_get_watermark_offsets(consumer.client().native_ptr(), topic_c.as_ptr(), partition, &mut lo, &mut hi) };
-        if err == rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR && hi >= 0 {
+        if let Some(hi) = crate::source::kafka::cached_high_watermark(consumer.client(), topic, partition) {
             return Some(hi);
         }
     }
@@ -583,6 +584,6 @@ impl TableFunctionImpl for Freshness {
             return Err(plan_err("freshness() takes no arguments"));
         }
         let batch = block(freshness(&self.lake, self.broker.as_ref())).map_err(ext)?;
-        Ok(Arc::new(MemTable::try_new(batch.schema(), vec![vec![batch]])?))
+        in_memory(batch)
     }
 }

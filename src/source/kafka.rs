@@ -168,14 +168,7 @@ impl KafkaSource {
 
     /// The high watermark seen in fetch responses (no broker round trip), if known.
     pub fn cached_high_watermark(&self, topic: &str, partition: i32) -> Option<i64> {
-        let topic = CString::new(topic).ok()?;
-        let (mut lo, mut hi) = (-1i64, -1i64);
-        // SAFETY: the client pointer is valid for the consumer's lifetime, the topic is a valid
-        // C string, and librdkafka only writes the two out-parameters.
-        let err = unsafe {
-            rdkafka::bindings::rd_kafka_get_watermark_offsets(self.consumer.client().native_ptr(), topic.as_ptr(), partition, &mut lo, &mut hi)
-        };
-        (err == RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR && hi >= 0).then_some(hi)
+        cached_high_watermark(self.consumer.client(), topic, partition)
     }
 
     /// Tell Kafka how far the lake has committed (advisory: restarts read the lake).
@@ -201,6 +194,17 @@ impl KafkaSource {
         }
         Ok(())
     }
+}
+
+/// The high watermark librdkafka last saw in a fetch response for a partition, if any. Exact
+/// even on brokers whose ListOffsets under-states the log end (tansu 0.6).
+pub fn cached_high_watermark<C: ClientContext>(client: &rdkafka::client::Client<C>, topic: &str, partition: i32) -> Option<i64> {
+    let topic = CString::new(topic).ok()?;
+    let (mut lo, mut hi) = (-1i64, -1i64);
+    // SAFETY: the client pointer is valid for the client's lifetime, the topic is a valid C
+    // string, and librdkafka only writes the two out-parameters.
+    let err = unsafe { rdkafka::bindings::rd_kafka_get_watermark_offsets(client.native_ptr(), topic.as_ptr(), partition, &mut lo, &mut hi) };
+    (err == RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR && hi >= 0).then_some(hi)
 }
 
 /// Fail clearly when the brokers cannot be reached or a topic does not exist.
