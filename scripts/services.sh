@@ -60,6 +60,7 @@ write_env() {
       echo "export AWS_SECRET_ACCESS_KEY=test"
     fi
     echo "export LAKEPIPE_PY=$PY_VENV/bin/python"
+    echo "export LAKEPIPE_TANSU_BIN=$TANSU_BIN"
   } >"$RUN_DIR/env"
 }
 

@@ -80,6 +80,21 @@ pub struct Config {
     pub query_timeout: String,
     /// `serve`: most rows a query result returns (longer results are cut and marked).
     pub max_result_rows: usize,
+    /// Producers (generate, load, HTTP ingest): the primary broker URL, `kafka://host:port[,…]`
+    /// or `iggy://user:pass@host:port[/stream]`. Empty: the Kafka cluster in `brokers`.
+    pub primary: String,
+    /// Producers: the fallback broker URL (empty: none).
+    pub fallback: String,
+    /// Producers: `primary_only`, `fallback_only`, `health` or `round_robin`.
+    pub strategy: String,
+    /// Producers: how long a broker may take to acknowledge a batch before the next is tried.
+    pub publish_timeout: String,
+    /// Circuit breaker: consecutive failures that open it.
+    pub breaker_failures: u32,
+    /// Circuit breaker: how long it stays open before probes.
+    pub breaker_open_for: String,
+    /// Circuit breaker: successful probes that close it again.
+    pub breaker_successes: u32,
     /// Extra librdkafka properties for the consumer and producer.
     pub kafka: BTreeMap<String, String>,
     /// Topic specs added to or overriding the built-in five.
@@ -104,6 +119,13 @@ impl Default for Config {
             min_vacuum_retention_hours: 168,
             query_timeout: "30s".into(),
             max_result_rows: 100_000,
+            primary: String::new(),
+            fallback: String::new(),
+            strategy: "health".into(),
+            publish_timeout: "800ms".into(),
+            breaker_failures: 5,
+            breaker_open_for: "30s".into(),
+            breaker_successes: 3,
             kafka: BTreeMap::new(),
             specs: BTreeMap::new(),
         }
@@ -127,6 +149,12 @@ pub struct Overrides {
     pub max_batch_records: Option<usize>,
     /// `--source-name`
     pub source_name: Option<String>,
+    /// `--primary`
+    pub primary: Option<String>,
+    /// `--fallback`
+    pub fallback: Option<String>,
+    /// `--strategy`
+    pub strategy: Option<String>,
 }
 
 const LIST_KEYS: [&str; 1] = ["topics"];
@@ -184,6 +212,15 @@ impl Config {
         if let Some(v) = f.source_name {
             cfg.source_name = v;
         }
+        if let Some(v) = f.primary {
+            cfg.primary = v;
+        }
+        if let Some(v) = f.fallback {
+            cfg.fallback = v;
+        }
+        if let Some(v) = f.strategy {
+            cfg.strategy = v;
+        }
         cfg.validate()?;
         Ok(cfg)
     }
@@ -194,6 +231,8 @@ impl Config {
             ("idle_timeout", &self.idle_timeout),
             ("connect_timeout", &self.connect_timeout),
             ("query_timeout", &self.query_timeout),
+            ("publish_timeout", &self.publish_timeout),
+            ("breaker_open_for", &self.breaker_open_for),
         ] {
             parse_duration(value).map_err(|message| ConfigError::Invalid { origin: Some(key.into()), message })?;
         }
@@ -203,8 +242,39 @@ impl Config {
         if self.group.is_empty() || self.source_name.is_empty() || self.source_name.contains(':') || self.group.contains(':') {
             return Err(ConfigError::Invalid { origin: None, message: "group and source_name must be non-empty and contain no `:`".into() });
         }
+        if self.breaker_failures == 0 || self.breaker_successes == 0 {
+            return Err(ConfigError::Invalid { origin: None, message: "breaker_failures and breaker_successes must be positive".into() });
+        }
+        self.router_options()?;
         self.selected_specs()?;
         Ok(())
+    }
+
+    /// The producers' router: brokers in priority order, strategy and breaker thresholds.
+    pub fn router_options(&self) -> Result<crate::publish::RouterOptions, ConfigError> {
+        use crate::publish::{breaker::BreakerConfig, router::Strategy, BrokerUrl};
+        let invalid = |origin: &str, message: String| ConfigError::Invalid { origin: Some(origin.into()), message };
+        let primary = if self.primary.trim().is_empty() { &self.brokers } else { &self.primary };
+        let mut brokers = vec![("primary".to_string(), BrokerUrl::parse(primary).map_err(|e| invalid("primary", e.to_string()))?)];
+        if !self.fallback.trim().is_empty() {
+            brokers.push(("fallback".to_string(), BrokerUrl::parse(&self.fallback).map_err(|e| invalid("fallback", e.to_string()))?));
+        }
+        let strategy = <Strategy as clap::ValueEnum>::from_str(&self.strategy, true)
+            .map_err(|_| invalid("strategy", format!("`{}`: use primary_only, fallback_only, health or round_robin", self.strategy)))?;
+        if strategy == Strategy::FallbackOnly && brokers.len() < 2 {
+            return Err(invalid("strategy", "fallback_only needs a fallback broker (--fallback)".into()));
+        }
+        Ok(crate::publish::RouterOptions {
+            brokers,
+            strategy,
+            breaker: BreakerConfig {
+                failure_threshold: self.breaker_failures,
+                open_for: parse_duration(&self.breaker_open_for).map_err(|m| invalid("breaker_open_for", m))?,
+                success_threshold: self.breaker_successes,
+            },
+            attempt_timeout: parse_duration(&self.publish_timeout).map_err(|m| invalid("publish_timeout", m))?,
+            kafka: self.kafka.clone(),
+        })
     }
 
     /// Every known spec: built-ins, overridden or extended by the config.

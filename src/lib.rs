@@ -5,15 +5,17 @@
 //! The modules follow the data as it flows:
 //!
 //! ```text
-//!  source ──► decode ──► enrich ──► batch ──────────► lake ──────────────► query
-//!  (Kafka     (JSON →    (_source,  (precombine:     (global key index,   (DataFusion
-//!   consumer,  typed      _topic,    latest per key;  copy-on-write        SQL over every
-//!   lake       Record,    _offset,   Arrow            rewrite of only      table)
-//!   offsets)   or dead    date)      RecordBatch)     touched files;
-//!              letter)                                data + offsets in
-//!                                                     one Delta commit)
+//!  publish ──► broker ──► source ──► decode ──► enrich ──► batch ──► lake ──► query
+//!  (router      (Kafka,    (Kafka      (JSON →    (_source,  (latest   (key index,   (DataFusion
+//!   over         Iggy)      consumer,   typed      _topic,    per key   copy-on-write  or DuckDB
+//!   breakers;               lake        Record,    _offset,   by pre-   rewrite of     SQL over
+//!   files,                  offsets)    or dead    date)      combine;  touched files; every
+//!   HTTP)                               letter)               Arrow)    data + offsets table)
+//!                                                                       in one commit)
 //! ```
 //!
+//! * [`publish`]: the producers' write path: generated records, file loads and HTTP ingest go
+//!   through a router over Kafka and Iggy brokers, each behind a circuit breaker.
 //! * [`source`]: a consumer-group member that starts every partition at the offset stored in
 //!   the lake's Delta `txn` actions, never at Kafka's committed offset.
 //! * [`decode`]: validates each message against its topic's [`spec`]; a failure becomes a
@@ -22,7 +24,8 @@
 //! * [`lake`]: upserts into the topic's table and appends to `dead_letters`, each commit
 //!   carrying the source offsets it covers, fenced against other writers.
 //! * [`ingest`]: the micro-batch loop that ties them together.
-//! * [`query`]: SQL over the lake, with `as_of`, `history`, `changes` and `freshness()`.
+//! * [`query`]: SQL over the lake on DataFusion or embedded DuckDB, with `as_of`, `history`,
+//!   `changes` and `freshness()`.
 //! * [`server`]: the read-only HTTP API; [`metrics`]: Prometheus metrics and health.
 //! * [`audit`], [`maintain`]: proving exactly-once, compaction and vacuum.
 //!
@@ -42,6 +45,7 @@ pub mod lake;
 pub mod maintain;
 pub mod metrics;
 pub mod progress;
+pub mod publish;
 pub mod query;
 pub mod server;
 pub mod source;

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use lakepipe::config::{split_list, Config, Overrides};
-use lakepipe::query::Format;
+use lakepipe::query::{Engine, Format};
 
 #[derive(Parser)]
 #[command(name = "lakepipe", version, about = "Kafka → Delta Lake with exactly-once upserts")]
@@ -28,10 +28,13 @@ enum LogFormat {
 enum Command {
     /// Consume topics and upsert them into the lake, exactly once.
     Ingest(IngestArgs),
-    /// Run SQL over the lake (DataFusion).
+    /// Run SQL over the lake (DataFusion or DuckDB); no query opens a shell.
     Sql(SqlArgs),
-    /// Produce realistic records to a topic.
+    /// Produce realistic records to a topic (through the broker router).
     Generate(GenerateArgs),
+    /// Validate NDJSON, JSON-array or CSV files and publish their valid records (through the
+    /// broker router). Invalid records are listed with file and line; exit code 3 if any.
+    Load(LoadArgs),
     /// Generate data for all five topics, ingest it once, print a query.
     Demo(DemoArgs),
     /// Prove exactly-once: re-read the broker up to the lake's offsets and compare.
@@ -40,15 +43,65 @@ enum Command {
     Compact(CompactArgs),
     /// Delete files no longer referenced by recent versions.
     Vacuum(VacuumArgs),
-    /// Serve the read-only HTTP API (/query, /tables, /tables/{t}/history) with /metrics and
-    /// /health. Set LAKEPIPE_API_TOKEN to require a bearer token.
+    /// Serve the HTTP API: read-only SQL (/query, /tables, /tables/{t}/history), HTTP ingest
+    /// (POST /topics/{t}/records, with --brokers or --primary), /metrics and /health. Set
+    /// LAKEPIPE_API_TOKEN to require a bearer token.
     Serve(ServeArgs),
+}
+
+/// Where producers publish: `--primary`/`--fallback` broker URLs and a strategy. Without
+/// `--primary`, `--brokers` is the one (Kafka) broker.
+#[derive(Args, Clone, Default)]
+struct RouteArgs {
+    /// Primary broker: kafka://host:port[,host:port…] or iggy://user:pass@host:port[/stream].
+    #[arg(long)]
+    primary: Option<String>,
+    /// Fallback broker URL, used when the primary fails (strategy `health`).
+    #[arg(long)]
+    fallback: Option<String>,
+    /// primary_only, fallback_only, health (default) or round_robin.
+    #[arg(long)]
+    strategy: Option<String>,
+}
+
+impl RouteArgs {
+    fn overrides(self) -> Overrides {
+        Overrides { primary: self.primary, fallback: self.fallback, strategy: self.strategy, ..Default::default() }
+    }
+}
+
+#[derive(Args)]
+struct LoadArgs {
+    #[command(flatten)]
+    common: Common,
+    #[command(flatten)]
+    route: RouteArgs,
+    /// Files to load.
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
+    /// Topic whose spec validates the records.
+    #[arg(long, default_value = "bulk_upload")]
+    topic: String,
+    /// File format.
+    #[arg(long, value_enum, default_value_t = lakepipe::publish::load::FileFormat::Auto)]
+    format: lakepipe::publish::load::FileFormat,
+    /// Records per published batch.
+    #[arg(long, default_value_t = 1000)]
+    batch_size: usize,
+    /// Records per second (default: as fast as the brokers take them).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Partitions for a topic that does not exist yet.
+    #[arg(long, default_value_t = 3)]
+    partitions: i32,
 }
 
 #[derive(Args)]
 struct ServeArgs {
     #[command(flatten)]
     common: Common,
+    #[command(flatten)]
+    route: RouteArgs,
     /// Listen address.
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: std::net::SocketAddr,
@@ -158,6 +211,9 @@ struct SqlArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Table)]
     format: Format,
+    /// Query engine; both give the same results.
+    #[arg(long, value_enum, default_value_t = Engine::Datafusion)]
+    engine: Engine,
     /// Write the result to a .parquet or .csv file instead of printing it.
     #[arg(long)]
     output: Option<PathBuf>,
@@ -169,6 +225,8 @@ struct SqlArgs {
 struct GenerateArgs {
     #[command(flatten)]
     common: Common,
+    #[command(flatten)]
+    route: RouteArgs,
     /// Topic to produce to.
     #[arg(long)]
     topic: String,
@@ -210,6 +268,26 @@ struct DemoArgs {
     count: usize,
 }
 
+/// A process exit code other than 1 (e.g. `load` with invalid records: 3).
+#[derive(Debug, thiserror::Error)]
+#[error("exit code {0}")]
+struct Exit(u8);
+
+/// Publish through the configured router, with a progress bar; an unacknowledged batch stops
+/// the run with what was acknowledged before it.
+async fn publish(cfg: &Config, topic: &str, partitions: i32, messages: &[lakepipe::publish::Message], batch: usize, rate: Option<f64>, unit: &str) -> anyhow::Result<lakepipe::publish::PublishSummary> {
+    let opts = cfg.router_options()?;
+    lakepipe::publish::ensure_topics(&opts, &[topic.to_string()], partitions, cfg.connect()).await?;
+    let router = lakepipe::publish::connect(&opts).await?;
+    let progress = lakepipe::progress::Progress::new(true, unit);
+    let result = lakepipe::publish::publish_all(&router, topic, messages, batch, rate, &progress).await;
+    progress.finish();
+    match result {
+        Ok(s) => Ok(s),
+        Err((s, e)) => Err(anyhow::Error::new(e).context(format!("{} of {} records were acknowledged before the failure; the rest were not published", s.published, messages.len()))),
+    }
+}
+
 fn load(common: &Common, extra: Overrides) -> anyhow::Result<Config> {
     let flags = Overrides { brokers: common.brokers.clone(), lake: common.lake.clone(), ..extra };
     Ok(Config::load(common.config.as_deref(), std::env::vars(), &flags)?)
@@ -244,7 +322,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let cfg = load(&a.common, Overrides::default())?;
             let lake = cfg.lake()?;
             let Some(query) = a.query else {
-                lakepipe::query::shell::run_shell(&lake, a.format).await?;
+                lakepipe::query::shell::run_shell(&lake, a.format, a.engine).await?;
                 return Ok(());
             };
             let query = match query.strip_prefix('@') {
@@ -255,7 +333,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 brokers: cfg.brokers.clone(),
                 source_name: cfg.source_name.clone(),
             });
-            let (schema, batches) = lakepipe::query::run_with(&lake, query.trim().trim_end_matches(';'), broker.as_ref()).await?;
+            let request = lakepipe::query::Request { sql: &query, engine: a.engine, broker: broker.as_ref(), ..Default::default() };
+            let (schema, batches) = lakepipe::query::execute(&lake, &request).await?;
             match a.output {
                 Some(path) => {
                     let rows = lakepipe::query::export(&schema, &batches, &path)?;
@@ -265,7 +344,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Generate(a) => {
-            let cfg = load(&a.common, Overrides::default())?;
+            let cfg = load(&a.common, a.route.overrides())?;
             let opts = lakepipe::generate::GenerateOptions {
                 shape: a.shape.unwrap_or_else(|| a.topic.clone()),
                 count: a.count,
@@ -277,10 +356,36 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 seed: a.seed,
             };
             let msgs = lakepipe::generate::generate(&opts, chrono::Utc::now().timestamp_millis()).map_err(anyhow::Error::msg)?;
-            lakepipe::source::kafka::ensure_topics(&cfg.brokers, std::slice::from_ref(&a.topic), a.partitions, cfg.connect()).await?;
-            let producer = lakepipe::source::kafka::KafkaProducer::new(&cfg.brokers, &cfg.kafka)?;
-            let n = lakepipe::generate::produce(&producer, &a.topic, msgs, a.rate).await?;
-            eprintln!("produced {n} records to {}", a.topic);
+            let summary = publish(&cfg, &a.topic, a.partitions, &msgs, 1000, a.rate, "records").await?;
+            eprintln!("produced {} records to {}", summary.published, a.topic);
+            println!("{}", serde_json::to_string(&summary)?);
+        }
+        Command::Load(a) => {
+            let cfg = load(&a.common, a.route.overrides())?;
+            let spec = cfg.all_specs()?.remove(&a.topic).ok_or_else(|| lakepipe::config::ConfigError::UnknownTopic(a.topic.clone()))?;
+            let decoder = lakepipe::decode::Decoder::new(spec.clone(), cfg.max_message_bytes)?;
+            let mut messages = Vec::new();
+            let mut rejected = Vec::new();
+            let mut lines = 0usize;
+            for file in &a.files {
+                let parsed = lakepipe::publish::load::parse_file(file, a.format, &spec, &decoder)?;
+                lines += parsed.messages.len() + parsed.rejected.len();
+                messages.extend(parsed.messages);
+                rejected.extend(parsed.rejected);
+            }
+            for r in &rejected {
+                eprintln!("{}:{}: {}", r.file, r.line, r.error);
+            }
+            let summary = publish(&cfg, &a.topic, a.partitions, &messages, a.batch_size, a.rate, "records").await?;
+            let report = serde_json::json!({
+                "files": a.files.len(), "records": lines, "published": summary.published,
+                "invalid": rejected.len(), "per_broker": summary.per_broker, "failovers": summary.failovers,
+            });
+            eprintln!("loaded {} of {lines} records into {} ({} invalid)", summary.published, a.topic, rejected.len());
+            println!("{report}");
+            if !rejected.is_empty() {
+                return Err(anyhow::Error::new(Exit(3)));
+            }
         }
         Command::Demo(a) => {
             let cfg = load(&a.common, Overrides::default())?;
@@ -330,7 +435,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string(&reports)?);
         }
         Command::Serve(a) => {
-            let cfg = load(&a.common, Overrides::default())?;
+            let publishing = a.common.brokers.is_some() || a.route.primary.is_some();
+            let cfg = load(&a.common, a.route.overrides())?;
             let lake = cfg.lake()?;
             lake.check(cfg.connect()).await?;
             let metrics = lakepipe::metrics::Metrics::new()?;
@@ -346,6 +452,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 token,
                 query_timeout: lakepipe::config::parse_duration(&cfg.query_timeout).map_err(anyhow::Error::msg)?,
                 max_rows: cfg.max_result_rows,
+                ingest: None,
+            };
+            let server = if publishing {
+                let options = cfg.router_options()?;
+                let api = lakepipe::server::IngestApi {
+                    router: lakepipe::publish::connect(&options).await?,
+                    options,
+                    specs: cfg.all_specs()?,
+                    max_message_bytes: cfg.max_message_bytes,
+                    partitions: 3,
+                    created: Default::default(),
+                };
+                lakepipe::server::ServerConfig { ingest: Some(std::sync::Arc::new(api)), ..server }
+            } else {
+                server
             };
             let listener = tokio::net::TcpListener::bind(a.listen).await.with_context(|| format!("cannot listen on {}", a.listen))?;
             eprintln!("serving http://{} for {}", listener.local_addr()?, lake.root());
@@ -385,6 +506,7 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.downcast_ref::<Exit>().is_some() => ExitCode::from(e.downcast_ref::<Exit>().map_or(1, |x| x.0)),
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE

@@ -66,6 +66,12 @@ pub struct Metrics {
     pub committed_offset: IntGaugeVec,
     /// Unix time of the last commit, per table.
     pub last_commit: GaugeVec,
+    /// Producers: breaker state per broker (0 closed, 1 half-open, 2 open).
+    pub broker_breaker: IntGaugeVec,
+    /// Producers: batches per broker and outcome (`ok`, `failed`) since start.
+    pub broker_batches: IntGaugeVec,
+    /// Producers: average batch acknowledgement latency per broker, in seconds.
+    pub broker_latency: GaugeVec,
     ready: AtomicBool,
 }
 
@@ -95,6 +101,12 @@ impl Metrics {
         r.register(Box::new(committed.clone()))?;
         let last = GaugeVec::new(Opts::new("lakepipe_last_commit_timestamp_seconds", "Unix time of the last commit"), &["table"])?;
         r.register(Box::new(last.clone()))?;
+        let breaker = IntGaugeVec::new(Opts::new("lakepipe_broker_breaker_state", "Circuit breaker per broker: 0 closed, 1 half-open, 2 open"), &["broker"])?;
+        r.register(Box::new(breaker.clone()))?;
+        let batches = IntGaugeVec::new(Opts::new("lakepipe_broker_batches", "Batches published per broker and outcome since start"), &["broker", "outcome"])?;
+        r.register(Box::new(batches.clone()))?;
+        let latency = GaugeVec::new(Opts::new("lakepipe_broker_latency_seconds", "Average batch acknowledgement latency per broker"), &["broker"])?;
+        r.register(Box::new(latency.clone()))?;
         Ok(Arc::new(Metrics {
             consumed: counter(&r, "lakepipe_records_consumed_total", "Messages read from the source", &per_topic)?,
             valid: counter(&r, "lakepipe_records_valid_total", "Messages that passed validation", &per_topic)?,
@@ -113,6 +125,9 @@ impl Metrics {
             consumer_lag: lag,
             committed_offset: committed,
             last_commit: last,
+            broker_breaker: breaker,
+            broker_batches: batches,
+            broker_latency: latency,
             ready: AtomicBool::new(false),
             registry: r,
         }))
@@ -123,6 +138,16 @@ impl Metrics {
         let mut buf = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
         String::from_utf8_lossy(&buf).into_owned()
+    }
+
+    /// Copy the router's per-broker health into the metrics.
+    pub fn record_brokers(&self, brokers: &[crate::publish::router::BrokerHealth]) {
+        for b in brokers {
+            self.broker_breaker.with_label_values(&[b.name.as_str()]).set(b.breaker_gauge);
+            self.broker_batches.with_label_values(&[b.name.as_str(), "ok"]).set(b.batches_ok as i64);
+            self.broker_batches.with_label_values(&[b.name.as_str(), "failed"]).set(b.batches_failed as i64);
+            self.broker_latency.with_label_values(&[b.name.as_str()]).set(b.avg_latency_ms / 1000.0);
+        }
     }
 
     /// Mark the process ready (partitions assigned, last commit succeeded) or not.

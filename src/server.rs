@@ -3,11 +3,15 @@
 //! * `POST /query` `{sql, engine, format: json|csv|arrow}` runs one read-only statement.
 //! * `GET /tables` lists the tables with schema, row count, size and latest version.
 //! * `GET /tables/{t}/history` returns the commits.
+//! * `POST /topics/{topic}/records` takes a JSON array or NDJSON, validates every record against
+//!   the topic's spec first (any invalid record: 400 listing each one, nothing published), and
+//!   answers 200 only after a broker acknowledged every record (through the router).
+//! * `GET /health` and `GET /health/{broker}`: breaker states, latency and errors per broker.
 //! * `/metrics`, `/health/live` and `/health/ready`.
 //!
 //! Only a single `SELECT`/`WITH` query is accepted; anything that writes, changes the catalog
 //! or reads files is refused with a 400 before it reaches an engine, and the engine itself runs
-//! with DDL, DML and statements disabled. Results stop at the row limit (the engine is told, so
+//! with DDL, DML and statements disabled (DuckDB: external access off, configuration locked). Results stop at the row limit (the engine is told, so
 //! it does not compute more). When `LAKEPIPE_API_TOKEN` is set, every API request needs
 //! `Authorization: Bearer <token>`; `/metrics` and `/health` stay open for scrapers and probes.
 
@@ -26,7 +30,7 @@ use serde::Deserialize;
 
 use crate::lake::Lake;
 use crate::query::functions::BrokerInfo;
-use crate::query::{format, Format};
+use crate::query::{format, Engine, Format, Request};
 
 /// Server settings.
 #[derive(Clone)]
@@ -41,6 +45,24 @@ pub struct ServerConfig {
     pub query_timeout: Duration,
     /// Most rows a result may return; longer results are cut and marked.
     pub max_rows: usize,
+    /// HTTP ingest: the router and the topics' specs (`None`: ingest disabled).
+    pub ingest: Option<Arc<IngestApi>>,
+}
+
+/// What HTTP ingest publishes with.
+pub struct IngestApi {
+    /// The producers' router.
+    pub router: crate::publish::router::Router<crate::publish::Client>,
+    /// The router's settings (to create topics).
+    pub options: crate::publish::RouterOptions,
+    /// Topic specs by name.
+    pub specs: std::collections::BTreeMap<String, crate::spec::TopicSpec>,
+    /// Larger records are invalid.
+    pub max_message_bytes: usize,
+    /// Partitions for topics created on first use.
+    pub partitions: i32,
+    /// Topics already created.
+    pub created: tokio::sync::Mutex<std::collections::BTreeSet<String>>,
 }
 
 /// A request to `POST /query`.
@@ -49,7 +71,7 @@ pub struct ServerConfig {
 pub struct QueryRequest {
     /// One SQL statement.
     pub sql: String,
-    /// `datafusion` (default).
+    /// `datafusion` (default) or `duckdb`.
     #[serde(default)]
     pub engine: Option<String>,
     /// `json` (default), `csv` or `arrow` (Arrow IPC stream).
@@ -57,10 +79,13 @@ pub struct QueryRequest {
     pub format: Option<String>,
 }
 
-/// Table functions that read files or URLs: refused by the read-only API.
-const FILE_READERS: [&str; 12] = [
-    "read_parquet", "parquet_scan", "read_csv", "read_csv_auto", "read_json", "read_json_auto", "read_ndjson", "read_text", "read_blob",
-    "delta_scan", "iceberg_scan", "glob",
+/// Table functions that read files, URLs or the environment: refused by the read-only API.
+/// (The DuckDB engine also runs with external access disabled, so one missing here still fails.)
+const FILE_READERS: [&str; 25] = [
+    "read_parquet", "parquet_scan", "parquet_metadata", "parquet_schema", "parquet_file_metadata", "parquet_kv_metadata",
+    "read_csv", "read_csv_auto", "sniff_csv", "read_json", "read_json_auto", "read_json_objects", "read_ndjson",
+    "read_ndjson_auto", "read_ndjson_objects", "read_text", "read_blob", "read_xlsx", "delta_scan", "iceberg_scan",
+    "glob", "query_table", "getenv", "duckdb_secrets", "duckdb_settings",
 ];
 
 /// Check that `sql` is one read-only query. Returns the reason when it is not.
@@ -131,15 +156,16 @@ async fn query(State(cfg): State<Arc<ServerConfig>>, headers: HeaderMap, body: R
         Ok(b) => b,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad request body: {e}")),
     };
-    match req.engine.as_deref().unwrap_or("datafusion") {
-        "datafusion" => {}
-        other => return error(StatusCode::BAD_REQUEST, format!("engine `{other}` is not available; use datafusion")),
-    }
+    let engine: Engine = match req.engine.as_deref().unwrap_or("datafusion").parse() {
+        Ok(e) => e,
+        Err(reason) => return error(StatusCode::BAD_REQUEST, reason),
+    };
     if let Err(reason) = check_read_only(&req.sql) {
         return error(StatusCode::BAD_REQUEST, reason);
     }
     let fmt = req.format.as_deref().unwrap_or("json");
-    let run = crate::query::run_limited(&cfg.lake, req.sql.trim().trim_end_matches(';'), cfg.broker.as_ref(), cfg.max_rows + 1);
+    let request = Request { sql: &req.sql, engine, broker: cfg.broker.as_ref(), limit: Some(cfg.max_rows + 1), read_only: true };
+    let run = crate::query::execute(&cfg.lake, &request);
     let (schema, batches) = match tokio::time::timeout(cfg.query_timeout, run).await {
         Err(_) => return error(StatusCode::BAD_REQUEST, format!("the query ran longer than the limit of {:?}", cfg.query_timeout)),
         Ok(Err(e)) => return error(StatusCode::BAD_REQUEST, e.to_string()),
@@ -242,12 +268,109 @@ async fn history(State(cfg): State<Arc<ServerConfig>>, headers: HeaderMap, UrlPa
     }
 }
 
+async fn ingest(State(cfg): State<Arc<ServerConfig>>, headers: HeaderMap, UrlPath(topic): UrlPath<String>, body: axum::body::Bytes) -> Response {
+    use crate::publish::load::{parse_text, FileFormat};
+    if !authorized(&cfg, &headers) {
+        return error(StatusCode::UNAUTHORIZED, "a bearer token is required (Authorization: Bearer …)");
+    }
+    let Some(api) = &cfg.ingest else {
+        return error(StatusCode::NOT_FOUND, "HTTP ingest is not enabled on this server");
+    };
+    let Some(spec) = api.specs.get(&topic) else {
+        let known: Vec<&str> = api.specs.keys().map(String::as_str).collect();
+        return error(StatusCode::NOT_FOUND, format!("unknown topic `{topic}` (known: {})", known.join(", ")));
+    };
+    let Ok(text) = std::str::from_utf8(&body) else {
+        return error(StatusCode::BAD_REQUEST, "the body is not UTF-8 text");
+    };
+    let decoder = match crate::decode::Decoder::new(spec.clone(), api.max_message_bytes) {
+        Ok(d) => d,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    let format = if text.trim_start().starts_with('[') { FileFormat::Json } else { FileFormat::Ndjson };
+    let parsed = parse_text(text, format, spec, &decoder, "body");
+    if !parsed.rejected.is_empty() {
+        let errors: Vec<serde_json::Value> = parsed.rejected.iter().map(|r| serde_json::json!({"index": r.index, "line": r.line, "error": r.error})).collect();
+        let total = parsed.messages.len() + parsed.rejected.len();
+        let body = serde_json::json!({
+            "error": format!("{} of {total} records are invalid; nothing was published", parsed.rejected.len()),
+            "errors": errors,
+        });
+        return (StatusCode::BAD_REQUEST, Json(body)).into_response();
+    }
+    if parsed.messages.is_empty() {
+        return error(StatusCode::BAD_REQUEST, "no records in the body (send a JSON array or one JSON object per line)");
+    }
+    {
+        let mut created = api.created.lock().await;
+        if !created.contains(&topic) {
+            if let Err(e) = crate::publish::ensure_topics(&api.options, std::slice::from_ref(&topic), api.partitions, Duration::from_secs(10)).await {
+                return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
+            }
+            created.insert(topic.clone());
+        }
+    }
+    let progress = crate::progress::Progress::none();
+    match crate::publish::publish_all(&api.router, &topic, &parsed.messages, 1000, None, &progress).await {
+        Ok(s) => Json(serde_json::json!({"published": s.published, "per_broker": s.per_broker, "failovers": s.failovers})).into_response(),
+        Err((s, e)) => {
+            let body = serde_json::json!({
+                "error": e.to_string(),
+                "published": s.published,
+                "note": "the first `published` records were acknowledged; send the rest again (duplicates are harmless: the lake upserts by key)",
+            });
+            (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+        }
+    }
+}
+
+async fn all_brokers(State(cfg): State<Arc<ServerConfig>>) -> Response {
+    broker_health(&cfg, None)
+}
+
+async fn one_broker(State(cfg): State<Arc<ServerConfig>>, UrlPath(name): UrlPath<String>) -> Response {
+    broker_health(&cfg, Some(name))
+}
+
+fn broker_health(cfg: &ServerConfig, broker: Option<String>) -> Response {
+    let Some(api) = &cfg.ingest else {
+        return Json(serde_json::json!({"status": "ok", "brokers": []})).into_response();
+    };
+    let all = api.router.health();
+    match broker {
+        None => {
+            let usable = all.iter().any(|b| b.breaker != "open");
+            let status = if usable { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+            (status, Json(serde_json::json!({"status": if usable { "ok" } else { "unavailable" }, "brokers": all}))).into_response()
+        }
+        Some(name) => match all.into_iter().find(|b| b.name == name) {
+            Some(b) => Json(b).into_response(),
+            None => error(StatusCode::NOT_FOUND, format!("no broker `{name}`")),
+        },
+    }
+}
+
+/// Copy breaker states into the metrics every second.
+pub fn spawn_broker_metrics(cfg: &ServerConfig, metrics: Arc<crate::metrics::Metrics>) {
+    let Some(api) = cfg.ingest.clone() else { return };
+    tokio::spawn(async move {
+        loop {
+            metrics.record_brokers(&api.router.health());
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    });
+}
+
 /// The API routes, with metrics and health.
 pub fn router(cfg: ServerConfig, metrics: Arc<crate::metrics::Metrics>) -> Router {
+    spawn_broker_metrics(&cfg, metrics.clone());
     let api = Router::new()
         .route("/query", post(query))
         .route("/tables", get(tables))
         .route("/tables/{table}/history", get(history))
+        .route("/topics/{topic}/records", post(ingest).layer(axum::extract::DefaultBodyLimit::max(256 << 20)))
+        .route("/health", get(all_brokers))
+        .route("/health/{broker}", get(one_broker))
         .with_state(Arc::new(cfg));
     api.merge(crate::metrics::router(metrics))
 }

@@ -1,7 +1,9 @@
-//! Query: SQL over the lake with DataFusion. Every Delta table under the lake root is
-//! registered by name (each topic table and `dead_letters`), at its latest version, with the
-//! table functions `as_of`, `history` and `changes` ([`functions`]).
+//! Query: SQL over the lake with two engines, DataFusion and DuckDB ([`duck`]). Every Delta
+//! table under the lake root is visible by name (each topic table and `dead_letters`), at its
+//! latest version, with the table functions `as_of`, `history`, `changes` and `freshness`
+//! ([`functions`]). [`execute`] is the one entry point for the CLI, the shell and the API.
 
+pub mod duck;
 pub mod functions;
 pub mod shell;
 
@@ -22,6 +24,9 @@ pub enum QueryError {
     /// The SQL failed to plan or run.
     #[error("query failed: {0}")]
     Sql(String),
+    /// The engine failed internally (not the query's fault).
+    #[error("query engine failed: {0}")]
+    Engine(String),
     /// The result could not be formatted.
     #[error("cannot format the result: {0}")]
     Format(String),
@@ -51,6 +56,63 @@ pub enum Format {
     Csv,
     /// One JSON array of row objects.
     Json,
+}
+
+/// The query engines. Both see the same tables and table functions and give the same results.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Engine {
+    /// Apache DataFusion (through delta-rs).
+    #[default]
+    Datafusion,
+    /// Embedded DuckDB.
+    Duckdb,
+}
+
+impl std::str::FromStr for Engine {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "datafusion" => Ok(Engine::Datafusion),
+            "duckdb" => Ok(Engine::Duckdb),
+            other => Err(format!("unknown engine `{other}`: use datafusion or duckdb")),
+        }
+    }
+}
+
+/// One statement to run.
+#[derive(Debug, Clone, Default)]
+pub struct Request<'a> {
+    /// The SQL (one statement; a trailing `;` is ignored).
+    pub sql: &'a str,
+    /// The engine.
+    pub engine: Engine,
+    /// The broker, for `freshness()`.
+    pub broker: Option<&'a functions::BrokerInfo>,
+    /// Stop after this many rows.
+    pub limit: Option<usize>,
+    /// Refuse DDL, DML and settings inside the engine, and (DuckDB) disable file and network
+    /// access. The HTTP API sets this; the CLI does not.
+    pub read_only: bool,
+}
+
+/// Run one statement on the chosen engine and collect the result.
+pub async fn execute(lake: &Lake, req: &Request<'_>) -> Result<(Arc<arrow::datatypes::Schema>, Vec<RecordBatch>), QueryError> {
+    let sql = req.sql.trim().trim_end_matches(';');
+    match req.engine {
+        Engine::Duckdb => duck::run(lake, sql, req.broker, &duck::DuckOptions { limit: req.limit, sandboxed: req.read_only }).await,
+        Engine::Datafusion => {
+            use deltalake::datafusion::execution::context::SQLOptions;
+            let ctx = session(lake, req.broker).await?;
+            let options = SQLOptions::new().with_allow_ddl(!req.read_only).with_allow_dml(!req.read_only).with_allow_statements(!req.read_only);
+            let mut df = ctx.sql_with_options(sql, options).await.map_err(|e| QueryError::Sql(e.to_string()))?;
+            if let Some(limit) = req.limit {
+                df = df.limit(0, Some(limit)).map_err(|e| QueryError::Sql(e.to_string()))?;
+            }
+            let schema = Arc::new(df.schema().as_arrow().clone());
+            let batches = df.collect().await.map_err(|e| QueryError::Sql(e.to_string()))?;
+            Ok((schema, batches))
+        }
+    }
 }
 
 /// Names of the Delta tables directly under the lake root.
@@ -99,31 +161,9 @@ pub async fn stream(lake: &Lake, tables: &[&str], sql: &str) -> Result<deltalake
     df.execute_stream().await.map_err(|e| QueryError::Sql(e.to_string()))
 }
 
-/// Run one statement and collect the result.
+/// Run one statement on DataFusion and collect the result.
 pub async fn run(lake: &Lake, sql: &str) -> Result<(Arc<arrow::datatypes::Schema>, Vec<RecordBatch>), QueryError> {
-    run_with(lake, sql, None).await
-}
-
-/// Run one read-only statement with DDL, DML and other statements disabled, stopping after
-/// `limit` rows (for the HTTP API).
-pub async fn run_limited(lake: &Lake, sql: &str, broker: Option<&functions::BrokerInfo>, limit: usize) -> Result<(Arc<arrow::datatypes::Schema>, Vec<RecordBatch>), QueryError> {
-    use deltalake::datafusion::execution::context::SQLOptions;
-    let ctx = session(lake, broker).await?;
-    let options = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
-    let df = ctx.sql_with_options(sql, options).await.map_err(|e| QueryError::Sql(e.to_string()))?;
-    let df = df.limit(0, Some(limit)).map_err(|e| QueryError::Sql(e.to_string()))?;
-    let schema = Arc::new(df.schema().as_arrow().clone());
-    let batches = df.collect().await.map_err(|e| QueryError::Sql(e.to_string()))?;
-    Ok((schema, batches))
-}
-
-/// Run one statement, with the broker known to `freshness()`.
-pub async fn run_with(lake: &Lake, sql: &str, broker: Option<&functions::BrokerInfo>) -> Result<(Arc<arrow::datatypes::Schema>, Vec<RecordBatch>), QueryError> {
-    let ctx = session(lake, broker).await?;
-    let df = ctx.sql(sql).await.map_err(|e| QueryError::Sql(e.to_string()))?;
-    let schema = Arc::new(df.schema().as_arrow().clone());
-    let batches = df.collect().await.map_err(|e| QueryError::Sql(e.to_string()))?;
-    Ok((schema, batches))
+    execute(lake, &Request { sql, ..Default::default() }).await
 }
 
 /// Format batches as text.

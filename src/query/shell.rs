@@ -3,14 +3,14 @@
 
 use rustyline::error::ReadlineError;
 
-use super::{format, list_tables, run, Format};
+use super::{execute, format, list_tables, Engine, Format, Request};
 use crate::lake::Lake;
 
-const HELP: &str = "Statements end with ';'. Commands: \\\\d (tables), \\\\f table|csv|json (output format), \\\\q (quit).\n\
-Table functions: as_of('t', version | TIMESTAMP '…'), history('t'), changes('t', from[, to]).";
+const HELP: &str = "Statements end with ';'. Commands: \\d (tables), \\f table|csv|json (output format), \\e datafusion|duckdb (engine), \\q (quit).\n\
+Table functions: as_of('t', version | TIMESTAMP '…'), history('t'), changes('t', from[, to]), freshness().";
 
 /// Run the shell until `\q` or end of input.
-pub async fn run_shell(lake: &Lake, mut fmt: Format) -> Result<(), super::QueryError> {
+pub async fn run_shell(lake: &Lake, mut fmt: Format, mut engine: Engine) -> Result<(), super::QueryError> {
     let mut editor = rustyline::DefaultEditor::new().map_err(|e| super::QueryError::Format(e.to_string()))?;
     let history = std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".lakepipe_history"));
     if let Some(h) = &history {
@@ -19,7 +19,11 @@ pub async fn run_shell(lake: &Lake, mut fmt: Format) -> Result<(), super::QueryE
     println!("lakepipe SQL over {} — {HELP}", lake.root());
     let mut buffer = String::new();
     loop {
-        let prompt = if buffer.is_empty() { "lakepipe> " } else { "     ...> " };
+        let prompt = match (buffer.is_empty(), engine) {
+            (true, Engine::Datafusion) => "lakepipe> ",
+            (true, Engine::Duckdb) => "lakepipe[duckdb]> ",
+            (false, _) => "     ...> ",
+        };
         let line = match editor.readline(prompt) {
             Ok(l) => l,
             Err(ReadlineError::Interrupted) => {
@@ -44,6 +48,11 @@ pub async fn run_shell(lake: &Lake, mut fmt: Format) -> Result<(), super::QueryE
                     Some("json") => fmt = Format::Json,
                     _ => eprintln!("usage: \\f table|csv|json"),
                 },
+                Some("\\e") => match parts.next().map(str::parse::<Engine>) {
+                    Some(Ok(e)) => engine = e,
+                    Some(Err(reason)) => eprintln!("{reason}"),
+                    None => println!("engine: {engine:?}"),
+                },
                 _ => println!("{HELP}"),
             }
             continue;
@@ -56,7 +65,7 @@ pub async fn run_shell(lake: &Lake, mut fmt: Format) -> Result<(), super::QueryE
         let sql = std::mem::take(&mut buffer);
         let _ = editor.add_history_entry(sql.trim());
         let started = std::time::Instant::now();
-        match run(lake, sql.trim().trim_end_matches(';')).await {
+        match execute(lake, &Request { sql: &sql, engine, ..Default::default() }).await {
             Ok((schema, batches)) => match format(&schema, &batches, fmt) {
                 Ok(text) => {
                     let rows: usize = batches.iter().map(|b| b.num_rows()).sum();

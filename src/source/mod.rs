@@ -1,6 +1,7 @@
-//! Sources: where messages come from. Kafka today ([`kafka`]); every source starts each
+//! Sources: where messages come from: Kafka ([`kafka`]) and Apache Iggy ([`iggy`]); every source starts each
 //! partition at the offset stored in the lake, through a [`StartLoader`].
 
+pub mod iggy;
 pub mod kafka;
 
 use std::collections::HashMap;

@@ -56,8 +56,14 @@ fn curl(port: u16, method: &str, path: &str, body: Option<&Value>, token: Option
 }
 
 fn q(sql: &str, format: &str) -> Value {
-    serde_json::json!({"sql": sql, "engine": "datafusion", "format": format})
+    q_on("datafusion", sql, format)
 }
+
+fn q_on(engine: &str, sql: &str, format: &str) -> Value {
+    serde_json::json!({"sql": sql, "engine": engine, "format": format})
+}
+
+const ENGINES: [&str; 2] = ["datafusion", "duckdb"];
 
 #[tokio::test(flavor = "multi_thread")]
 async fn read_only_api_with_token_limits_and_clear_errors() {
@@ -76,14 +82,19 @@ async fn read_only_api_with_token_limits_and_clear_errors() {
     assert_eq!(curl(srv.port, "GET", "/health/live", None, None).0, 200, "health needs no token");
 
     // JSON: the same array of row objects as the CLI, cut at the row limit and marked.
-    let (status, headers, body) = curl(srv.port, "POST", "/query", Some(&q(&sql, "json")), Some("s3cret"));
-    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
-    let rows: Vec<Value> = serde_json::from_slice(&body).unwrap();
-    assert_eq!(rows.len(), 5);
-    assert_eq!(rows[0]["transaction_id"], "t0");
-    assert!(headers.contains("x-lakepipe-truncated: first 5 rows"), "{headers}");
     let cli = fx.sql(&sql);
-    assert_eq!(rows[..], cli[..5]);
+    for engine in ENGINES {
+        let (status, headers, body) = curl(srv.port, "POST", "/query", Some(&q_on(engine, &sql, "json")), Some("s3cret"));
+        assert_eq!(status, 200, "{engine}: {}", String::from_utf8_lossy(&body));
+        let rows: Vec<Value> = serde_json::from_slice(&body).unwrap();
+        assert_eq!(rows.len(), 5, "{engine}");
+        assert_eq!(rows[0]["transaction_id"], "t0", "{engine}");
+        assert!(headers.contains("x-lakepipe-truncated: first 5 rows"), "{engine}: {headers}");
+        crate::harness::same_rows(&rows, &cli[..5], &sql);
+    }
+    let (status, _, body) = curl(srv.port, "POST", "/query", Some(&q_on("sqlite", &sql, "json")), Some("s3cret"));
+    assert_eq!(status, 400);
+    assert!(String::from_utf8_lossy(&body).contains("use datafusion or duckdb"), "{}", String::from_utf8_lossy(&body));
 
     // CSV and Arrow IPC (read back with pyarrow).
     let (_, headers, body) = curl(srv.port, "POST", "/query", Some(&q(&format!("SELECT count(*) AS n FROM {}", fx.topic), "csv")), Some("s3cret"));
@@ -109,19 +120,30 @@ async fn read_only_api_with_token_limits_and_clear_errors() {
         "SET datafusion.execution.batch_size = 1".to_string(),
         "SELECT * FROM read_parquet('/etc/hosts')".to_string(),
         format!("WITH a AS (SELECT 1) DELETE FROM {}", fx.topic),
+        "ATTACH '/tmp/x.duckdb' AS x".to_string(),
+        "INSTALL httpfs".to_string(),
+        "LOAD httpfs".to_string(),
+        "PRAGMA enable_profiling".to_string(),
+        "SET enable_external_access = true".to_string(),
+        "SELECT * FROM read_text('/etc/hostname')".to_string(),
+        "SELECT getenv('HOME') AS h".to_string(),
     ] {
-        let (status, _, body) = curl(srv.port, "POST", "/query", Some(&q(&bad, "json")), Some("s3cret"));
-        let v: Value = serde_json::from_slice(&body).unwrap();
-        assert_eq!(status, 400, "{bad}: {v}");
-        assert!(v["error"].as_str().unwrap().contains("read-only") || v["error"].as_str().unwrap().contains("not allowed"), "{bad}: {v}");
+        for engine in ENGINES {
+            let (status, _, body) = curl(srv.port, "POST", "/query", Some(&q_on(engine, &bad, "json")), Some("s3cret"));
+            let v: Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(status, 400, "{engine}: {bad}: {v}");
+            assert!(v["error"].as_str().unwrap().contains("read-only") || v["error"].as_str().unwrap().contains("not allowed"), "{engine}: {bad}: {v}");
+        }
     }
     let rows = fx.sql(&format!("SELECT count(*) AS n FROM {}", fx.topic));
     assert_eq!(rows[0]["n"], 12, "nothing was changed");
 
     // A bad query: 400 with the engine's message, never a 500.
-    let (status, _, body) = curl(srv.port, "POST", "/query", Some(&q(&format!("SELECT nope FROM {}", fx.topic), "json")), Some("s3cret"));
-    assert_eq!(status, 400);
-    assert!(String::from_utf8_lossy(&body).contains("nope"));
+    for engine in ENGINES {
+        let (status, _, body) = curl(srv.port, "POST", "/query", Some(&q_on(engine, &format!("SELECT nope FROM {}", fx.topic), "json")), Some("s3cret"));
+        assert_eq!(status, 400, "{engine}");
+        assert!(String::from_utf8_lossy(&body).contains("nope"), "{engine}: {}", String::from_utf8_lossy(&body));
+    }
     let (status, _, _) = curl(srv.port, "POST", "/query", Some(&serde_json::json!({"sql": 5})), Some("s3cret"));
     assert_eq!(status, 400);
 
@@ -147,4 +169,18 @@ async fn read_only_api_with_token_limits_and_clear_errors() {
     let (status, _, body) = curl(slow.port, "POST", "/query", Some(&q(&sql, "json")), None);
     assert_eq!(status, 400);
     assert!(String::from_utf8_lossy(&body).contains("longer than the limit"), "{}", String::from_utf8_lossy(&body));
+    drop(slow);
+
+    // DuckDB is interrupted mid-query (not left running): a query of minutes ends at the
+    // limit, and the server answers the next query at once.
+    let slow = serve(&fx, &[("LAKEPIPE_QUERY_TIMEOUT", "2s")]);
+    let started = std::time::Instant::now();
+    let long = "SELECT sum(r.range * 2) AS s FROM range(1000000000000) AS r";
+    let (status, _, body) = curl(slow.port, "POST", "/query", Some(&q_on("duckdb", long, "json")), None);
+    assert_eq!(status, 400, "{}", String::from_utf8_lossy(&body));
+    assert!(String::from_utf8_lossy(&body).contains("longer than the limit"), "{}", String::from_utf8_lossy(&body));
+    assert!(started.elapsed() < std::time::Duration::from_secs(60), "the timeout did not stop the query");
+    let (status, _, body) = curl(slow.port, "POST", "/query", Some(&q_on("duckdb", &format!("SELECT count(*) AS n FROM {}", fx.topic), "json")), None);
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(serde_json::from_slice::<Value>(&body).unwrap()[0]["n"], 12);
 }

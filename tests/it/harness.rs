@@ -80,9 +80,23 @@ impl Fixture {
     }
 
     /// Rows from `lakepipe sql --format json`.
+    /// Runs on both engines, which must agree (see [`same_rows`]); returns DataFusion's rows.
     pub fn sql(&self, query: &str) -> Vec<Value> {
-        let out = self.cmd("sql").args(["--format", "json", query]).output().unwrap();
-        assert!(out.status.success(), "sql failed: {}", String::from_utf8_lossy(&out.stderr));
+        let df = self.sql_on("datafusion", query);
+        let duck = self.sql_on("duckdb", query);
+        same_rows(&df, &duck, query);
+        df
+    }
+
+    /// One engine only, for a lake that an ingest is changing between two queries.
+    pub fn sql_now(&self, query: &str) -> Vec<Value> {
+        self.sql_on("datafusion", query)
+    }
+
+    /// Rows from `lakepipe sql --engine ENGINE --format json`.
+    pub fn sql_on(&self, engine: &str, query: &str) -> Vec<Value> {
+        let out = self.cmd("sql").args(["--engine", engine, "--format", "json", query]).output().unwrap();
+        assert!(out.status.success(), "sql on {engine} failed: {}", String::from_utf8_lossy(&out.stderr));
         let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("bad json ({e}): {}", String::from_utf8_lossy(&out.stdout)));
         v.as_array().cloned().unwrap()
     }
@@ -173,5 +187,46 @@ pub async fn produce_to_partition(topic: &str, partition: i32, msgs: &[Msg]) {
     });
     for r in futures::future::join_all(sends).await {
         r.unwrap();
+    }
+}
+
+/// One value in a form both engines print alike: numbers (and numeric text) to 9 significant
+/// digits, timestamps as RFC 3339 UTC. The engines type a few results differently (a sum of
+/// integers is HUGEINT in DuckDB, a timestamp cast to text has a space instead of a `T`); the
+/// values must still be the same.
+pub fn canonical(v: &Value) -> String {
+    let text = match v {
+        Value::Null => return "NULL".into(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    if let Ok(n) = text.parse::<f64>() {
+        return format!("{n:.9e}");
+    }
+    let t = text.replace(' ', "T");
+    let t = if t.ends_with("+00") { format!("{t}:00") } else { t };
+    for candidate in [t.clone(), format!("{t}Z")] {
+        if let Ok(ts) = chrono::DateTime::parse_from_rfc3339(&candidate) {
+            return ts.with_timezone(&chrono::Utc).to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        }
+    }
+    text
+}
+
+/// Assert that two engines returned the same rows with the same columns, in the same order
+/// when the query orders them.
+pub fn same_rows(a: &[Value], b: &[Value], query: &str) {
+    let canon = |rows: &[Value]| -> Vec<BTreeMap<String, String>> {
+        rows.iter().map(|r| r.as_object().unwrap().iter().map(|(k, v)| (k.clone(), canonical(v))).collect()).collect()
+    };
+    let (mut ca, mut cb) = (canon(a), canon(b));
+    // Without ORDER BY the row order is the engine's business.
+    if !query.to_ascii_uppercase().contains("ORDER BY") {
+        ca.sort();
+        cb.sort();
+    }
+    assert_eq!(ca.len(), cb.len(), "the engines return different row counts for {query}\ndatafusion: {a:?}\nduckdb: {b:?}");
+    for (i, (ra, rb)) in ca.iter().zip(&cb).enumerate() {
+        assert_eq!(ra, rb, "the engines disagree on row {i} of {query}");
     }
 }

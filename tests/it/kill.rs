@@ -49,7 +49,7 @@ pub async fn produce_model(fx: &Fixture, partitions: i32, per_partition: usize) 
 /// Compare the lake with the model, through lakepipe's SQL and through Python `deltalake`.
 pub fn assert_matches(fx: &Fixture, model: &Model) {
     let rows = fx.sql(&format!(
-        "SELECT transaction_id, status, CAST(CAST(timestamp AS BIGINT) AS VARCHAR) AS ts FROM {} ORDER BY transaction_id",
+        "SELECT transaction_id, status, CAST(timestamp AS VARCHAR) AS ts FROM {} ORDER BY transaction_id",
         fx.topic
     ));
     let keys: Vec<&str> = rows.iter().map(|r| r["transaction_id"].as_str().unwrap()).collect();
@@ -58,7 +58,7 @@ pub fn assert_matches(fx: &Fixture, model: &Model) {
     let got: BTreeMap<String, (String, i64)> = rows
         .iter()
         .map(|r| {
-            let ts: i64 = r["ts"].as_str().unwrap().parse().unwrap();
+            let ts = chrono::DateTime::parse_from_rfc3339(&crate::harness::canonical(&r["ts"])).unwrap().timestamp_micros();
             (r["transaction_id"].as_str().unwrap().to_string(), (r["status"].as_str().unwrap().to_string(), ts))
         })
         .collect();
@@ -151,8 +151,8 @@ async fn two_consumers(kind: LakeKind) {
     let want = model.rows.len() as i64;
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let n = fx.sql(&format!("SELECT count(*) AS n FROM {}", fx.topic))[0]["n"].as_i64().unwrap();
-        let dead = fx.sql(&format!("SELECT count(*) AS n FROM dead_letters WHERE _topic = '{}'", fx.topic))[0]["n"].as_i64().unwrap();
+        let n = fx.sql_now(&format!("SELECT count(*) AS n FROM {}", fx.topic))[0]["n"].as_i64().unwrap();
+        let dead = fx.sql_now(&format!("SELECT count(*) AS n FROM dead_letters WHERE _topic = '{}'", fx.topic))[0]["n"].as_i64().unwrap();
         if n == want && dead == model.invalid.len() as i64 {
             break;
         }

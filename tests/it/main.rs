@@ -6,5 +6,6 @@ mod failures;
 mod harness;
 mod kill;
 mod operate;
+mod publish;
 mod sql_golden;
 mod upsert;

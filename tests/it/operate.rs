@@ -258,8 +258,8 @@ async fn maintenance_beside_a_live_ingest_loses_nothing() {
         compactions += 1;
         let out = fx.cmd("vacuum").args(["--retain-hours", "168"]).output().unwrap();
         assert!(out.status.success(), "vacuum beside ingest failed: {}", String::from_utf8_lossy(&out.stderr));
-        let n = fx.sql(&format!("SELECT count(*) AS n FROM {}", fx.topic))[0]["n"].as_i64().unwrap();
-        let dead = fx.sql(&format!("SELECT count(*) AS n FROM dead_letters WHERE _topic = '{}'", fx.topic))[0]["n"].as_i64().unwrap();
+        let n = fx.sql_now(&format!("SELECT count(*) AS n FROM {}", fx.topic))[0]["n"].as_i64().unwrap();
+        let dead = fx.sql_now(&format!("SELECT count(*) AS n FROM dead_letters WHERE _topic = '{}'", fx.topic))[0]["n"].as_i64().unwrap();
         if n == want && dead == model.invalid.len() as i64 && compactions >= 3 {
             break;
         }

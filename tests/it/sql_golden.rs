@@ -1,5 +1,6 @@
-//! Every analyst query in `sql/` runs against a lake built from fixed data, and its result must
-//! equal the golden file in `sql/expected/` (sqllogictest-style). `LAKEPIPE_BLESS=1` rewrites
+//! Every analyst query in `sql/` runs against a lake built from fixed data on both engines: the
+//! DataFusion result must equal the golden file in `sql/expected/` (sqllogictest-style), and
+//! DuckDB's must equal DataFusion's. `LAKEPIPE_BLESS=1` rewrites
 //! the golden files after a deliberate change.
 
 use lakepipe::decode::Decoder;
@@ -62,6 +63,13 @@ async fn analyst_queries_match_golden_files() {
             .await
             .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
         let got = lakepipe::query::format(&schema, &batches, lakepipe::query::Format::Csv).unwrap();
+        // DuckDB must give the same rows (compared value by value: see `same_rows`).
+        let duck = lakepipe::query::Request { sql: &sql, engine: lakepipe::query::Engine::Duckdb, ..Default::default() };
+        let (duck_schema, duck_batches) = lakepipe::query::execute(&lake, &duck).await.unwrap_or_else(|e| panic!("{} on duckdb: {e}", file.display()));
+        let as_rows = |schema, batches| -> Vec<serde_json::Value> {
+            serde_json::from_str(&lakepipe::query::format(schema, batches, lakepipe::query::Format::Json).unwrap()).unwrap()
+        };
+        crate::harness::same_rows(&as_rows(&schema, &batches), &as_rows(&duck_schema, &duck_batches), &file.display().to_string());
         let rows = got.lines().count().saturating_sub(1);
         assert!(rows > 0, "{} returned no rows on the golden lake; the test would prove little", file.display());
         let golden = root.join("sql/expected").join(file.file_stem().unwrap()).with_extension("csv");

@@ -1,0 +1,237 @@
+//! A circuit breaker per broker: closed → open after consecutive failures → half-open after a
+//! pause, where probes decide between closing again and reopening.
+//!
+//! The breaker is a plain state machine over an explicit clock (`now` is passed in), so the
+//! router uses `Instant::now()` and the property tests drive time themselves.
+
+use std::time::{Duration, Instant};
+
+/// Breaker thresholds (config keys `breaker_failures`, `breaker_open_for`, `breaker_successes`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BreakerConfig {
+    /// Consecutive failures that open a closed breaker.
+    pub failure_threshold: u32,
+    /// How long an open breaker refuses calls before it lets probes through.
+    pub open_for: Duration,
+    /// Consecutive successful probes that close a half-open breaker.
+    pub success_threshold: u32,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        BreakerConfig { failure_threshold: 5, open_for: Duration::from_secs(30), success_threshold: 3 }
+    }
+}
+
+/// Where a breaker is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// Calls pass; `failures` consecutive failures so far.
+    Closed {
+        /// Consecutive failures.
+        failures: u32,
+    },
+    /// Calls are refused until `until`.
+    Open {
+        /// When probes may start.
+        until: Instant,
+    },
+    /// Probes pass; `successes` consecutive successes so far.
+    HalfOpen {
+        /// Consecutive successful probes.
+        successes: u32,
+    },
+}
+
+impl State {
+    /// `closed`, `open` or `half_open`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            State::Closed { .. } => "closed",
+            State::Open { .. } => "open",
+            State::HalfOpen { .. } => "half_open",
+        }
+    }
+
+    /// The state as a number for metrics: 0 closed, 1 half-open, 2 open.
+    pub fn gauge(&self) -> i64 {
+        match self {
+            State::Closed { .. } => 0,
+            State::HalfOpen { .. } => 1,
+            State::Open { .. } => 2,
+        }
+    }
+}
+
+/// One broker's breaker.
+#[derive(Debug, Clone)]
+pub struct Breaker {
+    config: BreakerConfig,
+    state: State,
+    /// Times the breaker opened.
+    opened: u64,
+}
+
+impl Breaker {
+    /// A closed breaker.
+    pub fn new(config: BreakerConfig) -> Self {
+        Breaker { config, state: State::Closed { failures: 0 }, opened: 0 }
+    }
+
+    /// The state at `now` (an open breaker whose pause is over reads as half-open).
+    pub fn state(&self, now: Instant) -> State {
+        match self.state {
+            State::Open { until } if now >= until => State::HalfOpen { successes: 0 },
+            s => s,
+        }
+    }
+
+    /// How many times the breaker has opened.
+    pub fn times_opened(&self) -> u64 {
+        self.opened
+    }
+
+    /// May a call go to this broker at `now`? Moves an open breaker whose pause is over to
+    /// half-open.
+    pub fn allow(&mut self, now: Instant) -> bool {
+        self.state = self.state(now);
+        !matches!(self.state, State::Open { .. })
+    }
+
+    /// Record a successful call.
+    pub fn on_success(&mut self, now: Instant) {
+        self.state = match self.state(now) {
+            State::Closed { .. } => State::Closed { failures: 0 },
+            State::HalfOpen { successes } if successes + 1 >= self.config.success_threshold => State::Closed { failures: 0 },
+            State::HalfOpen { successes } => State::HalfOpen { successes: successes + 1 },
+            // A call that started before the breaker opened: it changes nothing.
+            open @ State::Open { .. } => open,
+        };
+    }
+
+    /// Record a failed call.
+    pub fn on_failure(&mut self, now: Instant) {
+        self.state = match self.state(now) {
+            State::Closed { failures } if failures + 1 >= self.config.failure_threshold => self.open(now),
+            State::Closed { failures } => State::Closed { failures: failures + 1 },
+            State::HalfOpen { .. } => self.open(now),
+            open @ State::Open { .. } => open,
+        };
+    }
+
+    fn open(&mut self, now: Instant) -> State {
+        self.opened += 1;
+        State::Open { until: now + self.config.open_for }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[derive(Debug, Clone, Copy)]
+    enum Event {
+        Success,
+        Failure,
+        Wait(u64),
+    }
+
+    fn event() -> impl Strategy<Value = Event> {
+        prop_oneof![3 => Just(Event::Success), 3 => Just(Event::Failure), 1 => (0u64..40).prop_map(Event::Wait)]
+    }
+
+    fn config() -> impl Strategy<Value = BreakerConfig> {
+        (1u32..7, 1u64..40, 1u32..5).prop_map(|(f, o, s)| BreakerConfig { failure_threshold: f, open_for: Duration::from_secs(o), success_threshold: s })
+    }
+
+    #[test]
+    fn the_documented_defaults() {
+        let t0 = Instant::now();
+        let mut b = Breaker::new(BreakerConfig::default());
+        for _ in 0..4 {
+            b.on_failure(t0);
+        }
+        assert!(b.allow(t0), "four failures keep it closed");
+        b.on_failure(t0);
+        assert!(!b.allow(t0), "the fifth opens it");
+        assert!(!b.allow(t0 + Duration::from_secs(29)));
+        assert!(b.allow(t0 + Duration::from_secs(30)), "half-open after 30 s");
+        let t1 = t0 + Duration::from_secs(30);
+        b.on_success(t1);
+        b.on_success(t1);
+        assert_eq!(b.state(t1).name(), "half_open");
+        b.on_success(t1);
+        assert_eq!(b.state(t1).name(), "closed", "three successes close it");
+        for _ in 0..5 {
+            b.on_failure(t1);
+        }
+        let t2 = t1 + Duration::from_secs(30);
+        assert!(b.allow(t2));
+        b.on_success(t2);
+        b.on_failure(t2);
+        assert!(!b.allow(t2), "any failure while half-open reopens it");
+        assert_eq!(b.times_opened(), 3);
+    }
+
+    proptest! {
+        /// Against a model that reads the rules off the history of events rather than keeping
+        /// the state machine's counters.
+        #[test]
+        fn follows_the_rules(cfg in config(), events in proptest::collection::vec(event(), 0..120)) {
+            let t0 = Instant::now();
+            let mut now = t0;
+            let mut b = Breaker::new(cfg);
+            // Model: the last time the breaker opened, and the events since the last transition.
+            let mut opened_at: Option<Instant> = None;
+            let mut streak_failures = 0u32;
+            let mut streak_successes = 0u32;
+            let mut half_open = false;
+            for e in events {
+                // Model's view of openness before the event.
+                let model_open = opened_at.is_some_and(|t| now < t + cfg.open_for);
+                if opened_at.is_some() && !model_open && !half_open {
+                    half_open = true;
+                    streak_successes = 0;
+                }
+                prop_assert_eq!(b.allow(now), !model_open);
+                match e {
+                    Event::Wait(s) => now += Duration::from_secs(s),
+                    Event::Success if model_open => {}
+                    Event::Failure if model_open => {}
+                    Event::Success if half_open => {
+                        streak_successes += 1;
+                        if streak_successes >= cfg.success_threshold {
+                            half_open = false;
+                            opened_at = None;
+                            streak_failures = 0;
+                        }
+                        b.on_success(now);
+                    }
+                    Event::Failure if half_open => {
+                        half_open = false;
+                        opened_at = Some(now);
+                        b.on_failure(now);
+                    }
+                    Event::Success => {
+                        streak_failures = 0;
+                        b.on_success(now);
+                    }
+                    Event::Failure => {
+                        streak_failures += 1;
+                        if streak_failures >= cfg.failure_threshold {
+                            opened_at = Some(now);
+                            streak_failures = 0;
+                        }
+                        b.on_failure(now);
+                    }
+                }
+                let name = b.state(now).name();
+                let model_open = opened_at.is_some_and(|t| now < t + cfg.open_for);
+                let model = if model_open { "open" } else if half_open || opened_at.is_some() { "half_open" } else { "closed" };
+                prop_assert_eq!(name, model);
+            }
+        }
+    }
+}

@@ -1,0 +1,234 @@
+//! Apache Iggy: addresses and the producer side (the router's Iggy member).
+//!
+//! A lakepipe topic is an Iggy topic of the same name inside one stream (`lakepipe` unless the
+//! URL names another: `iggy://user:pass@host:port/stream`). The record key travels in the user
+//! header `key`; a delete (tombstone) is the header `tombstone` with a one-byte payload, since
+//! Iggy payloads cannot be empty. Records are spread over partitions by a hash of the key and
+//! sent one request per partition; each request is acknowledged only after the server has
+//! flushed the partition to disk.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use iggy::prelude::*;
+use tokio::sync::Mutex;
+
+use crate::publish::Message;
+
+/// Partitions of a topic the producer creates on first use.
+const DEFAULT_PARTITIONS: u32 = 3;
+/// How long connecting and each request may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where an Iggy server is, and which stream holds lakepipe's topics.
+#[derive(Clone, PartialEq, Eq)]
+pub struct IggyAddress {
+    user: String,
+    password: String,
+    host: String,
+    /// The stream.
+    pub stream: String,
+}
+
+impl std::fmt::Debug for IggyAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.display())
+    }
+}
+
+impl IggyAddress {
+    /// Parse `iggy://user:pass@host:port[/stream]`.
+    pub fn parse(url: &str) -> Result<Self, String> {
+        let usage = "an Iggy URL is iggy://user:password@host:port[/stream]";
+        let rest = url.strip_prefix("iggy://").ok_or_else(|| usage.to_string())?;
+        let (creds, rest) = rest.rsplit_once('@').ok_or_else(|| format!("the Iggy URL has no user and password: {usage}"))?;
+        let (user, password) = creds.split_once(':').ok_or_else(|| format!("the Iggy URL has no password: {usage}"))?;
+        let (host, stream) = match rest.split_once('/') {
+            Some((h, s)) if !s.is_empty() => (h, s),
+            Some((h, _)) => (h, "lakepipe"),
+            None => (rest, "lakepipe"),
+        };
+        if user.is_empty() || host.rsplit_once(':').is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err()) {
+            return Err(usage.to_string());
+        }
+        if [':', '@', '?', '/'].iter().any(|c| password.contains(*c)) {
+            return Err("the Iggy password may not contain ':', '@', '?' or '/'".into());
+        }
+        Ok(IggyAddress { user: user.into(), password: password.into(), host: host.into(), stream: stream.into() })
+    }
+
+    /// The URL without the password.
+    pub fn display(&self) -> String {
+        format!("iggy://{}:***@{}/{}", self.user, self.host, self.stream)
+    }
+
+    /// Connect and log in (the client library logs in during `connect`).
+    pub async fn connect(&self) -> Result<IggyClient, String> {
+        let conn = format!("iggy://{}:{}@{}?reconnection_retries=2", self.user, self.password, self.host);
+        let client = IggyClient::from_connection_string(&conn).map_err(|e| format!("{}: {e}", self.display()))?;
+        match tokio::time::timeout(REQUEST_TIMEOUT, client.connect()).await {
+            Ok(Ok(())) => Ok(client),
+            Ok(Err(e)) => Err(format!("cannot connect to {}: {e}", self.display())),
+            Err(_) => Err(format!("cannot connect to {} within {REQUEST_TIMEOUT:?}", self.display())),
+        }
+    }
+}
+
+/// Create the stream and topic if missing; returns the topic's partition ids.
+pub async fn ensure_topic(client: &IggyClient, stream: &str, topic: &str, partitions: u32) -> Result<Vec<u32>, String> {
+    let s = Identifier::named(stream).map_err(|e| e.to_string())?;
+    let t = Identifier::named(topic).map_err(|e| e.to_string())?;
+    if matches!(client.get_stream(&s).await, Ok(None)) {
+        match client.create_stream(stream).await {
+            Ok(_) | Err(IggyError::StreamNameAlreadyExists(_)) => {}
+            Err(e) => return Err(format!("cannot create stream `{stream}`: {e}")),
+        }
+    }
+    let details = match client.get_topic(&s, &t).await {
+        Ok(Some(d)) => d,
+        _ => {
+            match client.create_topic(&s, topic, partitions, CompressionAlgorithm::None, None, IggyExpiry::NeverExpire, MaxTopicSize::ServerDefault).await {
+                Ok(_) | Err(IggyError::TopicNameAlreadyExists(..)) => {}
+                Err(e) => return Err(format!("cannot create topic `{stream}/{topic}`: {e}")),
+            }
+            client.get_topic(&s, &t).await.map_err(|e| e.to_string())?.ok_or_else(|| format!("topic `{stream}/{topic}` vanished"))?
+        }
+    };
+    let mut ids: Vec<u32> = details.partitions.iter().map(|p| p.id).collect();
+    ids.sort_unstable();
+    Ok(ids)
+}
+
+/// FNV-1a: a stable hash of the key, so a key always lands on the same partition.
+fn partition_of(key: Option<&[u8]>, partitions: &[u32], fallback: usize) -> u32 {
+    let i = match key {
+        Some(k) => k.iter().fold(0xcbf29ce484222325u64, |h, b| (h ^ *b as u64).wrapping_mul(0x100000001b3)) as usize,
+        None => fallback,
+    };
+    partitions[i % partitions.len()]
+}
+
+/// The key header.
+pub const KEY_HEADER: &str = "key";
+/// The tombstone header.
+pub const TOMBSTONE_HEADER: &str = "tombstone";
+
+/// Publishes to one Iggy server; connects on first use and again after a failure.
+pub struct IggyProducer {
+    address: IggyAddress,
+    state: Mutex<Option<(Arc<IggyClient>, HashMap<String, Vec<u32>>)>>,
+}
+
+impl IggyProducer {
+    /// A producer for `address` (no connection yet).
+    pub fn new(address: IggyAddress) -> Self {
+        IggyProducer { address, state: Mutex::new(None) }
+    }
+
+    fn message(key: Option<&[u8]>, payload: Option<&[u8]>) -> Result<IggyMessage, String> {
+        let mut headers = BTreeMap::new();
+        if let Some(k) = key {
+            let text = std::str::from_utf8(k).map_err(|_| "Iggy keys must be UTF-8".to_string())?;
+            headers.insert(HeaderKey::try_from(KEY_HEADER).map_err(|e| e.to_string())?, HeaderValue::try_from(text).map_err(|e| e.to_string())?);
+        }
+        let body = match payload {
+            Some(p) if !p.is_empty() => Bytes::copy_from_slice(p),
+            _ => {
+                headers.insert(HeaderKey::try_from(TOMBSTONE_HEADER).map_err(|e| e.to_string())?, HeaderValue::try_from("1").map_err(|e| e.to_string())?);
+                Bytes::from_static(b"\0")
+            }
+        };
+        IggyMessage::builder().payload(body).user_headers(headers).build().map_err(|e| e.to_string())
+    }
+
+    /// Publish a batch and wait until the server has flushed it to disk.
+    pub async fn send(&self, topic: &str, batch: &[Message]) -> Result<(), String> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut state = self.state.lock().await;
+        if state.is_none() {
+            *state = Some((Arc::new(self.address.connect().await?), HashMap::new()));
+        }
+        let result = async {
+            let Some((client, topics)) = state.as_mut() else { return Err("not connected".to_string()) };
+            let partitions = match topics.get(topic) {
+                Some(p) => p.clone(),
+                None => {
+                    let p = ensure_topic(client, &self.address.stream, topic, DEFAULT_PARTITIONS).await?;
+                    topics.insert(topic.to_string(), p.clone());
+                    p
+                }
+            };
+            if partitions.is_empty() {
+                return Err(format!("topic `{topic}` has no partitions"));
+            }
+            let mut by_partition: BTreeMap<u32, Vec<IggyMessage>> = BTreeMap::new();
+            for (i, (k, p)) in batch.iter().enumerate() {
+                by_partition.entry(partition_of(k.as_deref(), &partitions, i)).or_default().push(Self::message(k.as_deref(), p.as_deref())?);
+            }
+            let s = Identifier::named(&self.address.stream).map_err(|e| e.to_string())?;
+            let t = Identifier::named(topic).map_err(|e| e.to_string())?;
+            for (partition, mut messages) in by_partition {
+                let partitioning = Partitioning::partition_id(partition);
+                let send = client.send_messages(&s, &t, &partitioning, &mut messages);
+                tokio::time::timeout(REQUEST_TIMEOUT, send).await.map_err(|_| "Iggy send timed out".to_string())?.map_err(|e| e.to_string())?;
+                let flush = client.flush_unsaved_buffer(&s, &t, partition, true);
+                tokio::time::timeout(REQUEST_TIMEOUT, flush).await.map_err(|_| "Iggy flush timed out".to_string())?.map_err(|e| e.to_string())?;
+            }
+            Ok(())
+        }
+        .await;
+        if result.is_err() {
+            // Reconnect next time (the server may have restarted).
+            if let Some((client, _)) = state.take() {
+                let _ = client.shutdown().await;
+            }
+        }
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_addresses_and_hides_the_password() {
+        let a = IggyAddress::parse("iggy://iggy:s3cret@127.0.0.1:8090").unwrap();
+        assert_eq!(a.stream, "lakepipe");
+        assert_eq!(a.display(), "iggy://iggy:***@127.0.0.1:8090/lakepipe");
+        assert!(!format!("{a:?}").contains("s3cret"));
+        assert_eq!(IggyAddress::parse("iggy://u:p@h:1/events").unwrap().stream, "events");
+        for bad in ["iggy://h:1", "iggy://u@h:1", "iggy://u:p@h", "iggy://u:p@:1", "kafka://h:1", "iggy://u:p:q@h:1"] {
+            assert!(IggyAddress::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn keys_stay_on_one_partition() {
+        let parts = [0, 1, 2];
+        let p = partition_of(Some(b"user-7"), &parts, 0);
+        assert!((0..10).all(|i| partition_of(Some(b"user-7"), &parts, i) == p));
+        let spread: std::collections::BTreeSet<u32> = (0..50).map(|i| partition_of(Some(format!("k{i}").as_bytes()), &parts, 0)).collect();
+        assert_eq!(spread.len(), 3);
+    }
+
+    /// Runs against a real server when `IGGY_URL` is set (e.g. the docker-compose service).
+    #[tokio::test]
+    async fn publishes_to_a_real_server() {
+        let Ok(url) = std::env::var("IGGY_URL") else {
+            eprintln!("SKIPPED publishes_to_a_real_server: IGGY_URL is not set (see docker-compose.yml)");
+            return;
+        };
+        let address = IggyAddress::parse(&url).unwrap();
+        let producer = IggyProducer::new(address.clone());
+        let topic = format!("lakepipe_test_{}", std::process::id());
+        producer.send(&topic, &[(Some(b"k1".to_vec()), Some(b"{}".to_vec())), (Some(b"k2".to_vec()), None)]).await.unwrap();
+        let client = address.connect().await.unwrap();
+        let parts = ensure_topic(&client, &address.stream, &topic, DEFAULT_PARTITIONS).await.unwrap();
+        assert_eq!(parts.len(), DEFAULT_PARTITIONS as usize);
+    }
+}

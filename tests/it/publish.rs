@@ -1,0 +1,239 @@
+//! Producers: file loads, HTTP ingest and the failover router, against real brokers.
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::harness::{brokers, unique, Fixture, LakeKind};
+
+fn txn(id: &str, ts_ms: i64, status: &str) -> String {
+    format!(r#"{{"transaction_id":"{id}","user_id":"u","amount":1.5,"currency":"EUR","status":"{status}","timestamp":{ts_ms}}}"#)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn load_reports_bad_lines_and_publishes_every_valid_record() {
+    let fx = Fixture::new(LakeKind::Local, "transactions", 2, "").await;
+    let dir = tempfile::tempdir().unwrap();
+    let ndjson = dir.path().join("a.ndjson");
+    std::fs::write(&ndjson, format!("{}\n{{oops\n{}\n", txn("n1", 1_700_000_000_000, "completed"), txn("n2", 1_700_000_000_000, "nope"))).unwrap();
+    let json = dir.path().join("b.json");
+    std::fs::write(&json, format!("[\n{},\n{}\n]\n", txn("j1", 1_700_000_000_000, "pending"), txn("n1", 1_700_000_100_000, "refunded"))).unwrap();
+    let csv = dir.path().join("c.csv");
+    std::fs::write(&csv, "transaction_id,user_id,amount,currency,status,timestamp\nc1,u,2.25,USD,completed,2023-11-14T22:13:20Z\nc2,u,-1,USD,completed,2023-11-14T22:13:20Z\n").unwrap();
+
+    let out = fx.cmd("load").args(["--topic", &fx.topic, "--batch-size", "2"]).args([&ndjson, &json, &csv]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "invalid lines give exit code 3: {stderr}");
+    for want in [format!("{}:2: malformed_json", ndjson.display()), format!("{}:3:", ndjson.display()), format!("{}:3:", csv.display())] {
+        assert!(stderr.contains(&want), "missing `{want}` in:\n{stderr}");
+    }
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((report["records"].as_u64(), report["published"].as_u64(), report["invalid"].as_u64()), (Some(7), Some(4), Some(3)), "{report}");
+
+    fx.ingest_once();
+    let rows = fx.sql(&format!("SELECT transaction_id, status FROM {} ORDER BY transaction_id", fx.topic));
+    let got: Vec<(String, String)> = rows.iter().map(|r| (r["transaction_id"].as_str().unwrap().into(), r["status"].as_str().unwrap().into())).collect();
+    let want = [("c1", "completed"), ("j1", "pending"), ("n1", "refunded")].map(|(a, b)| (a.to_string(), b.to_string())).to_vec();
+    assert_eq!(got, want, "every valid record, and the newer version of n1");
+}
+
+/// `curl` with a body file; returns (status, body).
+fn post(port: u16, path: &str, body: &str) -> (u16, Value) {
+    let out = Command::new("curl")
+        .args(["-s", "-o", "-", "-w", "\n%{http_code}", "-X", "POST", "--data-binary", "@-", &format!("http://127.0.0.1:{port}{path}")])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            c.stdin.take().unwrap().write_all(body.as_bytes())?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n').unwrap();
+    (code.trim().parse().unwrap(), serde_json::from_str(body).unwrap_or(Value::String(body.to_string())))
+}
+
+fn get(port: u16, path: &str) -> (u16, Value) {
+    let out = Command::new("curl").args(["-s", "-w", "\n%{http_code}", &format!("http://127.0.0.1:{port}{path}")]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n').unwrap();
+    (code.trim().parse().unwrap(), serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn wait_port(port: u16, what: &str) {
+    let started = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(started.elapsed() < Duration::from_secs(60), "{what} did not open port {port}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn http_ingest_validates_everything_before_publishing() {
+    let fx = Fixture::new(LakeKind::Local, "transactions", 1, "").await;
+    let port = free_port();
+    let _srv = Process(fx.cmd("serve").args(["--listen", &format!("127.0.0.1:{port}")]).stderr(Stdio::null()).spawn().unwrap());
+    wait_port(port, "lakepipe serve");
+    let path = format!("/topics/{}/records", fx.topic);
+
+    // One bad record: 400 naming it, and nothing published.
+    let body = format!("[{}, {}, {}]", txn("h1", 1_700_000_000_000, "completed"), txn("h2", 1_700_000_000_000, "lost"), "{\"x\": 1}");
+    let (status, v) = post(port, &path, &body);
+    assert_eq!(status, 400, "{v}");
+    let indexes: Vec<u64> = v["errors"].as_array().unwrap().iter().map(|e| e["index"].as_u64().unwrap()).collect();
+    assert_eq!(indexes, vec![1, 2], "{v}");
+    assert!(v["errors"][0]["error"].as_str().unwrap().contains("status"), "{v}");
+    let (status, v) = post(port, "/topics/no_such_topic/records", &txn("h1", 1, "completed"));
+    assert_eq!(status, 404, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("unknown topic"), "{v}");
+    assert_eq!(post(port, &path, "{not json").0, 400);
+    assert_eq!(post(port, &path, "").0, 400);
+
+    // Valid NDJSON: 200 once acknowledged, then in the lake after an ingest.
+    let ndjson = format!("{}\n{}\n", txn("h1", 1_700_000_000_000, "completed"), txn("h3", 1_700_000_000_000, "pending"));
+    let (status, v) = post(port, &path, &ndjson);
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["published"], 2);
+    let (status, health) = get(port, "/health");
+    assert_eq!(status, 200);
+    assert_eq!(health["brokers"][0]["breaker"], "closed", "{health}");
+    assert_eq!(health["brokers"][0]["records_ok"], 2, "{health}");
+    assert_eq!(get(port, "/health/primary").1["name"], "primary");
+    assert_eq!(get(port, "/health/nope").0, 404);
+    let metrics = Command::new("curl").args(["-s", &format!("http://127.0.0.1:{port}/metrics")]).output().unwrap();
+    std::thread::sleep(Duration::from_millis(1100));
+    let metrics = String::from_utf8_lossy(&metrics.stdout).to_string() + &String::from_utf8_lossy(&Command::new("curl").args(["-s", &format!("http://127.0.0.1:{port}/metrics")]).output().unwrap().stdout);
+    assert!(metrics.contains("lakepipe_broker_breaker_state{broker=\"primary\"} 0"), "{metrics}");
+
+    fx.ingest_once();
+    let rows = fx.sql(&format!("SELECT transaction_id FROM {} ORDER BY transaction_id", fx.topic));
+    let ids: Vec<&str> = rows.iter().map(|r| r["transaction_id"].as_str().unwrap()).collect();
+    assert_eq!(ids, vec!["h1", "h3"], "nothing of the refused request was published");
+}
+
+/// A tansu broker of the test's own, so it can be killed and restarted.
+struct Tansu {
+    child: Option<Child>,
+    port: u16,
+    storage: String,
+    cluster: String,
+}
+
+impl Tansu {
+    fn start(port: u16, storage: &str, cluster: &str) -> Tansu {
+        let mut t = Tansu { child: None, port, storage: storage.into(), cluster: cluster.into() };
+        t.restart();
+        t
+    }
+
+    fn restart(&mut self) {
+        let bin = std::env::var("LAKEPIPE_TANSU_BIN").expect("LAKEPIPE_TANSU_BIN is not set: run the suite with scripts/test.sh");
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let endpoint = std::env::var("AWS_ENDPOINT_URL").unwrap_or_default();
+        let child = Command::new(bin)
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", &self.storage, "--cluster-id", &self.cluster])
+            .env("AWS_ENDPOINT", &endpoint)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        wait_port(self.port, "tansu");
+    }
+
+    /// `kill -9`.
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The primary dies in the middle of a load; the router fails over to the fallback; the primary
+/// comes back with its log (it stores in S3). Both clusters are ingested into one lake, each
+/// with its own offsets: every acknowledged record is there exactly once, at its latest version.
+#[tokio::test(flavor = "multi_thread")]
+async fn failover_keeps_every_acknowledged_record_exactly_once() {
+    let _ = brokers();
+    let cluster = unique("primary");
+    let mut primary = Tansu::start(free_port(), "s3://data-pipeline-bucket/", &cluster);
+    let fallback = Tansu::start(free_port(), "memory://tansu/", &unique("fallback"));
+    let dir = tempfile::tempdir().unwrap();
+    let topic = unique("t_failover");
+    let config = dir.path().join("lakepipe.toml");
+    std::fs::write(&config, format!("publish_timeout = \"700ms\"\nbreaker_failures = 3\n[specs.{topic}]\nextends = \"transactions\"\n")).unwrap();
+    let lake = dir.path().join("lake");
+    // 1,500 keys, then 500 newer versions of the first 500.
+    let n = 1500;
+    let mut lines: Vec<String> = (0..n).map(|i| txn(&format!("k{i:04}"), 1_700_000_000_000 + i, "pending")).collect();
+    lines.extend((0..500).map(|i| txn(&format!("k{i:04}"), 1_700_000_100_000 + i, "completed")));
+    let file = dir.path().join("records.ndjson");
+    std::fs::write(&file, lines.join("\n")).unwrap();
+
+    let bin = env!("CARGO_BIN_EXE_lakepipe");
+    let load = Command::new(bin)
+        .args(["load", "--config", config.to_str().unwrap(), "--topic", &topic, "--batch-size", "50", "--rate", "800"])
+        .args(["--primary", &format!("kafka://{}", primary.address()), "--fallback", &format!("kafka://{}", fallback.address())])
+        .arg(&file)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1000));
+    primary.kill();
+    let killed_at = Instant::now();
+    let out = load.wait_with_output().unwrap();
+    assert!(out.status.success(), "the load must survive the primary's death:\n{}", String::from_utf8_lossy(&out.stderr));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["published"], 2000, "{report}");
+    let on_primary = report["per_broker"]["primary"].as_u64().unwrap_or(0);
+    let on_fallback = report["per_broker"]["fallback"].as_u64().unwrap_or(0);
+    assert!(on_primary > 0 && on_fallback > 0, "both brokers took part: {report}");
+    assert!(killed_at.elapsed() < Duration::from_secs(60));
+
+    primary.restart();
+    for (name, broker) in [("primary", primary.address()), ("fallback", fallback.address())] {
+        let out = Command::new(bin)
+            .args(["ingest", "--once", "--config", config.to_str().unwrap(), "--brokers", &broker, "--lake", lake.to_str().unwrap()])
+            .args(["--topics", &topic, "--group", "failover", "--source-name", name, "--trigger-interval", "500ms"])
+            .env("LAKEPIPE_IDLE_TIMEOUT", "20s")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "ingest from {name}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let sql = format!("SELECT count(*) AS n, count(DISTINCT transaction_id) AS keys, sum(CASE WHEN status = 'completed' THEN 1 ELSE 0 END) AS completed FROM {topic}");
+    let out = Command::new(bin).args(["sql", "--lake", lake.to_str().unwrap(), "--format", "json", &sql]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rows: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rows[0]["n"], n, "one row per key: {rows:?}");
+    assert_eq!(rows[0]["keys"], n);
+    assert_eq!(rows[0]["completed"], 500, "the newer version of every updated key won: {rows:?}");
+}
