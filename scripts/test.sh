@@ -12,5 +12,8 @@ trap '"$LAKEPIPE_ROOT/scripts/services.sh" stop' EXIT
 "$LAKEPIPE_ROOT/scripts/services.sh" start all
 source "$RUN_DIR/env"
 log "running tests"
+if [ -z "${IGGY_URL:-}" ]; then
+  log "Iggy tests will report SKIPPED: IGGY_URL is not set (start the docker-compose iggy service and set IGGY_URL=iggy://iggy:iggy@127.0.0.1:8090)"
+fi
 cargo test --locked -- --test-threads="${LAKEPIPE_TEST_THREADS:-2}" "$@"
 log "suite finished in $(( $(date +%s) - started )) s"

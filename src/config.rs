@@ -80,6 +80,9 @@ pub struct Config {
     pub query_timeout: String,
     /// `serve`: most rows a query result returns (longer results are cut and marked).
     pub max_result_rows: usize,
+    /// Ingest from Apache Iggy instead of Kafka: `iggy://user:pass@host:port[/stream]`
+    /// (empty: Kafka at `brokers`). Offsets are stored under `source_name` (`iggy` by default).
+    pub iggy: String,
     /// Producers (generate, load, HTTP ingest): the primary broker URL, `kafka://host:port[,…]`
     /// or `iggy://user:pass@host:port[/stream]`. Empty: the Kafka cluster in `brokers`.
     pub primary: String,
@@ -119,6 +122,7 @@ impl Default for Config {
             min_vacuum_retention_hours: 168,
             query_timeout: "30s".into(),
             max_result_rows: 100_000,
+            iggy: String::new(),
             primary: String::new(),
             fallback: String::new(),
             strategy: "health".into(),
@@ -149,6 +153,8 @@ pub struct Overrides {
     pub max_batch_records: Option<usize>,
     /// `--source-name`
     pub source_name: Option<String>,
+    /// `--iggy`
+    pub iggy: Option<String>,
     /// `--primary`
     pub primary: Option<String>,
     /// `--fallback`
@@ -211,6 +217,12 @@ impl Config {
         }
         if let Some(v) = f.source_name {
             cfg.source_name = v;
+        }
+        if let Some(v) = f.iggy {
+            cfg.iggy = v;
+        }
+        if !cfg.iggy.trim().is_empty() && cfg.source_name == Config::default().source_name {
+            cfg.source_name = "iggy".into();
         }
         if let Some(v) = f.primary {
             cfg.primary = v;
@@ -359,6 +371,23 @@ mod tests {
         assert!(Config::load(None, vec![], &flags).is_err());
         let env = vec![("LAKEPIPE_MAX_BATCH_RECORDS".to_string(), "many".to_string())];
         assert!(Config::load(None, env, &Overrides::default()).is_err());
+    }
+
+    #[test]
+    fn router_settings() {
+        use crate::publish::router::Strategy;
+        let env = vec![("LAKEPIPE_BREAKER_FAILURES".to_string(), "7".to_string())];
+        let flags = Overrides { primary: Some("kafka://a:1".into()), fallback: Some("kafka://b:2".into()), strategy: Some("round_robin".into()), ..Default::default() };
+        let r = Config::load(None, env, &flags).unwrap().router_options().unwrap();
+        assert_eq!((r.brokers.len(), r.strategy, r.breaker.failure_threshold), (2, Strategy::RoundRobin, 7));
+        for s in ["primary_only", "fallback_only", "health"] {
+            let flags = Overrides { fallback: Some("kafka://b:2".into()), strategy: Some(s.into()), ..Default::default() };
+            assert!(Config::load(None, vec![], &flags).is_ok(), "{s}");
+        }
+        let flags = Overrides { strategy: Some("fallback_only".into()), ..Default::default() };
+        assert!(Config::load(None, vec![], &flags).unwrap_err().to_string().contains("fallback"));
+        let flags = Overrides { primary: Some("mqtt://x".into()), ..Default::default() };
+        assert!(Config::load(None, vec![], &flags).is_err());
     }
 
     #[test]

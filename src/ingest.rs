@@ -167,6 +167,99 @@ enum Polled {
     Nothing,
 }
 
+/// Where messages come from: a Kafka consumer-group member, or an Iggy reader of every
+/// partition. Both start each partition at the lake's offset.
+enum Source {
+    Kafka(KafkaSource),
+    Iggy(crate::source::iggy::IggySource),
+}
+
+impl Source {
+    /// The next message, or nothing within `wait`.
+    async fn next(&self, wait: Duration, max: usize) -> Result<Polled, IngestError> {
+        match self {
+            Source::Kafka(k) => {
+                let polled = tokio::time::timeout(wait, k.consumer.recv()).await;
+                Ok(match polled {
+                    Ok(Ok(m)) => Polled::Message(
+                        m.topic().to_string(),
+                        RawMessage {
+                            partition: m.partition(),
+                            offset: m.offset(),
+                            key: m.key().map(|k| k.to_vec()),
+                            payload: m.payload().map(|p| p.to_vec()),
+                            timestamp_ms: m.timestamp().to_millis(),
+                        },
+                    ),
+                    Ok(Err(KafkaError::PartitionEOF(_))) => Polled::Nothing,
+                    Ok(Err(KafkaError::MessageConsumption(RDKafkaErrorCode::OffsetOutOfRange))) => {
+                        // The lake's offset is outside the broker's log: retention removed
+                        // messages that were never ingested, or the topic was re-created.
+                        // Never skip silently.
+                        return Err(IngestError::Source(SourceError::Broker {
+                            brokers: k.brokers().to_string(),
+                            reason: "a stored offset is out of the broker's range (messages deleted by retention before ingest, or the topic was re-created); see docs/DESIGN.md".into(),
+                        }));
+                    }
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "consumer error");
+                        Polled::Nothing
+                    }
+                    Err(_) => Polled::Nothing,
+                })
+            }
+            Source::Iggy(i) => match i.recv(wait, max.min(10_000) as u32).await {
+                Ok(Some((topic, m))) => Ok(Polled::Message(topic, m)),
+                Ok(None) => Ok(Polled::Nothing),
+                Err(e) if e.is_retryable() => {
+                    tracing::warn!(error = %e, "Iggy poll failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    Ok(Polled::Nothing)
+                }
+                Err(e) => Err(e.into()),
+            },
+        }
+    }
+
+    fn assignment(&self) -> &Arc<std::sync::Mutex<crate::source::kafka::Assignment>> {
+        match self {
+            Source::Kafka(k) => &k.assignment,
+            Source::Iggy(i) => &i.assignment,
+        }
+    }
+
+    fn cached_high_watermark(&self, topic: &str, partition: i32) -> Option<i64> {
+        match self {
+            Source::Kafka(k) => k.cached_high_watermark(topic, partition),
+            Source::Iggy(i) => i.end_offset(topic, partition),
+        }
+    }
+
+    fn commit_advisory(&self, offsets: &[(TopicPartition, i64)]) {
+        if let Source::Kafka(k) = self {
+            k.commit_advisory(offsets);
+        }
+    }
+
+    fn seek(&self, starts: &[(TopicPartition, Option<i64>)]) -> Result<(), SourceError> {
+        match self {
+            Source::Kafka(k) => k.seek(starts),
+            Source::Iggy(i) => {
+                i.seek(starts);
+                Ok(())
+            }
+        }
+    }
+
+    /// `_source` of the rows: the kind of broker.
+    fn kind(&self) -> &'static str {
+        match self {
+            Source::Kafka(_) => "kafka",
+            Source::Iggy(_) => "iggy",
+        }
+    }
+}
+
 /// Options of one run.
 #[derive(Clone, Default)]
 pub struct IngestOptions {
@@ -186,7 +279,12 @@ pub async fn run(cfg: &Config, opts: IngestOptions) -> Result<IngestSummary, Ing
     let loader = Arc::new(LakeStarts { lake: lake.clone(), source: cfg.source_name.clone(), group: cfg.group.clone() });
     let topics: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
     // Check the broker and the topics before creating any table.
-    let source = KafkaSource::connect(&cfg.brokers, &cfg.group, &topics, &cfg.kafka, loader.clone(), cfg.connect()).await?;
+    let source = if cfg.iggy.trim().is_empty() {
+        Source::Kafka(KafkaSource::connect(&cfg.brokers, &cfg.group, &topics, &cfg.kafka, loader.clone(), cfg.connect()).await?)
+    } else {
+        let address = crate::source::iggy::IggyAddress::parse(&cfg.iggy).map_err(|message| ConfigError::Invalid { origin: Some("iggy".into()), message })?;
+        Source::Iggy(crate::source::iggy::IggySource::connect(address, &topics, loader.clone()).await?)
+    };
     let mut tables = BTreeMap::new();
     let mut decoders = HashMap::new();
     for spec in &specs {
@@ -227,7 +325,7 @@ struct Pipeline<'c> {
     progress: crate::progress::Progress,
     metrics: Arc<Metrics>,
     opts: IngestOptions,
-    source: KafkaSource,
+    source: Source,
     loader: Arc<LakeStarts>,
     tables: BTreeMap<String, TopicTable>,
     decoders: HashMap<String, Decoder>,
@@ -256,7 +354,7 @@ impl Pipeline<'_> {
             if self.opts.once {
                 wait = wait.min(Duration::from_millis(200));
             }
-            let polled = tokio::select! {
+            let event = tokio::select! {
                 _ = &mut shutdown => {
                     tracing::info!("shutdown requested; committing the open batch");
                     if !self.flush_with_retry().await? {
@@ -264,34 +362,7 @@ impl Pipeline<'_> {
                     }
                     break;
                 }
-                r = tokio::time::timeout(wait, self.source.consumer.recv()) => r,
-            };
-            // Own the event before looking at the assignment (the message borrows the consumer).
-            let event = match polled {
-                Ok(Ok(m)) => Polled::Message(
-                    m.topic().to_string(),
-                    RawMessage {
-                        partition: m.partition(),
-                        offset: m.offset(),
-                        key: m.key().map(|k| k.to_vec()),
-                        payload: m.payload().map(|p| p.to_vec()),
-                        timestamp_ms: m.timestamp().to_millis(),
-                    },
-                ),
-                Ok(Err(KafkaError::PartitionEOF(_))) => Polled::Nothing,
-                Ok(Err(KafkaError::MessageConsumption(RDKafkaErrorCode::OffsetOutOfRange))) => {
-                    // The lake's offset is outside the broker's log: retention removed messages
-                    // that were never ingested, or the topic was re-created. Never skip silently.
-                    return Err(IngestError::Source(SourceError::Broker {
-                        brokers: self.cfg.brokers.clone(),
-                        reason: "a stored offset is out of the broker's range (messages deleted by retention before ingest, or the topic was re-created); see docs/DESIGN.md".into(),
-                    }));
-                }
-                Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "consumer error");
-                    Polled::Nothing
-                }
-                Err(_) => Polled::Nothing,
+                r = self.source.next(wait, self.cfg.max_batch_records) => r?,
             };
             if self.sync_assignment()? {
                 last_activity = Instant::now();
@@ -352,7 +423,7 @@ impl Pipeline<'_> {
     /// lake's offsets.
     /// Returns whether the assignment changed.
     fn sync_assignment(&mut self) -> Result<bool, IngestError> {
-        let state = self.source.assignment.lock().unwrap_or_else(|p| p.into_inner());
+        let state = self.source.assignment().lock().unwrap_or_else(|p| p.into_inner());
         if let Some(e) = &state.error {
             return Err(IngestError::Rebalance(e.clone()));
         }
@@ -575,7 +646,7 @@ impl Pipeline<'_> {
                 }
             }
         }
-        let source_kind = "kafka";
+        let source_kind = self.source.kind();
         let empty = Vec::new();
         let futures = self.tables.iter_mut().filter_map(|(name, table)| {
             let ranges = work.get(name)?;

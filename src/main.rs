@@ -202,6 +202,10 @@ struct IngestArgs {
     /// Serve /metrics, /health/live and /health/ready on this address (e.g. 127.0.0.1:9464).
     #[arg(long)]
     metrics_addr: Option<std::net::SocketAddr>,
+    /// Read Apache Iggy instead of Kafka: iggy://user:pass@host:port[/stream] (offsets are
+    /// stored under --source-name, `iggy` by default).
+    #[arg(long)]
+    iggy: Option<String>,
 }
 
 #[derive(Args)]
@@ -308,7 +312,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Ingest(a) => {
             let cfg = load(
                 &a.common,
-                Overrides { trigger_interval: a.trigger_interval, max_batch_records: a.max_batch_records, ..a.selection.overrides() },
+                Overrides { trigger_interval: a.trigger_interval, max_batch_records: a.max_batch_records, iggy: a.iggy, ..a.selection.overrides() },
             )?;
             let metrics = lakepipe::metrics::Metrics::new()?;
             if let Some(addr) = a.metrics_addr {

@@ -18,6 +18,7 @@ use super::{Message, PublishError};
 /// How the router picks brokers.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, serde::Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
+#[value(rename_all = "snake_case")]
 pub enum Strategy {
     /// Only the first broker.
     PrimaryOnly,

@@ -1,4 +1,9 @@
-//! Apache Iggy: addresses and the producer side (the router's Iggy member).
+//! Apache Iggy: addresses, the producer (the router's Iggy member) and the source (`ingest
+//! --iggy`).
+//!
+//! The source reads every partition of the selected topics itself (Iggy has no consumer-group
+//! rebalancing to follow), starting each at the offset stored in the lake, exactly like the Kafka
+//! source; the server's consumer offsets are never used.
 //!
 //! A lakepipe topic is an Iggy topic of the same name inside one stream (`lakepipe` unless the
 //! URL names another: `iggy://user:pass@host:port/stream`). The record key travels in the user
@@ -188,6 +193,154 @@ impl IggyProducer {
             }
         }
         result
+    }
+}
+
+/// One polled message with its topic.
+pub type Polled = (String, crate::source::RawMessage);
+
+/// Reads Iggy partitions from the lake's offsets.
+pub struct IggySource {
+    address: IggyAddress,
+    client: IggyClient,
+    /// The (static) assignment: every partition of every topic.
+    pub assignment: Arc<std::sync::Mutex<crate::source::kafka::Assignment>>,
+    next: std::sync::Mutex<BTreeMap<crate::source::TopicPartition, u64>>,
+    ends: std::sync::Mutex<HashMap<crate::source::TopicPartition, i64>>,
+    buffer: std::sync::Mutex<std::collections::VecDeque<Polled>>,
+    cursor: std::sync::Mutex<usize>,
+}
+
+fn source_err(address: &IggyAddress, reason: impl std::fmt::Display) -> crate::source::SourceError {
+    crate::source::SourceError::Broker { brokers: address.display(), reason: reason.to_string() }
+}
+
+impl IggySource {
+    /// Connect, check the topics, and start every partition at the lake's offset.
+    pub async fn connect(address: IggyAddress, topics: &[String], loader: Arc<dyn crate::source::StartLoader>) -> Result<Self, crate::source::SourceError> {
+        let client = address.connect().await.map_err(|reason| crate::source::SourceError::Unreachable { brokers: address.display(), reason })?;
+        let s = Identifier::named(&address.stream).map_err(|e| source_err(&address, e))?;
+        let mut partitions = Vec::new();
+        let mut ends = HashMap::new();
+        for topic in topics {
+            let t = Identifier::named(topic).map_err(|e| source_err(&address, e))?;
+            let details = match client.get_topic(&s, &t).await {
+                Ok(Some(d)) => d,
+                _ => return Err(crate::source::SourceError::UnknownTopic { topic: topic.clone(), brokers: address.display() }),
+            };
+            for p in &details.partitions {
+                let tp = (topic.clone(), p.id as i32);
+                ends.insert(tp.clone(), if p.messages_count == 0 { 0 } else { p.current_offset as i64 + 1 });
+                partitions.push(tp);
+            }
+        }
+        let starts = loader.load(&partitions).await.map_err(|e| source_err(&address, format!("cannot read stored offsets from the lake: {e}")))?;
+        let mut assignment = crate::source::kafka::Assignment { generation: 1, assigned: true, ..Default::default() };
+        let mut next = BTreeMap::new();
+        for tp in partitions {
+            let s = starts.get(&tp).cloned().unwrap_or_default();
+            next.insert(tp.clone(), s.data.unwrap_or(0).max(0) as u64);
+            assignment.partitions.insert(tp, s);
+        }
+        Ok(IggySource {
+            address,
+            client,
+            assignment: Arc::new(std::sync::Mutex::new(assignment)),
+            next: std::sync::Mutex::new(next),
+            ends: std::sync::Mutex::new(ends),
+            buffer: Default::default(),
+            cursor: Default::default(),
+        })
+    }
+
+    /// The next message, polling partitions in turn; `None` when nothing arrived in `wait`.
+    pub async fn recv(&self, wait: Duration, max: u32) -> Result<Option<Polled>, crate::source::SourceError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            if let Some(m) = self.buffer.lock().ok().and_then(|mut b| b.pop_front()) {
+                return Ok(Some(m));
+            }
+            let parts: Vec<(crate::source::TopicPartition, u64)> = self.next.lock().map(|n| n.iter().map(|(k, v)| (k.clone(), *v)).collect()).unwrap_or_default();
+            if parts.is_empty() {
+                tokio::time::sleep_until(deadline).await;
+                return Ok(None);
+            }
+            let mut got_any = false;
+            for _ in 0..parts.len() {
+                let i = self.cursor.lock().map(|mut c| {
+                    *c = (*c + 1) % parts.len();
+                    *c
+                });
+                let ((topic, partition), offset) = &parts[i.unwrap_or(0)];
+                let s = Identifier::named(&self.address.stream).map_err(|e| source_err(&self.address, e))?;
+                let t = Identifier::named(topic).map_err(|e| source_err(&self.address, e))?;
+                let consumer = Consumer::default();
+                let strategy = PollingStrategy::offset(*offset);
+                let poll = self.client.poll_messages(&s, &t, Some(*partition as u32), &consumer, &strategy, max.max(1), false);
+                let polled = tokio::time::timeout(REQUEST_TIMEOUT, poll)
+                    .await
+                    .map_err(|_| source_err(&self.address, "poll timed out"))?
+                    .map_err(|e| source_err(&self.address, e))?;
+                let tp = (topic.clone(), *partition);
+                let end = if polled.messages.is_empty() && *offset == 0 { 0 } else { polled.current_offset as i64 + 1 };
+                if let Ok(mut ends) = self.ends.lock() {
+                    let e = ends.entry(tp.clone()).or_insert(0);
+                    *e = (*e).max(end);
+                }
+                let mut last = None;
+                let mut buffer = self.buffer.lock().map_err(|_| source_err(&self.address, "poisoned buffer"))?;
+                for m in polled.messages.iter().filter(|m| m.header.offset >= *offset) {
+                    let key = m.get_user_header(&HeaderKey::try_from(KEY_HEADER).map_err(|e| source_err(&self.address, e))?).ok().flatten().and_then(|v| v.as_str().ok().map(|s| s.as_bytes().to_vec()));
+                    let tombstone = m.get_user_header(&HeaderKey::try_from(TOMBSTONE_HEADER).map_err(|e| source_err(&self.address, e))?).ok().flatten().is_some();
+                    buffer.push_back((
+                        topic.clone(),
+                        crate::source::RawMessage {
+                            partition: *partition,
+                            offset: m.header.offset as i64,
+                            key,
+                            payload: (!tombstone).then(|| m.payload.to_vec()),
+                            timestamp_ms: Some((m.header.timestamp / 1000) as i64),
+                        },
+                    ));
+                    last = Some(m.header.offset);
+                }
+                drop(buffer);
+                if let Some(l) = last {
+                    got_any = true;
+                    if let Ok(mut n) = self.next.lock() {
+                        n.insert(tp, l + 1);
+                    }
+                    break;
+                }
+            }
+            if !got_any {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                if left.is_zero() {
+                    return Ok(None);
+                }
+                tokio::time::sleep(left.min(Duration::from_millis(100))).await;
+            }
+        }
+    }
+
+    /// The partition's end (next offset to be written), as last seen.
+    pub fn end_offset(&self, topic: &str, partition: i32) -> Option<i64> {
+        self.ends.lock().ok().and_then(|e| e.get(&(topic.to_string(), partition)).copied())
+    }
+
+    /// Restart partitions at new offsets (after a fence); drops what is buffered for them.
+    pub fn seek(&self, starts: &[(crate::source::TopicPartition, Option<i64>)]) {
+        if let (Ok(mut next), Ok(mut buffer)) = (self.next.lock(), self.buffer.lock()) {
+            for (tp, o) in starts {
+                next.insert(tp.clone(), o.unwrap_or(0).max(0) as u64);
+                buffer.retain(|(t, m)| !(t == &tp.0 && m.partition == tp.1));
+            }
+        }
+    }
+
+    /// The address, for messages.
+    pub fn display(&self) -> String {
+        self.address.display()
     }
 }
 

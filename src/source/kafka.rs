@@ -166,6 +166,11 @@ impl KafkaSource {
         Ok(KafkaSource { consumer, assignment, brokers: brokers.to_string() })
     }
 
+    /// The bootstrap servers.
+    pub fn brokers(&self) -> &str {
+        &self.brokers
+    }
+
     /// The high watermark seen in fetch responses (no broker round trip), if known.
     pub fn cached_high_watermark(&self, topic: &str, partition: i32) -> Option<i64> {
         cached_high_watermark(self.consumer.client(), topic, partition)
