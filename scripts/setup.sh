@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install what lakepipe's demo and tests need, into the cache outside the clone (idempotent).
-#   scripts/setup.sh            tansu + Python readers + LocalStack
+#   scripts/setup.sh            tansu + Python readers + LocalStack + Chromium/playwright-core
 #   scripts/setup.sh broker     tansu only (enough for the demo)
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
@@ -32,8 +32,26 @@ install_localstack() {
   "$LOCALSTACK_VENV/bin/pip" install -q -r "$LAKEPIPE_ROOT/localstack/requirements-host.txt"
 }
 
+install_ui() {
+  if [ ! -x "$CHROMIUM_BIN" ]; then
+    log "installing Chromium (Debian package) for the web UI test"
+    local sudo=""
+    [ "$(id -u)" = 0 ] || sudo="sudo"
+    export DEBIAN_FRONTEND=noninteractive
+    $sudo apt-get install -y -q chromium >"$LAKEPIPE_CACHE/apt.log" 2>&1 \
+      || { $sudo apt-get update -q >>"$LAKEPIPE_CACHE/apt.log" 2>&1 && $sudo apt-get install -y -q chromium >>"$LAKEPIPE_CACHE/apt.log" 2>&1; } \
+      || { tail -20 "$LAKEPIPE_CACHE/apt.log" >&2; exit 1; }
+  fi
+  if [ "$(node -p "require('$UI_NODE/node_modules/playwright-core/package.json').version" 2>/dev/null)" != "$PLAYWRIGHT_VERSION" ]; then
+    log "installing playwright-core $PLAYWRIGHT_VERSION (drives Chromium in the UI test)"
+    mkdir -p "$UI_NODE"
+    npm install --prefix "$UI_NODE" --no-save --no-package-lock --no-audit --no-fund "playwright-core@$PLAYWRIGHT_VERSION" >"$LAKEPIPE_CACHE/npm.log" 2>&1 \
+      || { tail -20 "$LAKEPIPE_CACHE/npm.log" >&2; exit 1; }
+  fi
+}
+
 case "$what" in
   broker) install_tansu ;;
-  all) install_tansu; install_py; install_localstack ;;
+  all) install_tansu; install_py; install_localstack; install_ui ;;
   *) echo "usage: $0 [all|broker]" >&2; exit 2 ;;
 esac

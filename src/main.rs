@@ -467,6 +467,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     max_message_bytes: cfg.max_message_bytes,
                     partitions: 3,
                     created: Default::default(),
+                    shapes: cfg
+                        .all_specs()?
+                        .keys()
+                        .filter_map(|t| {
+                            let shape = match cfg.specs.get(t).and_then(|s| s.extends.clone()) {
+                                Some(base) => base,
+                                None => t.clone(),
+                            };
+                            lakepipe::spec::builtin_specs().contains_key(&shape).then(|| (t.clone(), shape))
+                        })
+                        .collect(),
                 };
                 lakepipe::server::ServerConfig { ingest: Some(std::sync::Arc::new(api)), ..server }
             } else {

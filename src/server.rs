@@ -3,7 +3,8 @@
 //! * `POST /query` `{sql, engine, format: json|csv|arrow}` runs one read-only statement.
 //! * `GET /tables` lists the tables with schema, row count, size and latest version.
 //! * `GET /tables/{t}/history` returns the commits.
-//! * `POST /topics/{topic}/records` takes a JSON array or NDJSON, validates every record against
+//! * `GET /` is the web UI ([`ui`]).
+//! * `POST /topics/{topic}/records` takes a JSON array, NDJSON or CSV (`text/csv`), validates every record against
 //!   the topic's spec first (any invalid record: 400 listing each one, nothing published), and
 //!   answers 200 only after a broker acknowledged every record (through the router).
 //! * `GET /health` and `GET /health/{broker}`: breaker states, latency and errors per broker.
@@ -14,6 +15,8 @@
 //! with DDL, DML and statements disabled (DuckDB: external access off, configuration locked). Results stop at the row limit (the engine is told, so
 //! it does not compute more). When `LAKEPIPE_API_TOKEN` is set, every API request needs
 //! `Authorization: Bearer <token>`; `/metrics` and `/health` stay open for scrapers and probes.
+
+pub mod ui;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -63,6 +66,18 @@ pub struct IngestApi {
     pub partitions: i32,
     /// Topics already created.
     pub created: tokio::sync::Mutex<std::collections::BTreeSet<String>>,
+    /// The built-in shape of each topic, for generated records.
+    pub shapes: std::collections::BTreeMap<String, String>,
+}
+
+/// Create `topic` on the brokers once per server run.
+async fn ensure_created(api: &IngestApi, topic: &str) -> Result<(), crate::publish::PublishError> {
+    let mut created = api.created.lock().await;
+    if !created.contains(topic) {
+        crate::publish::ensure_topics(&api.options, &[topic.to_string()], api.partitions, Duration::from_secs(10)).await?;
+        created.insert(topic.to_string());
+    }
+    Ok(())
 }
 
 /// A request to `POST /query`.
@@ -287,7 +302,14 @@ async fn ingest(State(cfg): State<Arc<ServerConfig>>, headers: HeaderMap, UrlPat
         Ok(d) => d,
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     };
-    let format = if text.trim_start().starts_with('[') { FileFormat::Json } else { FileFormat::Ndjson };
+    let csv = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("text/csv"));
+    let format = if csv {
+        FileFormat::Csv
+    } else if text.trim_start().starts_with('[') {
+        FileFormat::Json
+    } else {
+        FileFormat::Ndjson
+    };
     let parsed = parse_text(text, format, spec, &decoder, "body");
     if !parsed.rejected.is_empty() {
         let errors: Vec<serde_json::Value> = parsed.rejected.iter().map(|r| serde_json::json!({"index": r.index, "line": r.line, "error": r.error})).collect();
@@ -301,14 +323,8 @@ async fn ingest(State(cfg): State<Arc<ServerConfig>>, headers: HeaderMap, UrlPat
     if parsed.messages.is_empty() {
         return error(StatusCode::BAD_REQUEST, "no records in the body (send a JSON array or one JSON object per line)");
     }
-    {
-        let mut created = api.created.lock().await;
-        if !created.contains(&topic) {
-            if let Err(e) = crate::publish::ensure_topics(&api.options, std::slice::from_ref(&topic), api.partitions, Duration::from_secs(10)).await {
-                return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
-            }
-            created.insert(topic.clone());
-        }
+    if let Err(e) = ensure_created(api, &topic).await {
+        return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
     }
     let progress = crate::progress::Progress::none();
     match crate::publish::publish_all(&api.router, &topic, &parsed.messages, 1000, None, &progress).await {
@@ -369,6 +385,12 @@ pub fn router(cfg: ServerConfig, metrics: Arc<crate::metrics::Metrics>) -> Route
         .route("/tables", get(tables))
         .route("/tables/{table}/history", get(history))
         .route("/topics/{topic}/records", post(ingest).layer(axum::extract::DefaultBodyLimit::max(256 << 20)))
+        .route("/topics/{topic}/generate", post(ui::generate))
+        .route("/api/topics", get(ui::topics))
+        .route("/api/examples", get(ui::examples))
+        .route("/", get(ui::index))
+        .route("/ui/app.js", get(ui::script))
+        .route("/ui/style.css", get(ui::style))
         .route("/health", get(all_brokers))
         .route("/health/{broker}", get(one_broker))
         .with_state(Arc::new(cfg));

@@ -8,4 +8,5 @@ mod kill;
 mod operate;
 mod publish;
 mod sql_golden;
+mod ui;
 mod upsert;
