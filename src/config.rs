@@ -90,7 +90,8 @@ pub struct Config {
     pub fallback: String,
     /// Producers: `primary_only`, `fallback_only`, `health` or `round_robin`.
     pub strategy: String,
-    /// Producers: how long a broker may take to acknowledge a batch before the next is tried.
+    /// Producers: how long a broker may take to acknowledge a batch before the next is tried
+    /// (with a single broker the router waits up to 60 s: there is no next).
     pub publish_timeout: String,
     /// Circuit breaker: consecutive failures that open it.
     pub breaker_failures: u32,

@@ -130,7 +130,12 @@ pub async fn connect(opts: &RouterOptions) -> Result<Router<Client>, PublishErro
                 // The router decides when to give up on a broker; librdkafka keeps retrying a
                 // little longer in the background (duplicates are harmless downstream).
                 let mut extra = opts.kafka.clone();
-                let timeout_ms = (opts.attempt_timeout.as_millis() as u64).max(1000) * 4;
+                let single = opts.brokers.len() == 1 || matches!(opts.strategy, Strategy::PrimaryOnly | Strategy::FallbackOnly);
+                let timeout_ms = if single {
+                    router::SINGLE_BROKER_TIMEOUT.as_millis() as u64
+                } else {
+                    (opts.attempt_timeout.as_millis() as u64).max(1000) * 4
+                };
                 extra.entry("message.timeout.ms".into()).or_insert_with(|| timeout_ms.to_string());
                 Client::Kafka(KafkaProducer::new(brokers, &extra).map_err(|e| PublishError::Config(e.to_string()))?)
             }

@@ -15,6 +15,9 @@ use serde::Serialize;
 use super::breaker::{Breaker, BreakerConfig};
 use super::{Message, PublishError};
 
+/// How long a batch may take when there is no other broker to fail over to.
+pub const SINGLE_BROKER_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// How the router picks brokers.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, serde::Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -125,6 +128,22 @@ impl<S: Sink> Router<S> {
         &self.members
     }
 
+    /// Whether a batch can only ever go to one broker (one member, or a `*_only` strategy).
+    pub fn single_broker(&self) -> bool {
+        self.members.len() == 1 || matches!(self.strategy, Strategy::PrimaryOnly | Strategy::FallbackOnly)
+    }
+
+    /// How long one broker may take for a batch: `attempt_timeout` when another broker could
+    /// take the batch instead; with a single broker there is nowhere to fail over to, so the
+    /// router waits as long as the producer itself does.
+    fn attempt_limit(&self) -> Duration {
+        if self.single_broker() {
+            self.attempt_timeout.max(SINGLE_BROKER_TIMEOUT)
+        } else {
+            self.attempt_timeout
+        }
+    }
+
     /// The order to try members in for the next batch.
     fn order(&self) -> Vec<usize> {
         let n = self.members.len();
@@ -180,10 +199,11 @@ impl<S: Sink> Router<S> {
                 continue;
             }
             let started = Instant::now();
-            let outcome = match tokio::time::timeout(self.attempt_timeout, self.members[i].sink.send(topic, batch)).await {
+            let limit = self.attempt_limit();
+            let outcome = match tokio::time::timeout(limit, self.members[i].sink.send(topic, batch)).await {
                 Ok(Ok(())) => Ok(started.elapsed()),
                 Ok(Err(e)) => Err(e),
-                Err(_) => Err(format!("no acknowledgement within {:?}", self.attempt_timeout)),
+                Err(_) => Err(format!("no acknowledgement within {limit:?}")),
             };
             let ok = outcome.is_ok();
             if let Err(e) = &outcome {

@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# Benchmarks side by side, in one run, on the same data: the arrow-json → Parquet ceiling,
+# lakepipe (local lake and LocalStack S3), Python confluent-kafka + deltalake, PySpark local[2],
+# and the latest-version query against DuckDB's delta extension and the ROW_NUMBER method.
+# Prints the ratios and writes docs/BENCHMARKS.md, docs/benchmarks.json and docs/benchmarks.png.
+#   scripts/bench.sh            release build, 500,000 records (LAKEPIPE_BENCH_RECORDS)
+#   scripts/bench.sh --quick    debug build, 5,000 records, no PySpark: a smoke test (CI)
+set -euo pipefail
+source "$(dirname "$0")/common.sh"
+cd "$LAKEPIPE_ROOT"
+mode=default
+[ "${1:-}" = "--quick" ] && mode=quick
+if [ "$mode" = quick ]; then
+  N="${LAKEPIPE_BENCH_RECORDS:-5000}"; profile=debug; build_flags=(); runs=1
+else
+  N="${LAKEPIPE_BENCH_RECORDS:-500000}"; profile=release; build_flags=(--release); runs=3
+fi
+OUT="${LAKEPIPE_BENCH_OUT:-$LAKEPIPE_ROOT/docs}"
+WORK="$LAKEPIPE_CACHE/bench-work"
+BENCH_PY="$LAKEPIPE_CACHE/bench-py"
+export LAKEPIPE_RUN_DIR="$LAKEPIPE_CACHE/bench-run" LAKEPIPE_BROKER_PORT=19192 LAKEPIPE_S3_PORT=4666
+source "$LAKEPIPE_ROOT/scripts/common.sh"
+
+"$LAKEPIPE_ROOT/scripts/setup.sh" all
+if [ "$mode" = default ] && [ ! -x "$BENCH_PY/bin/python" ]; then
+  log "installing PySpark 4.0.1 (the seeds' Spark stage; uses the machine's Java)"
+  python3 -m venv "$BENCH_PY"
+  "$BENCH_PY/bin/pip" install -q pyspark==4.0.1
+fi
+log "building ($profile)"
+cargo build "${build_flags[@]}" --locked --bin lakepipe --example bench
+BIN="$CARGO_TARGET_DIR/$profile/lakepipe"
+HELP="$CARGO_TARGET_DIR/$profile/examples/bench"
+trap '"$LAKEPIPE_ROOT/scripts/services.sh" stop' EXIT
+"$LAKEPIPE_ROOT/scripts/services.sh" start all
+source "$RUN_DIR/env"
+rm -rf "$WORK" && mkdir -p "$WORK"
+PY="$LAKEPIPE_PY"
+EXT=$("$PY" -c "import glob, os, duckdb_ext_delta as m; print(glob.glob(os.path.join(os.path.dirname(m.__file__), '..', 'duckdb_ext', 'extensions', '*', '*', 'delta.duckdb_extension'))[0])" 2>/dev/null \
+  || "$PY" -c "import glob, site; print([p for s in site.getsitepackages() for p in glob.glob(s + '/duckdb_ext/extensions/*/*/delta.duckdb_extension')][0])")
+RAW="$WORK/raw.json"
+echo '{}' >"$RAW"
+put() { # put KEY.PATH JSON
+  "$PY" - "$RAW" "$1" "$2" <<'PY'
+import json, sys
+raw = json.load(open(sys.argv[1])); node = raw; keys = sys.argv[2].split(".")
+for k in keys[:-1]: node = node.setdefault(k, {})
+node[keys[-1]] = json.loads(sys.argv[3]); json.dump(raw, open(sys.argv[1], "w"), indent=1)
+PY
+}
+
+log "data: $N records, then $N more with 30% updates"
+gen=$("$HELP" gen --count "$N" --out "$WORK/base.ndjson" --seed 1)
+"$HELP" gen --count "$N" --base "$N" --update-ratio 0.3 --out "$WORK/mix.ndjson" --seed 2 >/dev/null
+put mode "\"$mode\""; put profile "\"$profile\""; put records "$N"
+put avg_bytes "$(echo "$gen" | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["avg_bytes"])')"
+
+log "ceiling: arrow-json → Parquet on one core"
+put ceiling "$(taskset -c 0 "$HELP" ceiling "$WORK/base.ndjson" "$WORK/ceiling.parquet")"
+
+TOPIC="bench_txn_$$"
+CFG="$WORK/lakepipe.toml"
+printf '[specs.%s]\nextends = "transactions"\n' "$TOPIC" >"$CFG"
+produce() { "$BIN" load --config "$CFG" --brokers "$LAKEPIPE_TEST_BROKERS" --topic "$TOPIC" --partitions 2 --batch-size 20000 "$1" >/dev/null; }
+
+# One timed ingest: wall seconds, CPU seconds, peak RSS, commit latencies from the JSON logs.
+ingest() { # ingest NAME LAKE
+  local log="$WORK/$1.log" t="$WORK/$1.time"
+  /usr/bin/time -f '%e %U %S %M' -o "$t" "$BIN" --log-format json ingest --once --config "$CFG" --brokers "$LAKEPIPE_TEST_BROKERS" \
+    --lake "$2" --topics "$TOPIC" --group "bench-$1" --trigger-interval 30s --max-batch-records 200000 >"$WORK/$1.out" 2>"$log"
+  "$PY" - "$t" "$log" "$N" <<'PY'
+import json, sys
+wall, user, sys_, rss = open(sys.argv[1]).read().split()[-4:]
+lat = sorted(json.loads(l)["fields"]["elapsed_ms"] for l in open(sys.argv[2]) if '"batch committed"' in l)
+pct = lambda p: lat[min(len(lat) - 1, int(p * len(lat)))] if lat else None
+n = int(sys.argv[3]); cpu = float(user) + float(sys_)
+print(json.dumps({"seconds": float(wall), "cpu_seconds": round(cpu, 3), "records_per_cpu_second": round(n / cpu) if cpu else None,
+                  "peak_rss_mib": round(int(rss) / 1024, 1), "commits": len(lat), "commit_p50_ms": pct(0.5), "commit_p99_ms": pct(0.99)}))
+PY
+}
+
+log "producing the base records"
+produce "$WORK/base.ndjson"
+log "lakepipe append: local lake, then LocalStack S3"
+put lakepipe.local.append "$(ingest append-local "$WORK/lake")"
+put lakepipe.s3.append "$(ingest append-s3 "$LAKEPIPE_TEST_S3/bench-$$")"
+log "Python peer: confluent-kafka + write_deltalake"
+put python.append "$("$PY" scripts/bench/python_peer.py append "$LAKEPIPE_TEST_BROKERS" "$TOPIC" "$WORK/py-lake")"
+if [ "$mode" = default ]; then
+  log "PySpark local[2]"
+  put pyspark "$("$BENCH_PY/bin/python" scripts/bench/pyspark_peer.py "$WORK/base.ndjson" "$WORK/spark-out" 2>"$WORK/spark.log")"
+fi
+log "producing the 30% update mix"
+produce "$WORK/mix.ndjson"
+log "lakepipe upsert of the mix: local lake, then LocalStack S3"
+put lakepipe.local.upsert "$(ingest upsert-local "$WORK/lake")"
+put lakepipe.s3.upsert "$(ingest upsert-s3 "$LAKEPIPE_TEST_S3/bench-$$")"
+log "Python peer: deltalake MERGE of the mix"
+put python.merge "$("$PY" scripts/bench/python_peer.py merge "$WORK/mix.ndjson" "$WORK/py-lake")"
+
+log "latest-version query"
+Q="SELECT date, currency, count(*) AS n, sum(amount) AS revenue FROM $TOPIC WHERE status = 'completed' GROUP BY date, currency ORDER BY date, currency"
+for engine in datafusion duckdb; do
+  best=""
+  for _ in $(seq "$runs"); do
+    s=$( { /usr/bin/time -f '%e' "$BIN" sql --lake "$WORK/lake" --engine "$engine" --format csv "$Q" >"$WORK/q-$engine.csv"; } 2>&1 | tail -1)
+    best=$("$PY" -c "print(min(float(x) for x in '$best $s'.split()))")
+  done
+  put "queries.lakepipe_$engine" "$best"
+done
+q=$("$PY" scripts/bench/queries.py "$WORK/lake/$TOPIC" "$EXT" "$runs")
+put queries.duckdb_delta "$(echo "$q" | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["duckdb_delta"])')"
+put queries.rownumber "$(echo "$q" | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["rownumber"])')"
+put queries.rownumber_agrees "$(echo "$q" | "$PY" -c 'import json,sys; print(json.dumps(json.load(sys.stdin)["agree"]))')"
+cmp -s "$WORK/q-datafusion.csv" "$WORK/q-duckdb.csv" && put queries.engines_agree true || put queries.engines_agree false
+
+log "report"
+"$PY" scripts/bench/report.py "$RAW" "$OUT"
+log "wrote $OUT/BENCHMARKS.md, $OUT/benchmarks.json and $OUT/benchmarks.png"
