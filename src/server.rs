@@ -159,6 +159,20 @@ fn authorized(cfg: &ServerConfig, headers: &HeaderMap) -> bool {
         .is_some_and(|t| constant_time_eq(t.as_bytes(), token.as_bytes()))
 }
 
+/// Writes (ingest, generate) only from a non-browser client or a page of this server: a
+/// request whose `Origin` is another site is refused, so a web page the operator visits cannot
+/// publish through a token-less server.
+fn writes_allowed(headers: &HeaderMap) -> Result<(), String> {
+    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else { return Ok(()) };
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let origin_host = origin.split_once("://").map(|(_, h)| h).unwrap_or(origin);
+    if !host.is_empty() && origin_host == host {
+        Ok(())
+    } else {
+        Err(format!("writes from another origin ({origin}) are refused"))
+    }
+}
+
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
@@ -295,14 +309,21 @@ async fn ingest(State(cfg): State<Arc<ServerConfig>>, headers: HeaderMap, UrlPat
         let known: Vec<&str> = api.specs.keys().map(String::as_str).collect();
         return error(StatusCode::NOT_FOUND, format!("unknown topic `{topic}` (known: {})", known.join(", ")));
     };
-    let Ok(text) = std::str::from_utf8(&body) else {
+    if let Err(reason) = writes_allowed(&headers) {
+        return error(StatusCode::FORBIDDEN, reason);
+    }
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default().to_ascii_lowercase();
+    let csv = content_type.starts_with("text/csv");
+    if !csv && !content_type.starts_with("application/json") && !content_type.starts_with("application/x-ndjson") {
+        return error(StatusCode::UNSUPPORTED_MEDIA_TYPE, "send Content-Type: application/json (an array or one object per line), application/x-ndjson or text/csv");
+    }
+    let Ok(text) = String::from_utf8(body.to_vec()) else {
         return error(StatusCode::BAD_REQUEST, "the body is not UTF-8 text");
     };
     let decoder = match crate::decode::Decoder::new(spec.clone(), api.max_message_bytes) {
         Ok(d) => d,
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     };
-    let csv = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("text/csv"));
     let format = if csv {
         FileFormat::Csv
     } else if text.trim_start().starts_with('[') {
@@ -310,7 +331,11 @@ async fn ingest(State(cfg): State<Arc<ServerConfig>>, headers: HeaderMap, UrlPat
     } else {
         FileFormat::Ndjson
     };
-    let parsed = parse_text(text, format, spec, &decoder, "body");
+    let spec_owned = spec.clone();
+    let parsed = match tokio::task::spawn_blocking(move || parse_text(&text, format, &spec_owned, &decoder, "body")).await {
+        Ok(p) => p,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
     if !parsed.rejected.is_empty() {
         let errors: Vec<serde_json::Value> = parsed.rejected.iter().map(|r| serde_json::json!({"index": r.index, "line": r.line, "error": r.error})).collect();
         let total = parsed.messages.len() + parsed.rejected.len();

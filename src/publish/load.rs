@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 
 use serde_json::value::RawValue;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use super::Message;
 use crate::decode::Decoder;
@@ -62,8 +62,28 @@ pub enum LoadError {
     },
 }
 
-fn line_of(text: &str, byte: usize) -> u64 {
-    text.as_bytes()[..byte.min(text.len())].iter().filter(|b| **b == b'\n').count() as u64 + 1
+/// Line numbers of byte positions that only move forward: counts each byte once.
+struct Lines<'a> {
+    text: &'a [u8],
+    pos: usize,
+    line: u64,
+}
+
+impl<'a> Lines<'a> {
+    fn new(text: &'a str) -> Self {
+        Lines { text: text.as_bytes(), pos: 0, line: 1 }
+    }
+
+    fn at(&mut self, byte: usize) -> u64 {
+        let byte = byte.min(self.text.len());
+        if byte < self.pos {
+            self.pos = 0;
+            self.line = 1;
+        }
+        self.line += self.text[self.pos..byte].iter().filter(|b| **b == b'\n').count() as u64;
+        self.pos = byte;
+        self.line
+    }
 }
 
 /// Validate `payload` (JSON text) and turn it into a message keyed by its record key.
@@ -91,39 +111,55 @@ pub fn parse_text(text: &str, format: FileFormat, spec: &TopicSpec, decoder: &De
             }
         }
         FileFormat::Json => {
+            let mut lines = Lines::new(text);
             let start = text.find(|c: char| !c.is_whitespace()).unwrap_or(text.len());
             if !text[start..].starts_with('[') {
-                push(&mut out, 0, line_of(text, start), Err("malformed_json: a JSON file must hold one array of records".into()));
+                let line = lines.at(start);
+                push(&mut out, 0, line, Err("malformed_json: a JSON file must hold one array of records".into()));
                 return out;
             }
             let mut pos = start + 1;
             let mut index = 0;
+            let skip_ws = |pos: usize| pos + text[pos..].find(|c: char| !c.is_whitespace()).unwrap_or(text.len() - pos);
             loop {
-                let rest = &text[pos..];
-                let skip = rest.find(|c: char| !c.is_whitespace()).unwrap_or(rest.len());
-                pos += skip;
-                match text[pos..].chars().next() {
-                    None => {
-                        push(&mut out, index, line_of(text, pos), Err("malformed_json: the array is not closed".into()));
-                        break;
+                pos = skip_ws(pos);
+                // After an element: `,` then the next element, or `]` and nothing but whitespace.
+                if index > 0 {
+                    match text[pos..].chars().next() {
+                        Some(',') => pos = skip_ws(pos + 1),
+                        Some(']') => {
+                            let end = skip_ws(pos + 1);
+                            if end < text.len() {
+                                let line = lines.at(end);
+                                push(&mut out, index, line, Err("malformed_json: text after the end of the array".into()));
+                            }
+                            break;
+                        }
+                        _ => {
+                            let line = lines.at(pos);
+                            push(&mut out, index, line, Err("malformed_json: expected `,` or `]` after a record; the rest of the array is not read".into()));
+                            break;
+                        }
                     }
-                    Some(']') => break,
-                    Some(',') if index > 0 => {
-                        pos += 1;
-                        continue;
-                    }
-                    _ => {}
+                } else if text[pos..].starts_with(']') {
+                    break;
+                }
+                if pos >= text.len() {
+                    let line = lines.at(pos);
+                    push(&mut out, index, line, Err("malformed_json: the array is not closed".into()));
+                    break;
                 }
                 let mut stream = serde_json::Deserializer::from_str(&text[pos..]).into_iter::<&RawValue>();
+                let line = lines.at(pos);
                 match stream.next() {
                     Some(Ok(raw)) => {
-                        push(&mut out, index, line_of(text, pos), check(decoder, raw.get()));
+                        push(&mut out, index, line, check(decoder, raw.get()));
                         pos += stream.byte_offset();
                         index += 1;
                     }
                     Some(Err(e)) => {
                         // The elements after a malformed one cannot be delimited.
-                        push(&mut out, index, line_of(text, pos) + e.line() as u64 - 1, Err(format!("malformed_json: {e}; the rest of the array is not read")));
+                        push(&mut out, index, line + e.line() as u64 - 1, Err(format!("malformed_json: {e}; the rest of the array is not read")));
                         break;
                     }
                     None => break,
@@ -135,20 +171,22 @@ pub fn parse_text(text: &str, format: FileFormat, spec: &TopicSpec, decoder: &De
     out
 }
 
-/// A CSV cell as the JSON value the spec expects.
-fn cell_value(kind: &FieldType, cell: &str) -> Value {
-    let number = || serde_json::from_str::<serde_json::Number>(cell).map(Value::Number).unwrap_or_else(|_| Value::String(cell.to_string()));
+/// A CSV cell as the JSON text the spec expects. Numbers keep their exact text (a decimal such
+/// as `1234567890.123456789` must not pass through a float).
+fn cell_json(kind: &FieldType, cell: &str) -> String {
+    let text = || Value::String(cell.to_string()).to_string();
+    let number = || if serde_json::from_str::<serde_json::Number>(cell).is_ok() { cell.to_string() } else { text() };
     match kind {
         FieldType::Long { .. } | FieldType::Double { .. } | FieldType::Decimal { .. } => number(),
         FieldType::Boolean => match cell.to_ascii_lowercase().as_str() {
-            "true" | "t" | "1" | "yes" => Value::Bool(true),
-            "false" | "f" | "0" | "no" => Value::Bool(false),
-            _ => Value::String(cell.to_string()),
+            "true" | "t" | "1" | "yes" => "true".into(),
+            "false" | "f" | "0" | "no" => "false".into(),
+            _ => text(),
         },
         // Epoch milliseconds stay numbers; RFC 3339 text stays text.
-        FieldType::Timestamp if cell.bytes().all(|b| b.is_ascii_digit() || b == b'-') && !cell.contains("--") && cell.len() < 17 => number(),
-        FieldType::Json { .. } => serde_json::from_str(cell).unwrap_or_else(|_| Value::String(cell.to_string())),
-        _ => Value::String(cell.to_string()),
+        FieldType::Timestamp if !cell.is_empty() && cell.bytes().all(|b| b.is_ascii_digit()) && cell.len() < 17 => cell.to_string(),
+        FieldType::Json { .. } => serde_json::from_str::<Value>(cell).map(|v| v.to_string()).unwrap_or_else(|_| text()),
+        _ => text(),
     }
 }
 
@@ -164,19 +202,19 @@ fn parse_csv(text: &str, spec: &TopicSpec, decoder: &Decoder, out: &mut Parsed, 
     for (index, row) in reader.records().enumerate() {
         let line = row.as_ref().ok().and_then(|r| r.position()).map(|p| p.line()).unwrap_or(index as u64 + 2);
         let result = row.map_err(|e| format!("malformed_csv: {e}")).and_then(|row| {
-            let mut obj = Map::new();
+            let mut parts = Vec::new();
             for (name, cell) in headers.iter().zip(row.iter()) {
                 if cell.is_empty() {
                     continue;
                 }
                 let value = match spec.fields.iter().find(|f| &f.name == name) {
-                    Some(f) => cell_value(&f.kind, cell),
-                    None if name == "_deleted" => cell_value(&FieldType::Boolean, cell),
-                    None => Value::String(cell.to_string()),
+                    Some(f) => cell_json(&f.kind, cell),
+                    None if name == "_deleted" => cell_json(&FieldType::Boolean, cell),
+                    None => Value::String(cell.to_string()).to_string(),
                 };
-                obj.insert(name.clone(), value);
+                parts.push(format!("{}:{value}", Value::String(name.clone())));
             }
-            check(decoder, &Value::Object(obj).to_string())
+            check(decoder, &format!("{{{}}}", parts.join(",")))
         });
         match result {
             Ok(m) => out.messages.push(m),
@@ -257,6 +295,21 @@ mod tests {
         let payload: Value = serde_json::from_slice(p.messages[1].1.as_deref().unwrap()).unwrap();
         assert_eq!(payload["user_id"], "u,2");
         assert_eq!(payload["timestamp"], 1_767_261_600_000i64);
+        let exact = "transaction_id,user_id,amount,currency,status,timestamp\nt9,u,1234567890.123456789,EUR,pending,1767261600000\n";
+        let p = parse_text(exact, FileFormat::Csv, &spec, &d, "f.csv");
+        let text = String::from_utf8(p.messages[0].1.clone().unwrap()).unwrap();
+        assert!(text.contains("\"amount\":1234567890.123456789"), "decimals keep their text: {text}");
+    }
+
+    #[test]
+    fn json_arrays_are_strict() {
+        let (spec, d) = txn_decoder();
+        for bad in [format!("[{GOOD} {GOOD}]"), format!("[{GOOD}]\n[{GOOD}]"), format!("[{GOOD},,{GOOD}]")] {
+            let p = parse_text(&bad, FileFormat::Json, &spec, &d, "f.json");
+            assert_eq!(p.rejected.len(), 1, "{bad}: {:?}", p.rejected);
+        }
+        let p = parse_text("[]", FileFormat::Json, &spec, &d, "f.json");
+        assert!(p.messages.is_empty() && p.rejected.is_empty());
     }
 
     proptest! {

@@ -127,15 +127,11 @@ pub async fn connect(opts: &RouterOptions) -> Result<Router<Client>, PublishErro
     for (role, url) in &opts.brokers {
         let client = match url {
             BrokerUrl::Kafka(brokers) => {
-                // The router decides when to give up on a broker; librdkafka keeps retrying a
-                // little longer in the background (duplicates are harmless downstream).
+                // The router decides when to move on to the next broker; librdkafka keeps
+                // retrying in the background for as long as the last broker may take
+                // (a batch that lands twice is harmless downstream).
                 let mut extra = opts.kafka.clone();
-                let single = opts.brokers.len() == 1 || matches!(opts.strategy, Strategy::PrimaryOnly | Strategy::FallbackOnly);
-                let timeout_ms = if single {
-                    router::SINGLE_BROKER_TIMEOUT.as_millis() as u64
-                } else {
-                    (opts.attempt_timeout.as_millis() as u64).max(1000) * 4
-                };
+                let timeout_ms = router::SINGLE_BROKER_TIMEOUT.as_millis() as u64;
                 extra.entry("message.timeout.ms".into()).or_insert_with(|| timeout_ms.to_string());
                 Client::Kafka(KafkaProducer::new(brokers, &extra).map_err(|e| PublishError::Config(e.to_string()))?)
             }

@@ -192,14 +192,20 @@ impl<S: Sink> Router<S> {
     pub async fn publish(&self, topic: &str, batch: &[Message]) -> Result<Delivery, PublishError> {
         let mut failed = Vec::new();
         let mut reasons = Vec::new();
+        let mut candidates = Vec::new();
         for i in self.order() {
-            let name = &self.members[i].name;
-            if !self.allow(i) {
-                reasons.push(format!("{name}: circuit open"));
-                continue;
+            if self.allow(i) {
+                candidates.push(i);
+            } else {
+                reasons.push(format!("{}: circuit open", self.members[i].name));
             }
+        }
+        let last = candidates.len().saturating_sub(1);
+        for (n, i) in candidates.into_iter().enumerate() {
+            let name = &self.members[i].name;
             let started = Instant::now();
-            let limit = self.attempt_limit();
+            // The last broker left has nothing to fail over to: it gets as long as it needs.
+            let limit = if n == last { self.attempt_timeout.max(SINGLE_BROKER_TIMEOUT) } else { self.attempt_limit() };
             let outcome = match tokio::time::timeout(limit, self.members[i].sink.send(topic, batch)).await {
                 Ok(Ok(())) => Ok(started.elapsed()),
                 Ok(Err(e)) => Err(e),

@@ -29,7 +29,7 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::ffi::{FFI_ArrowArray, FFI_ArrowSchema};
 use arrow::record_batch::RecordBatch;
 use deltalake::datafusion::prelude::SessionContext;
-use deltalake::datafusion::sql::sqlparser::ast::{Ident, ObjectName, ObjectNamePart, Statement, TableFactor, Visit, VisitMut, Visitor, VisitorMut};
+use deltalake::datafusion::sql::sqlparser::ast::{Ident, ObjectName, ObjectNamePart, Statement, TableAlias, TableFactor, Visit, VisitMut, Visitor, VisitorMut};
 use deltalake::datafusion::sql::sqlparser::dialect::DuckDbDialect;
 use deltalake::datafusion::sql::sqlparser::parser::Parser;
 use duckdb::ffi;
@@ -101,7 +101,11 @@ impl VisitorMut for Rewrite<'_> {
     type Break = ();
     fn pre_visit_table_factor(&mut self, factor: &mut TableFactor) -> ControlFlow<()> {
         let Some(table) = call_text(factor).and_then(|c| self.0.get(&c)) else { return ControlFlow::Continue(()) };
-        if let TableFactor::Table { name, args, .. } = factor {
+        if let TableFactor::Table { name, args, alias, .. } = factor {
+            // Keep the name the statement refers to the call by (`history.version`).
+            if alias.is_none() {
+                *alias = last_ident(name).map(|i| TableAlias { name: Ident::new(i.value.to_ascii_lowercase()), columns: vec![], explicit: true, at: None });
+            }
             *name = ObjectName::from(vec![Ident::with_quote('"', table.clone())]);
             *args = None;
         }
@@ -168,29 +172,45 @@ pub async fn run(lake: &Lake, sql: &str, broker: Option<&BrokerInfo>, opts: &Duc
     let _guard = InterruptOnDrop(handle.clone());
     let sandboxed = opts.sandboxed;
     tokio::task::spawn_blocking(move || {
+        handle.check()?;
         let db = Database::open(&handle)?;
         for (name, schema, batches) in inputs {
+            handle.check()?;
             db.load(&name, &schema, &batches)?;
         }
         if sandboxed {
             db.execute("SET enable_external_access = false")?;
             db.execute("SET lock_configuration = true")?;
         }
-        db.query(&text)
+        handle.check()?;
+        let result = db.query(&text);
+        handle.check()?;
+        result
     })
     .await
     .map_err(|e| QueryError::Engine(format!("the DuckDB worker failed: {e}")))?
 }
 
-/// The connection of a running query, so that a timeout can interrupt it.
+/// The connection of a running query, so that a timeout can interrupt it, and a flag that
+/// stops the work between statements (DuckDB clears its own interrupt at each new statement).
 #[derive(Clone, Default)]
-struct Interrupt(Arc<Mutex<Option<usize>>>);
+struct Interrupt(Arc<Mutex<Option<usize>>>, Arc<std::sync::atomic::AtomicBool>);
+
+impl Interrupt {
+    fn check(&self) -> Result<(), QueryError> {
+        if self.1.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(QueryError::Sql("the query was cancelled (time limit)".into()));
+        }
+        Ok(())
+    }
+}
 
 /// Interrupts DuckDB when the query's future is dropped before it finished.
 struct InterruptOnDrop(Interrupt);
 
 impl Drop for InterruptOnDrop {
     fn drop(&mut self) {
+        self.0 .1.store(true, std::sync::atomic::Ordering::SeqCst);
         if let Ok(guard) = self.0 .0.lock() {
             if let Some(con) = *guard {
                 // SAFETY: the connection stays open while it is registered here; `Database::drop`
@@ -206,6 +226,9 @@ struct Database {
     db: ffi::duckdb_database,
     con: ffi::duckdb_connection,
     interrupt: Interrupt,
+    /// This query's own spill directory (DuckDB's default `.tmp` would be shared by every
+    /// query of the process, and left readable by the sandbox).
+    spill: std::path::PathBuf,
 }
 
 fn engine_err(what: &str) -> QueryError {
@@ -279,10 +302,13 @@ impl Database {
         if let Ok(mut g) = interrupt.0.lock() {
             *g = Some(con as usize);
         }
-        let database = Database { db, con, interrupt: interrupt.clone() };
-        // Never reach for the network to fetch an extension; UTC everywhere.
+        let spill = std::env::temp_dir().join(format!("lakepipe-duckdb-{}", uuid::Uuid::new_v4()));
+        let database = Database { db, con, interrupt: interrupt.clone(), spill };
+        // Never reach for the network to fetch an extension.
         database.execute("SET autoinstall_known_extensions = false")?;
         database.execute("SET autoload_known_extensions = false")?;
+        let spill = database.spill.display().to_string().replace('\'', "''");
+        database.execute(&format!("SET temp_directory = '{spill}'"))?;
         Ok(database)
     }
 
@@ -396,6 +422,7 @@ impl Drop for Database {
             ffi::duckdb_disconnect(&mut self.con);
             ffi::duckdb_close(&mut self.db);
         }
+        let _ = std::fs::remove_dir_all(&self.spill);
     }
 }
 
@@ -427,6 +454,7 @@ mod tests {
         let text = s.to_string();
         assert!(text.contains("FROM \"f0\" AS c") || text.contains("FROM \"f1\" AS c"), "{text}");
         assert!(!text.contains("as_of(") && !text.contains("freshness("), "{text}");
+        assert!(text.contains("AS freshness"), "an unaliased call keeps its name: {text}");
     }
 
     #[test]

@@ -85,6 +85,13 @@ pub async fn generate(State(cfg): State<Arc<ServerConfig>>, headers: HeaderMap, 
     if !authorized(&cfg, &headers) {
         return error(StatusCode::UNAUTHORIZED, "a bearer token is required (Authorization: Bearer …)");
     }
+    if let Err(reason) = super::writes_allowed(&headers) {
+        return error(StatusCode::FORBIDDEN, reason);
+    }
+    // A custom header forces a CORS preflight, so other sites cannot trigger this.
+    if headers.get("x-lakepipe-action").is_none() {
+        return error(StatusCode::BAD_REQUEST, "send the header X-Lakepipe-Action: generate");
+    }
     let Some(api) = &cfg.ingest else {
         return error(StatusCode::NOT_FOUND, "HTTP ingest is not enabled on this server (start it with --brokers or --primary)");
     };

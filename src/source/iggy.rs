@@ -239,6 +239,12 @@ impl IggySource {
         let mut next = BTreeMap::new();
         for tp in partitions {
             let s = starts.get(&tp).cloned().unwrap_or_default();
+            let end = ends.get(&tp).copied().unwrap_or(0);
+            if s.data.is_some_and(|d| d > end) {
+                // The server lost messages the lake already has (reset, or the topic was
+                // re-created). Never skip silently.
+                return Err(crate::source::SourceError::OutOfRange { brokers: address.display(), reason: format!("{}/{}: the lake's offset {} is past the partition's end {end} (server reset or topic re-created); see docs/DESIGN.md", tp.0, tp.1, s.data.unwrap_or(0)) });
+            }
             next.insert(tp.clone(), s.data.unwrap_or(0).max(0) as u64);
             assignment.partitions.insert(tp, s);
         }
@@ -286,6 +292,13 @@ impl IggySource {
                 if let Ok(mut ends) = self.ends.lock() {
                     let e = ends.entry(tp.clone()).or_insert(0);
                     *e = (*e).max(end);
+                }
+                if let Some(first) = polled.messages.first() {
+                    if first.header.offset > *offset {
+                        // Messages between the lake's offset and the first one returned are gone
+                        // (expired before ingest). Never skip silently.
+                        return Err(crate::source::SourceError::OutOfRange { brokers: self.address.display(), reason: format!("{topic}/{partition}: offsets {offset}..{} expired before they were ingested", first.header.offset) });
+                    }
                 }
                 let mut last = None;
                 let mut buffer = self.buffer.lock().map_err(|_| source_err(&self.address, "poisoned buffer"))?;

@@ -66,6 +66,15 @@ pub enum SourceError {
         /// Underlying error.
         reason: String,
     },
+    /// The lake's offsets and the broker's log disagree (messages gone before ingest): never
+    /// skipped silently, never retried.
+    #[error("offsets out of range on {brokers}: {reason}")]
+    OutOfRange {
+        /// The broker.
+        brokers: String,
+        /// What is missing.
+        reason: String,
+    },
     /// A broker request failed.
     #[error("Kafka error on {brokers}: {reason}")]
     Broker {

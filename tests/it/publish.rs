@@ -40,10 +40,20 @@ async fn load_reports_bad_lines_and_publishes_every_valid_record() {
     assert_eq!(got, want, "every valid record, and the newer version of n1");
 }
 
-/// `curl` with a body file; returns (status, body).
+/// `curl` POST of a JSON body; returns (status, body).
 fn post(port: u16, path: &str, body: &str) -> (u16, Value) {
+    post_with(port, path, body, &["Content-Type: application/json"])
+}
+
+fn post_with(port: u16, path: &str, body: &str, headers: &[&str]) -> (u16, Value) {
+    let mut args: Vec<String> = ["-s", "-o", "-", "-w", "\n%{http_code}", "-X", "POST", "--data-binary", "@-"].iter().map(|s| s.to_string()).collect();
+    for h in headers {
+        args.push("-H".into());
+        args.push(h.to_string());
+    }
+    args.push(format!("http://127.0.0.1:{port}{path}"));
     let out = Command::new("curl")
-        .args(["-s", "-o", "-", "-w", "\n%{http_code}", "-X", "POST", "--data-binary", "@-", &format!("http://127.0.0.1:{port}{path}")])
+        .args(&args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -105,6 +115,15 @@ async fn http_ingest_validates_everything_before_publishing() {
     assert!(v["error"].as_str().unwrap().contains("unknown topic"), "{v}");
     assert_eq!(post(port, &path, "{not json").0, 400);
     assert_eq!(post(port, &path, "").0, 400);
+    // Only JSON, NDJSON or CSV bodies, and never from another site's page.
+    let one = txn("h9", 1_700_000_000_000, "completed");
+    assert_eq!(post_with(port, &path, &one, &["Content-Type: text/plain"]).0, 415);
+    assert_eq!(post_with(port, &path, &one, &["Content-Type: application/json", "Origin: http://evil.example"]).0, 403);
+    assert_eq!(post_with(port, &format!("/topics/{}/generate?count=5", fx.topic), "", &[]).0, 400, "generate needs its header");
+    // CSV bodies are typed by the spec.
+    let csv = "transaction_id,user_id,amount,currency,status,timestamp\nh3,u,7.25,EUR,pending,2023-11-14T22:13:20Z\n";
+    let (status, v) = post_with(port, &path, csv, &["Content-Type: text/csv"]);
+    assert_eq!((status, v["published"].as_u64()), (200, Some(1)), "{v}");
 
     // Valid NDJSON: 200 once acknowledged, then in the lake after an ingest.
     let ndjson = format!("{}\n{}\n", txn("h1", 1_700_000_000_000, "completed"), txn("h3", 1_700_000_000_000, "pending"));
@@ -114,7 +133,7 @@ async fn http_ingest_validates_everything_before_publishing() {
     let (status, health) = get(port, "/health");
     assert_eq!(status, 200);
     assert_eq!(health["brokers"][0]["breaker"], "closed", "{health}");
-    assert_eq!(health["brokers"][0]["records_ok"], 2, "{health}");
+    assert_eq!(health["brokers"][0]["records_ok"], 3, "the CSV record and these two: {health}");
     assert_eq!(get(port, "/health/primary").1["name"], "primary");
     assert_eq!(get(port, "/health/nope").0, 404);
     let metrics = Command::new("curl").args(["-s", &format!("http://127.0.0.1:{port}/metrics")]).output().unwrap();

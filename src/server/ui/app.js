@@ -184,7 +184,7 @@ function renderForm() {
     label.htmlFor = "field-" + f.name;
     if (f.required) label.className = "req";
     form.append(label, inputFor(f));
-    if (f.name === spec.partition_time) form.querySelector("#field-" + f.name).value = new Date().toISOString().replace(/\.\d+Z$/, "Z");
+    if (f.name === spec.partition_time) form.querySelector("#" + CSS.escape("field-" + f.name)).value = new Date().toISOString().replace(/\.\d+Z$/, "Z");
   }
   $("#entry-note").textContent = "key: " + spec.key.join(", ") + " · newest by " + spec.precombine + " · * required";
   setResult($("#entry-result"), true, "");
@@ -199,15 +199,15 @@ function readForm() {
   const record = {};
   let ok = true;
   for (const f of spec.fields) {
-    const el = form.querySelector("#field-" + f.name);
+    const el = form.querySelector("#" + CSS.escape("field-" + f.name));
     const raw = el.value.trim();
     let err = null, value;
     if (raw === "") {
       if (f.required) err = "required";
     } else if (f.type === "long") {
-      if (!/^-?\d+$/.test(raw)) err = "a whole number"; else value = Number(raw);
-      if (!err && f.min != null && value < f.min) err = "at least " + f.min;
-      if (!err && f.max != null && value > f.max) err = "at most " + f.max;
+      if (!/^-?\d+$/.test(raw)) err = "a whole number"; else value = { __raw: raw.replace(/^(-?)0+(?=\d)/, "$1") };
+      if (!err && f.min != null && BigInt(raw) < BigInt(f.min)) err = "at least " + f.min;
+      if (!err && f.max != null && BigInt(raw) > BigInt(f.max)) err = "at most " + f.max;
     } else if (f.type === "double" || f.type === "decimal") {
       if (!/^-?\d+(\.\d+)?([eE][-+]?\d+)?$/.test(raw)) err = "a number"; else value = f.type === "decimal" ? { __raw: raw } : Number(raw);
       const n = Number(raw);
@@ -284,7 +284,7 @@ $("#bulk-upload").addEventListener("click", async () => {
 $("#gen-button").addEventListener("click", async () => {
   const n = Number($("#gen-count").value);
   try {
-    const { data } = await api("POST", "/topics/" + encodeURIComponent(topicSpec().name) + "/generate?count=" + n);
+    const { data } = await api("POST", "/topics/" + encodeURIComponent(topicSpec().name) + "/generate?count=" + n, null, { "X-Lakepipe-Action": "generate" });
     setResult($("#gen-result"), true, "generated and published " + data.published + " records");
   } catch (e) {
     setResult($("#gen-result"), false, e.message);
@@ -346,7 +346,9 @@ async function loadRows() {
   const t = state.table;
   if (!t) return;
   const where = state.filter ? " WHERE " + state.filter : "";
-  const q = "SELECT * FROM " + ident(t.name) + where + " LIMIT " + (state.pageSize + 1) + " OFFSET " + state.page * state.pageSize;
+  const spec = state.topics.find((s) => s.name === t.name);
+  const order = (spec ? spec.key : t.name === "dead_letters" ? ["_topic", "_partition", "_offset"] : [t.schema[0].name]).map(ident).join(", ");
+  const q = "SELECT * FROM " + ident(t.name) + where + " ORDER BY " + order + " LIMIT " + (state.pageSize + 1) + " OFFSET " + state.page * state.pageSize;
   try {
     const { rows } = await sql(q);
     renderTable($("#table-rows"), rows.slice(0, state.pageSize), { columns: t.schema.map((c) => c.name) });
