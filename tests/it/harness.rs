@@ -230,3 +230,40 @@ pub fn same_rows(a: &[Value], b: &[Value], query: &str) {
         assert_eq!(ra, rb, "the engines disagree on row {i} of {query}");
     }
 }
+
+/// A child process that is killed if the test ends (or panics) while it still runs, so a
+/// failed test leaves no ingest behind.
+pub struct Reaped(Option<std::process::Child>);
+
+impl Reaped {
+    pub fn new(child: std::process::Child) -> Self {
+        Reaped(Some(child))
+    }
+
+    /// The child, no longer reaped (for `wait_with_output`).
+    pub fn take(mut self) -> std::process::Child {
+        self.0.take().expect("taken once")
+    }
+}
+
+impl std::ops::Deref for Reaped {
+    type Target = std::process::Child;
+    fn deref(&self) -> &Self::Target {
+        self.0.as_ref().expect("not taken")
+    }
+}
+
+impl std::ops::DerefMut for Reaped {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        self.0.as_mut().expect("not taken")
+    }
+}
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}

@@ -3,7 +3,7 @@
 //! duplicates, every dead letter once.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use lakepipe::generate::{generate, GenerateOptions};
@@ -81,13 +81,14 @@ pub fn assert_matches(fx: &Fixture, model: &Model) {
     assert!(cross == want_status, "Python deltalake disagrees ({} rows vs {})", cross.len(), want_status.len());
 }
 
-pub fn spawn_ingest(fx: &Fixture, log: &std::path::Path) -> Child {
+pub fn spawn_ingest(fx: &Fixture, log: &std::path::Path) -> crate::harness::Reaped {
     let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
     fx.cmd("ingest")
         .args(["--trigger-interval", "100ms", "--max-batch-records", "250"])
         .stdout(Stdio::piped())
         .stderr(log)
         .spawn()
+        .map(crate::harness::Reaped::new)
         .unwrap()
 }
 
@@ -163,7 +164,7 @@ async fn two_consumers(kind: LakeKind) {
     for child in [a, b] {
         // SIGTERM: a graceful stop that commits the open batch.
         unsafe { libc_kill(child.id() as i32, 15) };
-        let out = child.wait_with_output().unwrap();
+        let out = child.take().wait_with_output().unwrap();
         assert!(out.status.success(), "ingest did not stop cleanly (log {})", log.display());
         let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         summaries.push(summary);

@@ -66,6 +66,7 @@ async fn metrics_match_what_was_produced() {
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
+        .map(crate::harness::Reaped::new)
         .unwrap();
     let t = fx.topic.clone();
     let mut first: Vec<Msg> = (0..30).map(|i| txn(&format!("k{i}"), 1000, "pending")).collect();
@@ -97,7 +98,7 @@ async fn metrics_match_what_was_produced() {
     assert_eq!(http_get(port, "/health/live").0, 200);
     assert_eq!(http_get(port, "/health/ready").0, 200);
     unsafe { crate::kill::libc_kill(child.id() as i32, 15) };
-    let out = child.wait_with_output().unwrap();
+    let out = child.take().wait_with_output().unwrap();
     assert!(out.status.success(), "log {}", log.display());
 }
 
