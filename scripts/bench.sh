@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Benchmarks side by side, in one run, on the same data: the arrow-json → Parquet ceiling,
 # lakepipe (local lake and LocalStack S3), Python confluent-kafka + deltalake, PySpark local[2],
-# and the latest-version query against DuckDB's delta extension and the ROW_NUMBER method.
+# the latest-version query against DuckDB's delta extension and the ROW_NUMBER method, and the
+# upsert of one batch into tables of 1M and 10M rows against delta-rs MergeBuilder.
 # Prints the ratios and writes docs/BENCHMARKS.md, docs/benchmarks.json and docs/benchmarks.png.
 #   scripts/bench.sh            release build, 500,000 records (LAKEPIPE_BENCH_RECORDS)
 #   scripts/bench.sh --quick    debug build, 5,000 records, no PySpark: a smoke test (CI)
@@ -16,7 +17,7 @@ else
   N="${LAKEPIPE_BENCH_RECORDS:-500000}"; profile=release; build_flags=(--release); runs=3
 fi
 OUT="${LAKEPIPE_BENCH_OUT:-$LAKEPIPE_ROOT/docs}"
-WORK="$LAKEPIPE_CACHE/bench-work"
+WORK="$LAKEPIPE_CACHE/bench-work-$mode"
 BENCH_PY="$LAKEPIPE_CACHE/bench-py"
 export LAKEPIPE_RUN_DIR="$LAKEPIPE_CACHE/bench-run" LAKEPIPE_BROKER_PORT=19192 LAKEPIPE_S3_PORT=4666
 source "$LAKEPIPE_ROOT/scripts/common.sh"
@@ -67,7 +68,7 @@ produce() { "$BIN" load --config "$CFG" --brokers "$LAKEPIPE_TEST_BROKERS" --top
 ingest() { # ingest NAME LAKE
   local log="$WORK/$1.log" t="$WORK/$1.time"
   /usr/bin/time -f '%e %U %S %M' -o "$t" "$BIN" --log-format json ingest --once --config "$CFG" --brokers "$LAKEPIPE_TEST_BROKERS" \
-    --lake "$2" --topics "$TOPIC" --group "bench-$1" --trigger-interval 30s --max-batch-records 200000 >"$WORK/$1.out" 2>"$log"
+    --lake "$2" --topics "$TOPIC" --group "bench-$1" --trigger-interval 30s >"$WORK/$1.out" 2>"$log"
   "$PY" - "$t" "$log" "$N" <<'PY'
 import json, sys
 wall, user, sys_, rss = open(sys.argv[1]).read().split()[-4:]
@@ -108,11 +109,52 @@ for engine in datafusion duckdb; do
   done
   put "queries.lakepipe_$engine" "$best"
 done
+# The same query over the HTTP API of a running `lakepipe serve`: the engine is warm, as DuckDB
+# is in the Python process below, and every query still opens a fresh snapshot of the table.
+QPORT=19380
+"$BIN" serve --config "$CFG" --lake "$WORK/lake" --listen "127.0.0.1:$QPORT" >"$WORK/serve.log" 2>&1 &
+SERVE_PID=$!
+for _ in $(seq 100); do curl -sf "http://127.0.0.1:$QPORT/health/live" >/dev/null 2>&1 && break; sleep 0.1; done
+for engine in datafusion duckdb; do
+  "$PY" -c 'import json,sys; print(json.dumps({"sql": sys.argv[1], "engine": sys.argv[2], "format": "csv"}))' "$Q" "$engine" >"$WORK/q-$engine.json"
+  best=""
+  for _ in $(seq $(( runs + 1 ))); do # the first call also warms the server's allocator
+    s=$(curl -sf -o "$WORK/q-http-$engine.csv" -w '%{time_total}' -H 'Content-Type: application/json' --data-binary "@$WORK/q-$engine.json" "http://127.0.0.1:$QPORT/query")
+    best=$("$PY" -c "print(min(float(x) for x in '$best $s'.split()))")
+  done
+  put "queries.lakepipe_http_$engine" "$best"
+done
+kill "$SERVE_PID" 2>/dev/null; wait "$SERVE_PID" 2>/dev/null || true
 q=$("$PY" scripts/bench/queries.py "$WORK/lake/$TOPIC" "$EXT" "$runs")
 put queries.duckdb_delta "$(echo "$q" | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["duckdb_delta"])')"
 put queries.rownumber "$(echo "$q" | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["rownumber"])')"
 put queries.rownumber_agrees "$(echo "$q" | "$PY" -c 'import json,sys; print(json.dumps(json.load(sys.stdin)["agree"]))')"
 cmp -s "$WORK/q-datafusion.csv" "$WORK/q-duckdb.csv" && put queries.engines_agree true || put queries.engines_agree false
+
+# Part 6: a batch with 30% updates (2% of them deletes), keys aged like status changes after a
+# purchase, upserted into date-partitioned tables of two sizes: lakepipe cold (a new process,
+# as a scheduled job runs) against delta-rs MergeBuilder with the same semantics, each on its
+# own copy of the same table. Best of $runs.
+if [ "$mode" = quick ]; then SIZES="20000 200000"; UB=5000; PER_DAY=3000; else SIZES="1000000 10000000"; UB=50000; PER_DAY=150000; fi
+best() { "$PY" -c 'import json,sys; rs=[json.loads(l) for l in sys.stdin if l.strip()]; print(json.dumps(min(rs, key=lambda r: r["seconds"])))'; }
+for size in $SIZES; do
+  T="$WORK/grow-$size"
+  log "upsert of $UB records into a $size-row table: lakepipe and delta-rs MergeBuilder"
+  put "growth.t$size.table" "$("$HELP" table --lake "$T/base" --rows "$size" --per-day "$PER_DAY")"
+  "$HELP" gen --count "$UB" --base "$size" --update-ratio 0.28 --delete-ratio 0.02 --per-day "$PER_DAY" --out "$T/batch.ndjson" --seed 3 >/dev/null
+  "$HELP" upsert --lake "$T/base" --batch "$T/batch.ndjson" --parquet "$T/batch.parquet"
+  lp_runs="" merge_runs=""
+  for _ in $(seq "$runs"); do
+    rm -rf "$T/lp" "$T/merge" && cp -r "$T/base" "$T/lp" && cp -r "$T/base" "$T/merge"
+    lp_runs+="$("$HELP" upsert --lake "$T/lp" --batch "$T/batch.ndjson")"$'\n'
+    merge_runs+="$("$PY" scripts/bench/python_peer.py merge-batch "$T/batch.parquet" "$T/merge/transactions")"$'\n'
+  done
+  put "growth.t$size.lakepipe" "$(printf '%s' "$lp_runs" | best)"
+  put "growth.t$size.merge" "$(printf '%s' "$merge_runs" | best)"
+  put "growth.t$size.same_rows" "$("$PY" scripts/bench/compare_tables.py "$T/lp/transactions" "$T/merge/transactions")"
+  rm -rf "$T/lp" "$T/merge"
+done
+put growth.sizes "[${SIZES// /,}]"
 
 log "report"
 "$PY" scripts/bench/report.py "$RAW" "$OUT"

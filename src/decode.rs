@@ -4,6 +4,7 @@
 //! The JSON object is parsed once into raw field slices, so numbers keep their exact text:
 //! decimals are parsed from that text and never pass through a float.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use regex::Regex;
@@ -165,6 +166,67 @@ pub struct Decoder {
     max_message_bytes: usize,
 }
 
+/// The fields of a JSON object in document order, keys borrowed from the payload unless they
+/// hold escapes: no map and no allocation per field.
+struct Fields<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+
+impl<'a> Fields<'a> {
+    /// Remove a field (every duplicate), returning its last value.
+    fn take(&mut self, name: &str) -> Option<&'a RawValue> {
+        let mut found = None;
+        while let Some(i) = self.0.iter().rposition(|(k, _)| k == name) {
+            let (_, v) = self.0.remove(i);
+            found.get_or_insert(v);
+        }
+        found
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Fields<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Object;
+        impl<'de> serde::de::Visitor<'de> for Object {
+            type Value = Fields<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Fields<'de>, A::Error> {
+                let mut fields = Vec::with_capacity(map.size_hint().unwrap_or(16));
+                while let Some(Key(k)) = map.next_key()? {
+                    fields.push((k, map.next_value()?));
+                }
+                Ok(Fields(fields))
+            }
+        }
+        d.deserialize_map(Object)
+    }
+}
+
+/// An object key, borrowed when it has no escapes.
+struct Key<'a>(Cow<'a, str>);
+
+impl<'de> serde::Deserialize<'de> for Key<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Name;
+        impl<'de> serde::de::Visitor<'de> for Name {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a field name")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v.to_string())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(Name)
+    }
+}
+
 impl Decoder {
     /// A decoder for a checked spec.
     pub fn new(spec: TopicSpec, max_message_bytes: usize) -> Result<Self, crate::spec::SpecError> {
@@ -202,7 +264,7 @@ impl Decoder {
                 format!("message is {} bytes; the limit is {} (max_message_bytes)", payload.len(), self.max_message_bytes),
             ));
         }
-        let mut map: BTreeMap<String, &RawValue> = match serde_json::from_slice(payload) {
+        let mut map: Fields<'_> = match serde_json::from_slice(payload) {
             Ok(m) => m,
             Err(e) => {
                 return Err(match serde_json::from_slice::<&RawValue>(payload) {
@@ -211,7 +273,7 @@ impl Decoder {
                 })
             }
         };
-        let deleted = match map.remove(meta::DELETED) {
+        let deleted = match map.take(meta::DELETED) {
             None => false,
             Some(raw) => match raw.get() {
                 "true" => true,
@@ -226,7 +288,7 @@ impl Decoder {
         };
         let mut values = Vec::with_capacity(self.spec.fields.len());
         for (i, field) in self.spec.fields.iter().enumerate() {
-            let raw = map.remove(field.name.as_str());
+            let raw = map.take(field.name.as_str());
             let needed = if deleted {
                 self.key_idx.contains(&i) || i == self.pre_idx || i == self.time_idx
             } else {
@@ -242,11 +304,16 @@ impl Decoder {
             }
             values.push(value);
         }
-        let extra = if map.is_empty() {
+        let extra = if map.0.is_empty() {
             None
         } else {
+            // Unknown fields, by name (the last of duplicates wins, as JSON parsers do).
+            let mut rest: BTreeMap<&str, &RawValue> = BTreeMap::new();
+            for (k, v) in &map.0 {
+                rest.insert(k.as_ref(), v);
+            }
             let mut out = String::from("{");
-            for (i, (k, v)) in map.iter().enumerate() {
+            for (i, (k, v)) in rest.iter().enumerate() {
                 if i > 0 {
                     out.push(',');
                 }

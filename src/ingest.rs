@@ -11,7 +11,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
-use rdkafka::error::KafkaError;
+use futures::FutureExt;
+use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::message::BorrowedMessage;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::Message;
 use serde::Serialize;
@@ -163,9 +165,14 @@ const STALL_AFTER: Duration = Duration::from_secs(4);
 
 /// One poll of the consumer, owned.
 enum Polled {
-    Message(String, RawMessage),
+    /// Messages in arrival order, with their topics.
+    Messages(Vec<(String, RawMessage)>),
     Nothing,
 }
+
+/// At most this many messages are taken from the consumer's queue per poll: it amortises the
+/// timer and the event loop over many messages without starving the loop's other duties.
+const MAX_PER_POLL: usize = 4096;
 
 /// Where messages come from: a Kafka consumer-group member, or an Iggy reader of every
 /// partition. Both start each partition at the lake's offset.
@@ -174,42 +181,59 @@ enum Source {
     Iggy(crate::source::iggy::IggySource),
 }
 
+/// A message or event from the Kafka consumer: `Ok(None)` for events that carry no data.
+fn kafka_event(k: &KafkaSource, polled: KafkaResult<BorrowedMessage<'_>>) -> Result<Option<(String, RawMessage)>, IngestError> {
+    match polled {
+        Ok(m) => Ok(Some((
+            m.topic().to_string(),
+            RawMessage {
+                partition: m.partition(),
+                offset: m.offset(),
+                key: m.key().map(|k| k.to_vec()),
+                payload: m.payload().map(|p| p.to_vec()),
+                timestamp_ms: m.timestamp().to_millis(),
+            },
+        ))),
+        Err(KafkaError::PartitionEOF(_)) => Ok(None),
+        Err(KafkaError::MessageConsumption(RDKafkaErrorCode::OffsetOutOfRange)) => {
+            // The lake's offset is outside the broker's log: retention removed messages that
+            // were never ingested, or the topic was re-created. Never skip silently.
+            Err(IngestError::Source(SourceError::Broker {
+                brokers: k.brokers().to_string(),
+                reason: "a stored offset is out of the broker's range (messages deleted by retention before ingest, or the topic was re-created); see docs/DESIGN.md".into(),
+            }))
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "consumer error");
+            Ok(None)
+        }
+    }
+}
+
 impl Source {
-    /// The next message, or nothing within `wait`.
+    /// The next messages, or nothing within `wait`.
     async fn next(&self, wait: Duration, max: usize) -> Result<Polled, IngestError> {
         match self {
             Source::Kafka(k) => {
-                let polled = tokio::time::timeout(wait, k.consumer.recv()).await;
-                Ok(match polled {
-                    Ok(Ok(m)) => Polled::Message(
-                        m.topic().to_string(),
-                        RawMessage {
-                            partition: m.partition(),
-                            offset: m.offset(),
-                            key: m.key().map(|k| k.to_vec()),
-                            payload: m.payload().map(|p| p.to_vec()),
-                            timestamp_ms: m.timestamp().to_millis(),
+                let Ok(first) = tokio::time::timeout(wait, k.consumer.recv()).await else { return Ok(Polled::Nothing) };
+                let mut out: Vec<(String, RawMessage)> = kafka_event(k, first)?.into_iter().collect();
+                if out.is_empty() {
+                    return Ok(Polled::Nothing);
+                }
+                // Whatever else is already queued, without waiting.
+                while out.len() < max.min(MAX_PER_POLL) {
+                    match k.consumer.recv().now_or_never() {
+                        Some(polled) => match kafka_event(k, polled)? {
+                            Some(m) => out.push(m),
+                            None => break,
                         },
-                    ),
-                    Ok(Err(KafkaError::PartitionEOF(_))) => Polled::Nothing,
-                    Ok(Err(KafkaError::MessageConsumption(RDKafkaErrorCode::OffsetOutOfRange))) => {
-                        // The lake's offset is outside the broker's log: retention removed
-                        // messages that were never ingested, or the topic was re-created.
-                        // Never skip silently.
-                        return Err(IngestError::Source(SourceError::Broker {
-                            brokers: k.brokers().to_string(),
-                            reason: "a stored offset is out of the broker's range (messages deleted by retention before ingest, or the topic was re-created); see docs/DESIGN.md".into(),
-                        }));
+                        None => break,
                     }
-                    Ok(Err(e)) => {
-                        tracing::warn!(error = %e, "consumer error");
-                        Polled::Nothing
-                    }
-                    Err(_) => Polled::Nothing,
-                })
+                }
+                Ok(Polled::Messages(out))
             }
             Source::Iggy(i) => match i.recv(wait, max.min(10_000) as u32).await {
-                Ok(Some((topic, m))) => Ok(Polled::Message(topic, m)),
+                Ok(Some((topic, m))) => Ok(Polled::Messages(vec![(topic, m)])),
                 Ok(None) => Ok(Polled::Nothing),
                 Err(e) if e.is_retryable() => {
                     tracing::warn!(error = %e, "Iggy poll failed; retrying");
@@ -258,6 +282,21 @@ impl Source {
             Source::Iggy(_) => "iggy",
         }
     }
+}
+
+/// Decode messages on every core (in stream order). Decoding is the ingest's main CPU cost,
+/// and a batch is decoded all at once when it closes.
+fn decode_all(decoder: &Decoder, msgs: &[&RawMessage]) -> Vec<Result<crate::decode::Record, crate::decode::DecodeError>> {
+    let one = |m: &&RawMessage| decoder.decode(m.key.as_deref(), m.payload.as_deref(), m.partition, m.offset);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cores < 2 || msgs.len() < 20_000 {
+        return msgs.iter().map(one).collect();
+    }
+    let chunk = msgs.len().div_ceil(cores);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = msgs.chunks(chunk).map(|c| scope.spawn(move || c.iter().map(one).collect::<Vec<_>>())).collect();
+        handles.into_iter().flat_map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))).collect()
+    })
 }
 
 /// Options of one run.
@@ -314,6 +353,7 @@ pub async fn run(cfg: &Config, opts: IngestOptions) -> Result<IngestSummary, Ing
         pending: HashMap::new(),
         pending_records: 0,
         pending_bytes: 0,
+        stash: Vec::new(),
         opened: Instant::now(),
         summary: IngestSummary::default(),
     };
@@ -336,6 +376,9 @@ struct Pipeline<'c> {
     pending: HashMap<String, Vec<RawMessage>>,
     pending_records: usize,
     pending_bytes: usize,
+    /// Messages read while a batch was committing: the next batch's first messages. Taken as
+    /// soon as the commit ends, before any later message, so that no offset is skipped.
+    stash: Vec<(String, RawMessage)>,
     opened: Instant,
     summary: IngestSummary,
 }
@@ -354,24 +397,31 @@ impl Pipeline<'_> {
             if self.opts.once {
                 wait = wait.min(Duration::from_millis(200));
             }
-            let event = tokio::select! {
-                _ = &mut shutdown => {
-                    tracing::info!("shutdown requested; committing the open batch");
-                    if !self.flush_with_retry().await? {
-                        tracing::warn!("the open batch was dropped: another writer owns its partitions");
+            // A full batch (the stash of the last commit can fill one) is committed first.
+            let event = if self.is_full() {
+                Polled::Nothing
+            } else {
+                tokio::select! {
+                    _ = &mut shutdown => {
+                        tracing::info!("shutdown requested; committing the open batch");
+                        if !self.flush_with_retry().await? {
+                            tracing::warn!("the open batch was dropped: another writer owns its partitions");
+                        }
+                        break;
                     }
-                    break;
+                    r = self.source.next(wait, self.cfg.max_batch_records - self.pending_records) => r?,
                 }
-                r = self.source.next(wait, self.cfg.max_batch_records) => r?,
             };
             if self.sync_assignment()? {
                 last_activity = Instant::now();
                 waiting_since = Instant::now();
             }
             match event {
-                Polled::Message(topic, m) => {
+                Polled::Messages(batch) => {
                     last_activity = Instant::now();
-                    self.take(topic, m);
+                    for (topic, m) in batch {
+                        self.take(topic, m);
+                    }
                 }
                 Polled::Nothing => {}
             }
@@ -385,8 +435,7 @@ impl Pipeline<'_> {
             if !progress {
                 self.opened = Instant::now();
             }
-            let full = self.pending_records >= self.cfg.max_batch_records || self.pending_bytes >= self.cfg.max_batch_bytes;
-            if progress && (full || self.opened.elapsed() >= trigger) {
+            if progress && (self.is_full() || self.opened.elapsed() >= trigger) {
                 self.flush_with_retry().await?;
             }
             if self.opts.once {
@@ -443,6 +492,7 @@ impl Pipeline<'_> {
             tracing::info!(dropped = self.pending_records, "rebalance: dropping the uncommitted batch; it is re-read from the lake's offsets");
         }
         self.clear_pending();
+        self.stash.clear();
         Ok(true)
     }
 
@@ -573,6 +623,7 @@ impl Pipeline<'_> {
     async fn flush(&mut self) -> Result<bool, IngestError> {
         if !self.parts.values().any(|s| s.has_progress()) {
             self.clear_pending();
+            self.take_stash();
             return Ok(true);
         }
         let started = Instant::now();
@@ -584,13 +635,15 @@ impl Pipeline<'_> {
             let before = consumed;
             let Some(decoder) = self.decoders.get(topic) else { continue };
             let mut recs = Vec::with_capacity(msgs.len());
-            for m in msgs {
+            let fresh: Vec<&RawMessage> = msgs
+                .iter()
+                .filter(|m| !self.parts.get(&(topic.clone(), m.partition)).is_some_and(|s| s.start.is_some_and(|st| m.offset < st)))
+                .collect();
+            let decoded = decode_all(decoder, &fresh);
+            for (m, result) in fresh.into_iter().zip(decoded) {
                 let state = self.parts.get(&(topic.clone(), m.partition));
-                if state.is_some_and(|s| s.start.is_some_and(|st| m.offset < st)) {
-                    continue;
-                }
                 consumed += 1;
-                match decoder.decode(m.key.as_deref(), m.payload.as_deref(), m.partition, m.offset) {
+                match result {
                     Ok(r) => recs.push(r),
                     Err(error) => {
                         if state.is_some_and(|s| s.dead.is_some_and(|d| m.offset < d)) {
@@ -662,7 +715,22 @@ impl Pipeline<'_> {
                 (name.clone(), ranges, recs.len(), result, t0.elapsed().as_secs_f64())
             })
         });
-        let results = futures::future::join_all(futures).await;
+        // Keep reading while the tables commit: the broker's next messages go to the stash.
+        let mut read_error = None;
+        let results = {
+            let mut all = std::pin::pin!(futures::future::join_all(futures));
+            loop {
+                let room = self.cfg.max_batch_records.saturating_sub(self.stash.len());
+                tokio::select! {
+                    r = &mut all => break r,
+                    polled = self.source.next(Duration::from_millis(50), room), if room > 0 && read_error.is_none() => match polled {
+                        Ok(Polled::Messages(batch)) => self.stash.extend(batch),
+                        Ok(Polled::Nothing) => {}
+                        Err(e) => read_error = Some(e),
+                    },
+                }
+            }
+        };
         let mut first_error = None;
         let mut fenced = Vec::new();
         let mut committed = Vec::new();
@@ -708,8 +776,24 @@ impl Pipeline<'_> {
         if !fenced.is_empty() {
             return self.refence(Some(&fenced)).await;
         }
+        if let Some(e) = read_error {
+            return Err(e);
+        }
         self.clear_pending();
+        self.take_stash();
         Ok(true)
+    }
+
+    /// Whether the open batch holds `max_batch_records` or `max_batch_bytes`.
+    fn is_full(&self) -> bool {
+        self.pending_records >= self.cfg.max_batch_records || self.pending_bytes >= self.cfg.max_batch_bytes
+    }
+
+    /// Take the messages read during a commit, in order, into the new batch.
+    fn take_stash(&mut self) {
+        for (topic, m) in std::mem::take(&mut self.stash) {
+            self.take(topic, m);
+        }
     }
 
     /// Another writer moved offsets under us: drop the batch and restart the affected
@@ -728,6 +812,9 @@ impl Pipeline<'_> {
             self.parts.insert(tp.clone(), PartState { start: s.data, dead: s.dead, since: Some(Instant::now()), origin: s.data, ..Default::default() });
         }
         self.clear_pending();
+        // The stashed messages of the partitions that seeked come again; the others continue.
+        self.stash.retain(|(t, m)| !tps.iter().any(|(tt, p)| tt == t && *p == m.partition));
+        self.take_stash();
         Ok(false)
     }
 }

@@ -3,6 +3,9 @@
   python_peer.py append BROKERS TOPIC TABLE_URI   consume the topic to its end, append to Delta
   python_peer.py merge  NDJSON TABLE_URI            upsert a file into the table with MERGE
                                                     (key, precombine on timestamp, like lakepipe)
+  python_peer.py merge-batch PARQUET TABLE_URI      delta-rs MergeBuilder on a lakepipe table: the
+                                                    batch in the table's schema plus `_deleted`;
+                                                    global key, precombine, deletes
 
 Prints one JSON line: {"records": …, "seconds": …}. The clock starts before the consumer is
 created and stops after the last Delta commit.
@@ -42,7 +45,9 @@ def to_table(records):
 def append(brokers, topic, uri):
     started = time.perf_counter()
     c = Consumer({"bootstrap.servers": brokers, "group.id": "py-" + uuid.uuid4().hex, "auto.offset.reset": "earliest",
-                  "enable.auto.commit": False, "enable.partition.eof": True})
+                  "enable.auto.commit": False, "enable.partition.eof": True,
+                  # The same fetch wait as lakepipe (tansu holds each fetch this long).
+                  "fetch.wait.max.ms": 10})
     meta = c.list_topics(topic, timeout=10)
     parts = list(meta.topics[topic].partitions)
     c.assign([TopicPartition(topic, p, 0) for p in parts])
@@ -83,8 +88,35 @@ def merge(path, uri):
     print(json.dumps({"records": len(records), "seconds": round(time.perf_counter() - started, 4)}))
 
 
+def merge_batch(path, uri):
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+    started = time.perf_counter()
+    batch = pq.read_table(path)
+    # Latest record per key by (timestamp, offset), as lakepipe's precombine does.
+    batch = batch.append_column("_i", pa.array(range(batch.num_rows), pa.int64()))
+    batch = batch.sort_by([("transaction_id", "ascending"), ("timestamp", "ascending"), ("_i", "ascending")])
+    keys = batch.column("transaction_id")
+    last = pc.not_equal(keys.slice(0, len(keys) - 1), keys.slice(1)) if len(keys) > 1 else pa.array([], pa.bool_())
+    source = batch.filter(pa.concat_arrays([last.combine_chunks() if hasattr(last, "combine_chunks") else last, pa.array([True])])).drop_columns(["_i"])
+    table = DeltaTable(uri)
+    cols = [f.name for f in table.schema().to_arrow()]
+    values = {c: f"s.`{c}`" for c in cols}
+    newer = "s.`timestamp` >= t.`timestamp`"
+    metrics = (table.merge(source, predicate="t.transaction_id = s.transaction_id", source_alias="s", target_alias="t")
+        .when_matched_delete(predicate=f"s._deleted AND {newer}")
+        .when_matched_update(updates=values, predicate=f"NOT s._deleted AND {newer}")
+        .when_not_matched_insert(updates=values, predicate="NOT s._deleted")
+        .execute())
+    print(json.dumps({"records": batch.num_rows, "seconds": round(time.perf_counter() - started, 4),
+                      "inserted": metrics.get("num_target_rows_inserted"), "updated": metrics.get("num_target_rows_updated"),
+                      "deleted": metrics.get("num_target_rows_deleted"), "files_rewritten": metrics.get("num_target_files_removed")}))
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "append":
         append(sys.argv[2], sys.argv[3], sys.argv[4])
+    elif sys.argv[1] == "merge-batch":
+        merge_batch(sys.argv[2], sys.argv[3])
     else:
         merge(sys.argv[2], sys.argv[3])

@@ -34,7 +34,7 @@ def rownumber():
     # Every Parquet file ever written, newest version of each key by ingest time.
     con = duckdb.connect()
     src = (f"(SELECT * EXCLUDE (_rn) FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY transaction_id ORDER BY _ingested_at DESC) AS _rn "
-           f"FROM read_parquet('{table}/**/*.parquet', hive_partitioning = true)) WHERE _rn = 1)")
+           f"FROM read_parquet('{table}/date=*/*.parquet', hive_partitioning = true)) WHERE _rn = 1)")
     return con.execute(AGG.format(src=src)).fetchall()
 
 

@@ -1,4 +1,4 @@
-//! Upsert: Hudi copy-on-write semantics with a global index.
+//! Upsert: Hudi copy-on-write semantics with a global key index.
 //!
 //! For one batch of one topic: keep the latest record per key ([`precombine`]), find the live
 //! files that hold those keys ([`KeyIndex`]), and rewrite only those files: a stored row is
@@ -7,7 +7,7 @@
 //! partition of their own date, so an update that changes date moves the row. The removes, the
 //! adds and the batch's source offsets commit together as one Delta version.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,7 +24,7 @@ use parquet::file::properties::WriterProperties;
 use parquet::schema::types::ColumnPath;
 
 use super::commit::{commit, fence, stored_offset, txn_actions, OffsetKey, OffsetRange};
-use super::index::{i64_values, read_file, row_keys, KeyIndex};
+use super::index::{i64_values, read_file, KeyIndex, RowKeys, SortedKeys};
 use super::{Lake, LakeError};
 use crate::batch::{arrow_schema, group_by_key, resolve, to_record_batch, Provenance, Resolution};
 use crate::decode::Record;
@@ -91,6 +91,11 @@ impl TopicTable {
         })
     }
 
+    /// Files whose keys the index has read, and file reads that key ranges avoided.
+    pub fn index_reads(&self) -> (u64, u64) {
+        (self.index.files_read, self.index.files_pruned)
+    }
+
     /// The table name.
     pub fn name(&self) -> &str {
         &self.name
@@ -129,43 +134,49 @@ impl TopicTable {
         let name = self.name.clone();
         self.table.update_state().await.map_err(|e| LakeError::delta(&name, e))?;
         fence(&self.table, &name, ranges).await?;
-        let live = self.index.refresh(&self.table, &name).await?;
         let groups = group_by_key(records);
+        let keys = SortedKeys::new(groups.iter().map(|g| records[g[0]].key.as_str()));
+        let (live, holder) = self.index.locate(&self.table, &name, &keys).await?;
 
         // Which keys have a stored row, and in which file.
         let mut by_file: HashMap<Arc<str>, HashMap<&str, usize>> = HashMap::new();
         for (g, group) in groups.iter().enumerate() {
             let key = records[group[0]].key.as_str();
-            if let Some(path) = self.index.lookup(key) {
-                if live.contains_key(path) {
-                    by_file.entry(path.clone()).or_default().insert(key, g);
-                }
+            if let Some(path) = holder.get(key) {
+                by_file.entry(path.clone()).or_default().insert(key, g);
             }
         }
 
+        // Read the files to rewrite, on every core.
+        let store = self.table.object_store();
+        let reads = by_file.keys().map(|path| {
+            let file = &live[path];
+            let (store, object, size, path) = (store.clone(), file.object_store_path(), file.size().max(0) as u64, path.clone());
+            let day = file_day(&file.partition_values_map());
+            tokio::spawn(async move { (path, day, read_file(store, object, size, None).await) })
+        });
+        let contents = futures::future::try_join_all(reads).await.map_err(|e| LakeError::data(&name, e))?;
+
         let mut decided: Vec<Option<(Resolution, bool)>> = vec![None; groups.len()];
         let mut removes: Vec<Action> = Vec::new();
-        let mut remainders: Vec<(RecordBatch, Vec<String>, i32)> = Vec::new();
+        let mut remainders: Vec<(i32, RecordBatch)> = Vec::new();
         let mut out = UpsertOutcome::default();
-        let store = self.table.object_store();
         let pre_col = self.spec.precombine.clone();
-        for (path, wanted) in &by_file {
-            let file = &live[path];
-            let day = file_day(&file.partition_values_map()).ok_or_else(|| LakeError::data(&name, format!("file {path} has no date partition")))?;
-            let batches = read_file(store.clone(), file.object_store_path(), file.size().max(0) as u64, None)
-                .await
-                .map_err(|e| LakeError::data(&name, e))?;
+        for (path, day, batches) in contents {
+            let wanted = &by_file[&path];
+            let day = day.ok_or_else(|| LakeError::data(&name, format!("file {path} has no date partition")))?;
+            let batches = batches.map_err(|e| LakeError::data(&name, e))?;
             let mut dropped_any = false;
-            let mut kept: Vec<(RecordBatch, Vec<String>)> = Vec::new();
+            let mut kept: Vec<RecordBatch> = Vec::new();
             for b in batches {
-                let keys = row_keys(&b, &self.spec.key).map_err(|e| LakeError::data(&name, e))?;
+                let keys = RowKeys::new(&b, &self.spec.key).map_err(|e| LakeError::data(&name, e))?;
                 let pres = i64_values(&b, &pre_col).map_err(|e| LakeError::data(&name, e))?;
                 let mut mask = Vec::with_capacity(b.num_rows());
-                for (row, key) in keys.iter().enumerate() {
-                    let keep = match wanted.get(key.as_str()) {
+                for (row, pre) in pres.iter().enumerate() {
+                    let keep = match wanted.get(keys.get(row).as_ref()) {
                         None => true,
                         Some(&g) => {
-                            let (res, stale) = resolve(records, &groups[g], Some(pres[row]));
+                            let (res, stale) = resolve(records, &groups[g], Some(*pre));
                             out.stale += stale;
                             decided[g] = Some((res, true));
                             res == Resolution::Unchanged
@@ -174,23 +185,20 @@ impl TopicTable {
                     dropped_any |= !keep;
                     mask.push(keep);
                 }
-                let kept_keys: Vec<String> = keys.into_iter().zip(&mask).filter(|(_, k)| **k).map(|(key, _)| key).collect();
-                let filtered = filter_record_batch(&b, &BooleanArray::from(mask)).map_err(|e| LakeError::data(&name, e))?;
-                kept.push((filtered, kept_keys));
+                kept.push(filter_record_batch(&b, &BooleanArray::from(mask)).map_err(|e| LakeError::data(&name, e))?);
             }
             if dropped_any {
-                removes.push(Action::Remove(file.remove_action(true)));
-                for (b, keys) in kept {
+                removes.push(Action::Remove(live[&path].remove_action(true)));
+                for b in kept {
                     if b.num_rows() > 0 {
                         out.rows_rewritten += b.num_rows() as u64;
-                        remainders.push((conform(&b, &self.schema, day).map_err(|e| LakeError::data(&name, e))?, keys, day));
+                        remainders.push((day, conform(&b, &self.schema, day).map_err(|e| LakeError::data(&name, e))?));
                     }
                 }
             }
         }
 
         let mut rows: Vec<&Record> = Vec::new();
-        let mut gone: Vec<&str> = Vec::new();
         for (g, group) in groups.iter().enumerate() {
             let (res, stored) = match decided[g] {
                 Some(d) => d,
@@ -200,7 +208,6 @@ impl TopicTable {
                 Resolution::Unchanged => {}
                 Resolution::Delete => {
                     out.deleted += 1;
-                    gone.push(records[group[0]].key.as_str());
                 }
                 Resolution::Upsert(i) => {
                     if stored {
@@ -213,24 +220,23 @@ impl TopicTable {
             }
         }
 
-        let mut writer = RecordBatchWriter::for_table(&self.table)
-            .map_err(|e| LakeError::delta(&name, e))?
-            .with_writer_properties(self.props.clone());
-        if !rows.is_empty() {
-            let batch = to_record_batch(&self.spec, &self.schema, rows.iter().copied(), prov).map_err(|e| LakeError::data(&name, e))?;
-            writer.write(batch).await.map_err(|e| LakeError::delta(&name, e))?;
+        // Everything to write, by day: new and updated rows, then the rows kept from rewritten files.
+        let mut by_day: BTreeMap<i32, Vec<RecordBatch>> = BTreeMap::new();
+        let mut new_by_day: BTreeMap<i32, Vec<&Record>> = BTreeMap::new();
+        for r in &rows {
+            new_by_day.entry(r.date).or_default().push(r);
         }
-        for (b, _, _) in &remainders {
-            writer.write(b.clone()).await.map_err(|e| LakeError::delta(&name, e))?;
+        for (day, recs) in new_by_day {
+            let batch = to_record_batch(&self.spec, &self.schema, recs.into_iter(), prov).map_err(|e| LakeError::data(&name, e))?;
+            by_day.entry(day).or_default().push(batch);
         }
-        let adds: Vec<Add> = writer.flush().await.map_err(|e| LakeError::delta(&name, e))?;
+        for (day, b) in remainders {
+            by_day.entry(day).or_default().push(b);
+        }
+        let adds = self.write_days(by_day).await?;
         out.files_added = adds.len() as u64;
         out.files_removed = removes.len() as u64;
 
-        let removed_paths: Vec<String> = removes
-            .iter()
-            .filter_map(|a| if let Action::Remove(r) = a { Some(r.path.clone()) } else { None })
-            .collect();
         let operation = if removes.is_empty() {
             DeltaOperation::Write { mode: SaveMode::Append, partition_by: Some(vec![meta::DATE.to_string()]), predicate: None }
         } else {
@@ -255,7 +261,6 @@ impl TopicTable {
         match commit(&self.table, &name, actions, operation, metadata).await {
             Ok(version) => {
                 out.version = Some(version);
-                self.note_commit(&adds, &removed_paths, &rows, &remainders, &gone);
                 Ok(out)
             }
             // The files of a commit that reported failure are left for vacuum, never deleted:
@@ -265,34 +270,38 @@ impl TopicTable {
         }
     }
 
-    /// Keep the index current after our own commit, without re-reading the files we wrote.
-    fn note_commit(&mut self, adds: &[Add], removed: &[String], rows: &[&Record], remainders: &[(RecordBatch, Vec<String>, i32)], gone: &[&str]) {
-        for p in removed {
-            self.index.forget_file(p);
-        }
-        let mut per_day: HashMap<i32, Option<Arc<str>>> = HashMap::new();
-        for a in adds {
-            if let Some(day) = file_day(&a.partition_values) {
-                // Two files for one day (a size roll): let the next refresh read them instead.
-                per_day.entry(day).and_modify(|e| *e = None).or_insert_with(|| Some(Arc::from(a.path.as_str())));
+    /// Write the batches of each day as new data files, whole days spread over one writer per
+    /// core so that encoding and compression run in parallel. Returns the `add` actions.
+    async fn write_days(&self, by_day: BTreeMap<i32, Vec<RecordBatch>>) -> Result<Vec<Add>, LakeError> {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let mut shares: Vec<(usize, Vec<RecordBatch>)> = (0..cores.min(by_day.len()).max(1)).map(|_| (0, Vec::new())).collect();
+        let mut days: Vec<(usize, Vec<RecordBatch>)> = by_day.into_values().map(|bs| (bs.iter().map(RecordBatch::num_rows).sum(), bs)).collect();
+        days.sort_by_key(|(n, _)| std::cmp::Reverse(*n));
+        for (n, batches) in days {
+            // The largest day left goes to the least loaded writer.
+            if let Some(share) = shares.iter_mut().min_by_key(|(load, _)| *load) {
+                share.0 += n;
+                share.1.extend(batches);
             }
         }
-        let target = |day: i32| per_day.get(&day).cloned().flatten();
-        for r in rows {
-            if let Some(p) = target(r.date) {
-                self.index.set(&r.key, Some(p));
-            }
-        }
-        for (_, keys, day) in remainders {
-            if let Some(p) = target(*day) {
-                for k in keys {
-                    self.index.set(k, Some(p.clone()));
+        let mut tasks = Vec::new();
+        for (_, batches) in shares.into_iter().filter(|(n, _)| *n > 0) {
+            let name = self.name.clone();
+            let mut writer = RecordBatchWriter::for_table(&self.table)
+                .map_err(|e| LakeError::delta(&name, e))?
+                .with_writer_properties(self.props.clone());
+            tasks.push(tokio::spawn(async move {
+                for b in batches {
+                    writer.write(b).await.map_err(|e| LakeError::delta(&name, e))?;
                 }
-            }
+                writer.flush().await.map_err(|e| LakeError::delta(&name, e))
+            }));
         }
-        for k in gone {
-            self.index.set(k, None);
+        let mut adds = Vec::new();
+        for done in futures::future::try_join_all(tasks).await.map_err(|e| LakeError::data(&self.name, e))? {
+            adds.extend(done?);
         }
+        Ok(adds)
     }
 }
 

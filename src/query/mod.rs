@@ -102,7 +102,7 @@ pub async fn execute(lake: &Lake, req: &Request<'_>) -> Result<(Arc<arrow::datat
         Engine::Duckdb => duck::run(lake, sql, req.broker, &duck::DuckOptions { limit: req.limit, sandboxed: req.read_only }).await,
         Engine::Datafusion => {
             use deltalake::datafusion::execution::context::SQLOptions;
-            let ctx = session(lake, req.broker).await?;
+            let ctx = session(lake, req.broker, Some(sql)).await?;
             let options = SQLOptions::new().with_allow_ddl(!req.read_only).with_allow_dml(!req.read_only).with_allow_statements(!req.read_only);
             let mut df = ctx.sql_with_options(sql, options).await.map_err(|e| QueryError::Sql(e.to_string()))?;
             if let Some(limit) = req.limit {
@@ -140,14 +140,36 @@ async fn register(ctx: &SessionContext, lake: &Lake, name: &str) -> Result<(), Q
     Ok(())
 }
 
-/// A DataFusion session with every table of the lake registered.
-pub async fn session(lake: &Lake, broker: Option<&functions::BrokerInfo>) -> Result<SessionContext, QueryError> {
+/// A DataFusion session with the lake's tables registered: those that `sql` names when it is
+/// given and parses, else every table. Tables are opened concurrently.
+pub async fn session(lake: &Lake, broker: Option<&functions::BrokerInfo>, sql: Option<&str>) -> Result<SessionContext, QueryError> {
     let ctx = SessionContext::new();
     functions::register_all(&ctx, lake, broker);
-    for name in list_tables(lake).await? {
-        register(&ctx, lake, &name).await?;
+    let mut names = list_tables(lake).await?;
+    if let Some(named) = sql.and_then(|sql| referenced_tables(&ctx, sql)).filter(|n| !n.is_empty()) {
+        names.retain(|n| named.iter().any(|r| r.eq_ignore_ascii_case(n)));
+    }
+    let opened = futures::future::join_all(names.iter().map(|name| async move {
+        let Some(table) = lake.open(name).await? else { return Ok(None) };
+        let provider = table.table_provider().await.map_err(|e| QueryError::Sql(e.to_string()))?;
+        Ok::<_, QueryError>(Some((name, table, provider)))
+    }))
+    .await;
+    for found in opened {
+        if let Some((name, table, provider)) = found? {
+            table.update_datafusion_session(&ctx.state()).map_err(|e| QueryError::Sql(e.to_string()))?;
+            ctx.register_table(name.as_str(), provider).map_err(|e| QueryError::Sql(e.to_string()))?;
+        }
     }
     Ok(ctx)
+}
+
+/// The bare table names a statement refers to, if it parses.
+fn referenced_tables(ctx: &SessionContext, sql: &str) -> Option<Vec<String>> {
+    let state = ctx.state();
+    let statement = state.sql_to_statement(sql, &deltalake::datafusion::config::Dialect::Generic).ok()?;
+    let refs = state.resolve_table_references(&statement).ok()?;
+    Some(refs.iter().map(|r| r.table().to_string()).collect())
 }
 
 /// Run a statement over some tables and stream the result batch by batch.
