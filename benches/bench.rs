@@ -28,6 +28,10 @@ use lakepipe::lake::Lake;
 use lakepipe::spec::builtin_specs;
 use rand::{Rng, SeedableRng};
 
+// The same allocator as the `lakepipe` binary, so the in-process figures match it.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn arg(args: &[String], name: &str) -> Option<String> {
     args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned()
 }

@@ -65,17 +65,21 @@ printf '[specs.%s]\nextends = "transactions"\n' "$TOPIC" >"$CFG"
 produce() { "$BIN" load --config "$CFG" --brokers "$LAKEPIPE_TEST_BROKERS" --topic "$TOPIC" --partitions 2 --batch-size 20000 "$1" >/dev/null; }
 
 # One timed ingest: wall seconds, CPU seconds, peak RSS, commit latencies from the JSON logs.
-ingest() { # ingest NAME LAKE
+# The append and the update mix on one lake use one group: offsets are kept per group, so the
+# update run reads only the mix.
+ingest() { # ingest NAME LAKE GROUP
   local log="$WORK/$1.log" t="$WORK/$1.time"
   /usr/bin/time -f '%e %U %S %M' -o "$t" "$BIN" --log-format json ingest --once --config "$CFG" --brokers "$LAKEPIPE_TEST_BROKERS" \
-    --lake "$2" --topics "$TOPIC" --group "bench-$1" --trigger-interval 30s >"$WORK/$1.out" 2>"$log"
+    --lake "$2" --topics "$TOPIC" --group "$3" --trigger-interval 30s >"$WORK/$1.out" 2>"$log"
   "$PY" - "$t" "$log" "$N" <<'PY'
 import json, sys
 wall, user, sys_, rss = open(sys.argv[1]).read().split()[-4:]
-lat = sorted(json.loads(l)["fields"]["elapsed_ms"] for l in open(sys.argv[2]) if '"batch committed"' in l)
+logs = [json.loads(l)["fields"] for l in open(sys.argv[2]) if '"batch committed"' in l]
+lat = sorted(f["elapsed_ms"] for f in logs)
 pct = lambda p: lat[min(len(lat) - 1, int(p * len(lat)))] if lat else None
-n = int(sys.argv[3]); cpu = float(user) + float(sys_)
-print(json.dumps({"seconds": float(wall), "cpu_seconds": round(cpu, 3), "records_per_cpu_second": round(n / cpu) if cpu else None,
+n = sum(f["messages"] for f in logs); cpu = float(user) + float(sys_)
+assert n == int(sys.argv[3]), f"ingested {n} messages, expected {sys.argv[3]}"
+print(json.dumps({"records": n, "seconds": float(wall), "cpu_seconds": round(cpu, 3), "records_per_cpu_second": round(n / cpu) if cpu else None,
                   "peak_rss_mib": round(int(rss) / 1024, 1), "commits": len(lat), "commit_p50_ms": pct(0.5), "commit_p99_ms": pct(0.99)}))
 PY
 }
@@ -83,8 +87,8 @@ PY
 log "producing the base records"
 produce "$WORK/base.ndjson"
 log "lakepipe append: local lake, then LocalStack S3"
-put lakepipe.local.append "$(ingest append-local "$WORK/lake")"
-put lakepipe.s3.append "$(ingest append-s3 "$LAKEPIPE_TEST_S3/bench-$$")"
+put lakepipe.local.append "$(ingest append-local "$WORK/lake" bench-local)"
+put lakepipe.s3.append "$(ingest append-s3 "$LAKEPIPE_TEST_S3/bench-$$" bench-s3)"
 log "Python peer: confluent-kafka + write_deltalake"
 put python.append "$("$PY" scripts/bench/python_peer.py append "$LAKEPIPE_TEST_BROKERS" "$TOPIC" "$WORK/py-lake")"
 if [ "$mode" = default ]; then
@@ -94,8 +98,8 @@ fi
 log "producing the 30% update mix"
 produce "$WORK/mix.ndjson"
 log "lakepipe upsert of the mix: local lake, then LocalStack S3"
-put lakepipe.local.upsert "$(ingest upsert-local "$WORK/lake")"
-put lakepipe.s3.upsert "$(ingest upsert-s3 "$LAKEPIPE_TEST_S3/bench-$$")"
+put lakepipe.local.upsert "$(ingest upsert-local "$WORK/lake" bench-local)"
+put lakepipe.s3.upsert "$(ingest upsert-s3 "$LAKEPIPE_TEST_S3/bench-$$" bench-s3)"
 log "Python peer: deltalake MERGE of the mix"
 put python.merge "$("$PY" scripts/bench/python_peer.py merge "$WORK/mix.ndjson" "$WORK/py-lake")"
 

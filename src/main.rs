@@ -8,6 +8,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use lakepipe::config::{split_list, Config, Overrides};
 use lakepipe::query::{Engine, Format};
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "lakepipe", version, about = "Kafka → Delta Lake with exactly-once upserts")]
 struct Cli {

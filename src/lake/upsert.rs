@@ -11,6 +11,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
+
 use arrow::array::{new_null_array, ArrayRef, BooleanArray, Date32Array};
 use arrow::compute::{cast, filter_record_batch};
 use arrow::datatypes::SchemaRef;
@@ -147,22 +149,26 @@ impl TopicTable {
             }
         }
 
-        // Read the files to rewrite, on every core.
+        // Read the files to rewrite, one per core at a time, each filtered as soon as it is read.
         let store = self.table.object_store();
-        let reads = by_file.keys().map(|path| {
-            let file = &live[path];
-            let (store, object, size, path) = (store.clone(), file.object_store_path(), file.size().max(0) as u64, path.clone());
-            let day = file_day(&file.partition_values_map());
-            tokio::spawn(async move { (path, day, read_file(store, object, size, None).await) })
-        });
-        let contents = futures::future::try_join_all(reads).await.map_err(|e| LakeError::data(&name, e))?;
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        // (Spawned lazily: `buffer_unordered` pulls the next read only when one finishes.)
+        let mut contents = futures::stream::iter(by_file.keys())
+            .map(|path| {
+                let file = &live[path];
+                let (store, object, size, path) = (store.clone(), file.object_store_path(), file.size().max(0) as u64, path.clone());
+                let day = file_day(&file.partition_values_map());
+                tokio::spawn(async move { (path, day, read_file(store, object, size, None).await) })
+            })
+            .buffer_unordered(cores);
 
         let mut decided: Vec<Option<(Resolution, bool)>> = vec![None; groups.len()];
         let mut removes: Vec<Action> = Vec::new();
         let mut remainders: Vec<(i32, RecordBatch)> = Vec::new();
         let mut out = UpsertOutcome::default();
         let pre_col = self.spec.precombine.clone();
-        for (path, day, batches) in contents {
+        while let Some(read) = contents.next().await {
+            let (path, day, batches) = read.map_err(|e| LakeError::data(&name, e))?;
             let wanted = &by_file[&path];
             let day = day.ok_or_else(|| LakeError::data(&name, format!("file {path} has no date partition")))?;
             let batches = batches.map_err(|e| LakeError::data(&name, e))?;

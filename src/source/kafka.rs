@@ -153,6 +153,9 @@ impl KafkaSource {
             // by default) librdkafka pauses fetching for `fetch.queue.backoff.ms` (1 s), which
             // left the consumer idle after every commit. Keep fetching up to the byte bound.
             .set("queued.min.messages", "1000000")
+            // The consumer's own stash holds up to a batch while a commit runs: a smaller
+            // prefetch than librdkafka's 64 MB keeps the two within the memory budget.
+            .set("queued.max.messages.kbytes", "32768")
             .set("fetch.queue.backoff.ms", "20")
             .set("partition.assignment.strategy", "range");
         for (k, v) in extra {
