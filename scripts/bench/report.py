@@ -152,7 +152,7 @@ lines = [
     "* Both upserts are copy-on-write: a file holding one updated key is rewritten whole, so their cost follows the rows of the touched files, which recent-skewed updates keep about constant as the table grows.",
     "* The broker is tansu 0.6 (memory storage) on the same 2 cores; the lakepipe and Python runs share the machine with it.",
     "* Both consumers (lakepipe and the Python peer) set `fetch.wait.max.ms = 10`: tansu 0.6 holds every fetch for the full wait, so librdkafka's default (500 ms) made the Python peer about 1.6× slower here, and lakepipe's earlier 100 ms cost it 0.8 s per 500,000 records.",
-    "* lakepipe and the ceiling both use mimalloc as their allocator; lakepipe returns freed memory at once (`purge_delay = 0`), which cut the update mix's peak RSS from about 1.1 GB to 0.75 GB for about 10% more time.",
+    "* lakepipe and the ceiling both use mimalloc as their allocator; `lakepipe ingest` returns freed memory at once (`purge_delay = 0`), which cut the update mix's peak RSS from about 1.1 GB to 0.75 GB for about 10% more time.",
     "* The update mix (part 2) spreads its updates over the whole 500,000-row table, so every 100,000-record batch rewrites most of the table; part 6's batch ages its updates like status changes after a purchase.",
     "* `--quick` runs a debug build on a few thousand records: a smoke test whose figures mean nothing.",
 ]
