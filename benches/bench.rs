@@ -235,9 +235,8 @@ fn count(args: &[String]) -> std::io::Result<()> {
 }
 
 fn main() {
-    // As in the `lakepipe` binary: return freed memory at once (mimalloc's `purge_delay`).
-    // SAFETY: sets a process-wide allocator option; mimalloc allows it at any time.
-    unsafe { libmimalloc_sys::mi_option_set(15, 0) };
+    // As `lakepipe ingest` does.
+    lakepipe::return_freed_memory_at_once();
     let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
     let runtime = || tokio::runtime::Builder::new_multi_thread().enable_all().build();
     let result: Result<(), Box<dyn std::error::Error>> = match args.first().map(String::as_str) {

@@ -49,6 +49,12 @@ for k in keys[:-1]: node = node.setdefault(k, {})
 node[keys[-1]] = json.loads(sys.argv[3]); json.dump(raw, open(sys.argv[1], "w"), indent=1)
 PY
 }
+best() { # the JSON line (one per run, on stdin) with the fewest seconds
+  "$PY" -c 'import json,sys; rs=[json.loads(l) for l in sys.stdin if l.strip()]; print(json.dumps(min(rs, key=lambda r: r["seconds"])))'
+}
+fastest() { # the smallest of the numbers given
+  "$PY" -c 'import sys; print(min(float(x) for x in sys.argv[1:]))' "$@"
+}
 
 log "data: $N records, then $N more with 30% updates"
 gen=$("$HELP" gen --count "$N" --out "$WORK/base.ndjson" --seed 1)
@@ -59,7 +65,7 @@ put avg_bytes "$(echo "$gen" | "$PY" -c 'import json,sys; print(json.load(sys.st
 log "ceiling: arrow-json → Parquet on one core, best of $runs"
 ceiling_runs=""
 for _ in $(seq "$runs"); do ceiling_runs+="$(taskset -c 0 "$HELP" ceiling "$WORK/base.ndjson" "$WORK/ceiling.parquet")"$'\n'; done
-put ceiling "$(printf '%s' "$ceiling_runs" | "$PY" -c 'import json,sys; print(json.dumps(min((json.loads(l) for l in sys.stdin if l.strip()), key=lambda r: r["seconds"])))')"
+put ceiling "$(printf '%s' "$ceiling_runs" | best)"
 
 TOPIC="bench_txn_$$"
 CFG="$WORK/lakepipe.toml"
@@ -108,12 +114,11 @@ put python.merge "$("$PY" scripts/bench/python_peer.py merge "$WORK/mix.ndjson" 
 log "latest-version query"
 Q="SELECT date, currency, count(*) AS n, sum(amount) AS revenue FROM $TOPIC WHERE status = 'completed' GROUP BY date, currency ORDER BY date, currency"
 for engine in datafusion duckdb; do
-  best=""
+  times=()
   for _ in $(seq "$runs"); do
-    s=$( { /usr/bin/time -f '%e' "$BIN" sql --lake "$WORK/lake" --engine "$engine" --format csv "$Q" >"$WORK/q-$engine.csv"; } 2>&1 | tail -1)
-    best=$("$PY" -c "print(min(float(x) for x in '$best $s'.split()))")
+    times+=("$( { /usr/bin/time -f '%e' "$BIN" sql --lake "$WORK/lake" --engine "$engine" --format csv "$Q" >"$WORK/q-$engine.csv"; } 2>&1 | tail -1)")
   done
-  put "queries.lakepipe_$engine" "$best"
+  put "queries.lakepipe_$engine" "$(fastest "${times[@]}")"
 done
 # The same query over the HTTP API of a running `lakepipe serve`: the engine is warm, as DuckDB
 # is in the Python process below, and every query still opens a fresh snapshot of the table.
@@ -123,12 +128,11 @@ SERVE_PID=$!
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$QPORT/health/live" >/dev/null 2>&1 && break; sleep 0.1; done
 for engine in datafusion duckdb; do
   "$PY" -c 'import json,sys; print(json.dumps({"sql": sys.argv[1], "engine": sys.argv[2], "format": "csv"}))' "$Q" "$engine" >"$WORK/q-$engine.json"
-  best=""
+  times=()
   for _ in $(seq $(( runs + 1 ))); do # the first call also warms the server's allocator
-    s=$(curl -sf -o "$WORK/q-http-$engine.csv" -w '%{time_total}' -H 'Content-Type: application/json' --data-binary "@$WORK/q-$engine.json" "http://127.0.0.1:$QPORT/query")
-    best=$("$PY" -c "print(min(float(x) for x in '$best $s'.split()))")
+    times+=("$(curl -sf -o "$WORK/q-http-$engine.csv" -w '%{time_total}' -H 'Content-Type: application/json' --data-binary "@$WORK/q-$engine.json" "http://127.0.0.1:$QPORT/query")")
   done
-  put "queries.lakepipe_http_$engine" "$best"
+  put "queries.lakepipe_http_$engine" "$(fastest "${times[@]}")"
 done
 kill "$SERVE_PID" 2>/dev/null; wait "$SERVE_PID" 2>/dev/null || true
 q=$("$PY" scripts/bench/queries.py "$WORK/lake/$TOPIC" "$EXT" "$runs")
@@ -142,7 +146,6 @@ cmp -s "$WORK/q-datafusion.csv" "$WORK/q-duckdb.csv" && put queries.engines_agre
 # as a scheduled job runs) against delta-rs MergeBuilder with the same semantics, each on its
 # own copy of the same table. Best of $runs.
 if [ "$mode" = quick ]; then SIZES="20000 200000"; UB=5000; PER_DAY=3000; else SIZES="1000000 10000000"; UB=50000; PER_DAY=150000; fi
-best() { "$PY" -c 'import json,sys; rs=[json.loads(l) for l in sys.stdin if l.strip()]; print(json.dumps(min(rs, key=lambda r: r["seconds"])))'; }
 for size in $SIZES; do
   T="$WORK/grow-$size"
   log "upsert of $UB records into a $size-row table: lakepipe and delta-rs MergeBuilder"

@@ -635,18 +635,24 @@ impl Pipeline<'_> {
             let before = consumed;
             let Some(decoder) = self.decoders.get(topic) else { continue };
             let mut recs = Vec::with_capacity(msgs.len());
-            let fresh: Vec<&RawMessage> = msgs
+            // Each partition's stored data and dead-letter offsets, looked up once per batch.
+            let stored: HashMap<i32, (Option<i64>, Option<i64>)> = self
+                .parts
                 .iter()
-                .filter(|m| !self.parts.get(&(topic.clone(), m.partition)).is_some_and(|s| s.start.is_some_and(|st| m.offset < st)))
+                .filter(|((t, _), _)| t == topic)
+                .map(|((_, p), s)| (*p, (s.start, s.dead)))
                 .collect();
+            let below = |m: &RawMessage, pick: fn(&(Option<i64>, Option<i64>)) -> Option<i64>| {
+                stored.get(&m.partition).and_then(pick).is_some_and(|o| m.offset < o)
+            };
+            let fresh: Vec<&RawMessage> = msgs.iter().filter(|m| !below(m, |s| s.0)).collect();
             let decoded = decode_all(decoder, &fresh);
             for (m, result) in fresh.into_iter().zip(decoded) {
-                let state = self.parts.get(&(topic.clone(), m.partition));
                 consumed += 1;
                 match result {
                     Ok(r) => recs.push(r),
                     Err(error) => {
-                        if state.is_some_and(|s| s.dead.is_some_and(|d| m.offset < d)) {
+                        if below(m, |s| s.1) {
                             continue; // already in dead_letters
                         }
                         letters.push(DeadLetter {

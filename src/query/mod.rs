@@ -149,17 +149,8 @@ pub async fn session(lake: &Lake, broker: Option<&functions::BrokerInfo>, sql: O
     if let Some(named) = sql.and_then(|sql| referenced_tables(&ctx, sql)).filter(|n| !n.is_empty()) {
         names.retain(|n| named.iter().any(|r| r.eq_ignore_ascii_case(n)));
     }
-    let opened = futures::future::join_all(names.iter().map(|name| async move {
-        let Some(table) = lake.open(name).await? else { return Ok(None) };
-        let provider = table.table_provider().await.map_err(|e| QueryError::Sql(e.to_string()))?;
-        Ok::<_, QueryError>(Some((name, table, provider)))
-    }))
-    .await;
-    for found in opened {
-        if let Some((name, table, provider)) = found? {
-            table.update_datafusion_session(&ctx.state()).map_err(|e| QueryError::Sql(e.to_string()))?;
-            ctx.register_table(name.as_str(), provider).map_err(|e| QueryError::Sql(e.to_string()))?;
-        }
+    for registered in futures::future::join_all(names.iter().map(|name| register(&ctx, lake, name))).await {
+        registered?;
     }
     Ok(ctx)
 }
