@@ -8,7 +8,6 @@
 //! timestamp. Because this is a left fold over the stream, the result does not depend on where
 //! batch boundaries fall: a crash that changes them changes nothing in the table.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow::array::{
@@ -26,7 +25,8 @@ use crate::spec::{meta, FieldType, TopicSpec};
 /// The records of a batch grouped by key (indices in stream order), keys in order of first
 /// appearance.
 pub fn group_by_key(records: &[Record]) -> Vec<Vec<usize>> {
-    let mut slots: HashMap<&str, usize> = HashMap::with_capacity(records.len());
+    // foldhash (hashbrown's default): keys are not attacker-chosen in a way SipHash would help.
+    let mut slots: deltalake::datafusion::common::HashMap<&str, usize> = deltalake::datafusion::common::HashMap::with_capacity(records.len());
     let mut groups: Vec<Vec<usize>> = Vec::new();
     for (idx, r) in records.iter().enumerate() {
         match slots.get(r.key.as_str()) {

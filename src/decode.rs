@@ -12,6 +12,8 @@ use serde_json::value::RawValue;
 
 use crate::spec::{meta, FieldSpec, FieldType, TopicSpec};
 
+pub mod pool;
+
 /// A validated field value.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value {

@@ -19,6 +19,7 @@ use rdkafka::Message;
 use serde::Serialize;
 
 use crate::config::{Config, ConfigError};
+use crate::decode::pool::{Chunk, DecodePool};
 use crate::decode::Decoder;
 use crate::enrich::Provenance;
 use crate::metrics::Metrics;
@@ -44,6 +45,9 @@ pub enum IngestError {
     /// Stored offsets could not be read during a rebalance; nothing was committed.
     #[error("rebalance failed: {0}")]
     Rebalance(String),
+    /// A bug in lakepipe (such as a decoder thread that panicked); nothing was committed.
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 impl IngestError {
@@ -54,6 +58,7 @@ impl IngestError {
             IngestError::Source(e) => e.is_retryable(),
             IngestError::Lake(e) => e.is_retryable(),
             IngestError::Rebalance(_) => true,
+            IngestError::Internal(_) => false,
         }
     }
 }
@@ -284,19 +289,39 @@ impl Source {
     }
 }
 
-/// Decode messages on every core (in stream order). Decoding is the ingest's main CPU cost,
-/// and a batch is decoded all at once when it closes.
-fn decode_all(decoder: &Decoder, msgs: &[&RawMessage]) -> Vec<Result<crate::decode::Record, crate::decode::DecodeError>> {
-    let one = |m: &&RawMessage| decoder.decode(m.key.as_deref(), m.payload.as_deref(), m.partition, m.offset);
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    if cores < 2 || msgs.len() < 20_000 {
-        return msgs.iter().map(one).collect();
+/// One message of a decoded (or decoding) poll.
+struct MsgRef {
+    chunk: Arc<Chunk>,
+    idx: usize,
+}
+
+impl MsgRef {
+    /// Every message of a chunk, in order.
+    fn all(chunk: Arc<Chunk>) -> impl Iterator<Item = MsgRef> {
+        (0..chunk.len()).map(move |idx| MsgRef { chunk: chunk.clone(), idx })
     }
-    let chunk = msgs.len().div_ceil(cores);
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = msgs.chunks(chunk).map(|c| scope.spawn(move || c.iter().map(one).collect::<Vec<_>>())).collect();
-        handles.into_iter().flat_map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))).collect()
-    })
+
+    fn get(&self) -> (&str, &RawMessage) {
+        self.chunk.get(self.idx)
+    }
+}
+
+/// A closed batch, decoded once and kept until it commits (or is dropped).
+#[derive(Default)]
+struct DecodedBatch {
+    /// Valid records per topic, in stream order.
+    records: HashMap<String, Vec<crate::decode::Record>>,
+    /// Dead letters not yet stored (emptied once they are).
+    letters: Vec<DeadLetter>,
+    /// Messages taken from the batch.
+    consumed: u64,
+    consumed_per_topic: Vec<(String, u64)>,
+    /// Dead letters in the batch.
+    dead_lettered: usize,
+}
+
+fn offset_key(cfg: &Config, topic: &str, partition: i32) -> OffsetKey {
+    OffsetKey { source: cfg.source_name.clone(), group: cfg.group.clone(), topic: topic.to_string(), partition }
 }
 
 /// Options of one run.
@@ -345,7 +370,9 @@ pub async fn run(cfg: &Config, opts: IngestOptions) -> Result<IngestSummary, Ing
         source,
         loader,
         tables,
-        decoders,
+        pool: DecodePool::new(decoders, std::thread::available_parallelism().map_or(1, |n| n.get()))
+            .map_err(|e| IngestError::Internal(format!("cannot start the decoder threads: {e}")))?,
+        decoded: None,
         dead,
         parts: HashMap::new(),
         generation: 0,
@@ -368,17 +395,20 @@ struct Pipeline<'c> {
     source: Source,
     loader: Arc<LakeStarts>,
     tables: BTreeMap<String, TopicTable>,
-    decoders: HashMap<String, Decoder>,
+    /// Decodes each poll's messages in the background.
+    pool: DecodePool,
+    /// The open batch, decoded: kept across retries of its commit.
+    decoded: Option<DecodedBatch>,
     dead: DeadLetterTable,
     parts: HashMap<TopicPartition, PartState>,
     generation: u64,
     assigned: bool,
-    pending: HashMap<String, Vec<RawMessage>>,
+    pending: HashMap<String, Vec<MsgRef>>,
     pending_records: usize,
     pending_bytes: usize,
     /// Messages read while a batch was committing: the next batch's first messages. Taken as
     /// soon as the commit ends, before any later message, so that no offset is skipped.
-    stash: Vec<(String, RawMessage)>,
+    stash: Vec<MsgRef>,
     opened: Instant,
     summary: IngestSummary,
 }
@@ -419,8 +449,8 @@ impl Pipeline<'_> {
             match event {
                 Polled::Messages(batch) => {
                     last_activity = Instant::now();
-                    for (topic, m) in batch {
-                        self.take(topic, m);
+                    for r in MsgRef::all(self.pool.submit(batch)) {
+                        self.take(r);
                     }
                 }
                 Polled::Nothing => {}
@@ -498,28 +528,31 @@ impl Pipeline<'_> {
 
     fn clear_pending(&mut self) {
         self.pending.clear();
+        self.decoded = None;
         self.pending_records = 0;
         self.pending_bytes = 0;
         self.opened = Instant::now();
     }
 
-    fn take(&mut self, topic: String, m: RawMessage) {
-        let tp = (topic, m.partition);
+    fn take(&mut self, r: MsgRef) {
+        let (topic, m) = r.get();
+        let tp = (topic.to_string(), m.partition);
+        let (offset, bytes) = (m.offset, m.payload.as_ref().map_or(0, |p| p.len()));
         let Some(state) = self.parts.get_mut(&tp) else { return };
-        if state.position().is_some_and(|n| m.offset < n) {
+        if state.position().is_some_and(|n| offset < n) {
             return; // already committed or already in this batch
         }
-        state.next = Some(m.offset + 1);
+        state.next = Some(offset + 1);
         state.got_message = true;
         if self.opts.once {
             if state.stop.is_none() {
                 state.stop = self.source.cached_high_watermark(&tp.0, tp.1);
             }
-            state.drained = state.stop.is_some_and(|s| m.offset + 1 >= s);
+            state.drained = state.stop.is_some_and(|s| offset + 1 >= s);
         }
-        self.pending_bytes += m.payload.as_ref().map_or(0, |p| p.len());
+        self.pending_bytes += bytes;
         self.pending_records += 1;
-        self.pending.entry(tp.0).or_default().push(m);
+        self.pending.entry(tp.0).or_default().push(r);
     }
 
     /// `--once`: messages read since assignment, of those up to each partition's stop offset.
@@ -613,8 +646,63 @@ impl Pipeline<'_> {
         }
     }
 
-    fn offset_key(&self, topic: &str, partition: i32) -> OffsetKey {
-        OffsetKey { source: self.cfg.source_name.clone(), group: self.cfg.group.clone(), topic: topic.to_string(), partition }
+    /// Decode the open batch: its records per topic, in stream order, and its dead letters.
+    /// Messages below a partition's stored offset, or read twice, are left out; most chunks
+    /// were decoded in the background while the batch filled.
+    async fn decode_batch(&self) -> Result<DecodedBatch, IngestError> {
+        let mut out = DecodedBatch::default();
+        for (topic, refs) in &self.pending {
+            let before = out.consumed;
+            let mut recs = Vec::with_capacity(refs.len());
+            // Each partition's stored data and dead-letter offsets, looked up once per batch.
+            let stored: HashMap<i32, (Option<i64>, Option<i64>)> = self
+                .parts
+                .iter()
+                .filter(|((t, _), _)| t == topic)
+                .map(|((_, p), s)| (*p, (s.start, s.dead)))
+                .collect();
+            type Pick = fn(&(Option<i64>, Option<i64>)) -> Option<i64>;
+            let below = |m: &RawMessage, pick: Pick| {
+                stored.get(&m.partition).and_then(pick).is_some_and(|o| m.offset < o)
+            };
+            let mut ready: Option<usize> = None; // the chunk last waited for (its address)
+            for r in refs {
+                let (_, m) = r.get();
+                if below(m, |s| s.0) {
+                    continue; // already committed
+                }
+                let at = Arc::as_ptr(&r.chunk) as usize;
+                if ready != Some(at) {
+                    r.chunk.ready().await;
+                    ready = Some(at);
+                }
+                let Some(result) = r.chunk.take(r.idx) else {
+                    return Err(IngestError::Internal(format!("message {topic}/{}@{} was not decoded", m.partition, m.offset)));
+                };
+                out.consumed += 1;
+                match result {
+                    Ok(rec) => recs.push(rec),
+                    Err(error) => {
+                        if below(m, |s| s.1) {
+                            continue; // already in dead_letters
+                        }
+                        out.letters.push(DeadLetter {
+                            topic: topic.clone(),
+                            partition: m.partition,
+                            offset: m.offset,
+                            key: m.key.clone(),
+                            payload: m.payload.clone(),
+                            message_timestamp_ms: m.timestamp_ms,
+                            error,
+                        });
+                    }
+                }
+            }
+            out.consumed_per_topic.push((topic.clone(), out.consumed - before));
+            out.records.insert(topic.clone(), recs);
+        }
+        out.dead_lettered = out.letters.len();
+        Ok(out)
     }
 
     /// Commit the open batch. Safe to call again after a failure: progress already committed
@@ -627,49 +715,13 @@ impl Pipeline<'_> {
             return Ok(true);
         }
         let started = Instant::now();
-        let mut records = HashMap::new();
-        let mut letters = Vec::new();
-        let mut consumed = 0u64;
-        let mut consumed_per_topic: Vec<(String, u64)> = Vec::new();
-        for (topic, msgs) in &self.pending {
-            let before = consumed;
-            let Some(decoder) = self.decoders.get(topic) else { continue };
-            let mut recs = Vec::with_capacity(msgs.len());
-            // Each partition's stored data and dead-letter offsets, looked up once per batch.
-            let stored: HashMap<i32, (Option<i64>, Option<i64>)> = self
-                .parts
-                .iter()
-                .filter(|((t, _), _)| t == topic)
-                .map(|((_, p), s)| (*p, (s.start, s.dead)))
-                .collect();
-            let below = |m: &RawMessage, pick: fn(&(Option<i64>, Option<i64>)) -> Option<i64>| {
-                stored.get(&m.partition).and_then(pick).is_some_and(|o| m.offset < o)
-            };
-            let fresh: Vec<&RawMessage> = msgs.iter().filter(|m| !below(m, |s| s.0)).collect();
-            let decoded = decode_all(decoder, &fresh);
-            for (m, result) in fresh.into_iter().zip(decoded) {
-                consumed += 1;
-                match result {
-                    Ok(r) => recs.push(r),
-                    Err(error) => {
-                        if below(m, |s| s.1) {
-                            continue; // already in dead_letters
-                        }
-                        letters.push(DeadLetter {
-                            topic: topic.clone(),
-                            partition: m.partition,
-                            offset: m.offset,
-                            key: m.key.clone(),
-                            payload: m.payload.clone(),
-                            message_timestamp_ms: m.timestamp_ms,
-                            error,
-                        });
-                    }
-                }
-            }
-            consumed_per_topic.push((topic.clone(), consumed - before));
-            records.insert(topic.clone(), recs);
+        if self.decoded.is_none() {
+            self.decoded = Some(self.decode_batch().await?);
         }
+        let Some(DecodedBatch { records, letters, consumed, consumed_per_topic, dead_lettered }) = &mut self.decoded else {
+            return Err(IngestError::Internal("the decoded batch vanished".into()));
+        };
+        let (consumed, dead_lettered) = (*consumed, *dead_lettered);
 
         // 1. Dead letters first: then every dead letter below a data table's offset is stored.
         let mut dead_parts: Vec<TopicPartition> = letters.iter().map(|d| (d.topic.clone(), d.partition)).collect();
@@ -679,11 +731,11 @@ impl Pipeline<'_> {
             .iter()
             .filter_map(|tp| {
                 let s = self.parts.get(tp)?;
-                Some(OffsetRange { key: self.offset_key(&tp.0, tp.1), start: s.dead, end: s.next? })
+                Some(OffsetRange { key: offset_key(self.cfg, &tp.0, tp.1), start: s.dead, end: s.next? })
             })
             .collect();
         if !dead_ranges.is_empty() {
-            match self.dead.append(&letters, &dead_ranges, &self.cfg.source_name).await {
+            match self.dead.append(letters, &dead_ranges, &self.cfg.source_name).await {
                 Ok(_) => {
                     for r in &dead_ranges {
                         if let Some(s) = self.parts.get_mut(&(r.key.topic.clone(), r.key.partition)) {
@@ -691,9 +743,11 @@ impl Pipeline<'_> {
                         }
                     }
                     self.summary.dead_lettered += letters.len() as u64;
-                    for d in &letters {
+                    for d in letters.iter() {
                         self.metrics.dead_lettered.with_label_values(&[d.topic.as_str(), d.error.kind.as_str()]).inc();
                     }
+                    // Stored: a retry of this batch's commit must not append them again.
+                    letters.clear();
                 }
                 Err(LakeError::Fenced { .. }) => return self.refence(None).await,
                 Err(e) => return Err(e.into()),
@@ -705,7 +759,7 @@ impl Pipeline<'_> {
         for ((topic, p), s) in &self.parts {
             if s.has_progress() {
                 if let Some(end) = s.next {
-                    work.entry(topic.clone()).or_default().push(OffsetRange { key: self.offset_key(topic, *p), start: s.start, end });
+                    work.entry(topic.clone()).or_default().push(OffsetRange { key: offset_key(self.cfg, topic, *p), start: s.start, end });
                 }
             }
         }
@@ -730,7 +784,7 @@ impl Pipeline<'_> {
                 tokio::select! {
                     r = &mut all => break r,
                     polled = self.source.next(Duration::from_millis(50), room), if room > 0 && read_error.is_none() => match polled {
-                        Ok(Polled::Messages(batch)) => self.stash.extend(batch),
+                        Ok(Polled::Messages(batch)) => self.stash.extend(MsgRef::all(self.pool.submit(batch))),
                         Ok(Polled::Nothing) => {}
                         Err(e) => read_error = Some(e),
                     },
@@ -767,14 +821,14 @@ impl Pipeline<'_> {
         }
         self.summary.consumed += consumed;
         self.summary.batches += 1;
-        for (topic, n) in &consumed_per_topic {
+        for (topic, n) in consumed_per_topic.iter() {
             self.metrics.consumed.with_label_values(&[topic.as_str()]).inc_by(*n);
         }
         self.metrics.batch_seconds.with_label_values(&["all"]).observe(started.elapsed().as_secs_f64());
         self.update_lag();
         tracing::info!(
             messages = consumed,
-            dead_letters = letters.len(),
+            dead_letters = dead_lettered,
             tables = committed.len(),
             elapsed_ms = started.elapsed().as_millis() as u64,
             "batch committed"
@@ -797,8 +851,8 @@ impl Pipeline<'_> {
 
     /// Take the messages read during a commit, in order, into the new batch.
     fn take_stash(&mut self) {
-        for (topic, m) in std::mem::take(&mut self.stash) {
-            self.take(topic, m);
+        for r in std::mem::take(&mut self.stash) {
+            self.take(r);
         }
     }
 
@@ -819,7 +873,10 @@ impl Pipeline<'_> {
         }
         self.clear_pending();
         // The stashed messages of the partitions that seeked come again; the others continue.
-        self.stash.retain(|(t, m)| !tps.iter().any(|(tt, p)| tt == t && *p == m.partition));
+        self.stash.retain(|r| {
+            let (t, m) = r.get();
+            !tps.iter().any(|(tt, p)| tt == t && *p == m.partition)
+        });
         self.take_stash();
         Ok(false)
     }

@@ -57,8 +57,11 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 /// Make mimalloc (the binaries' allocator) return freed memory to the OS at once rather than
 /// after 10 ms. Rewriting files in an upsert frees and reallocates hundreds of MB within
 /// milliseconds; with the default delay the peak RSS of the update-mix benchmark was 1118 MB,
-/// with no delay 750 MB, for about 10% more time. Has no effect under another allocator.
+/// with no delay 750 MB, for about 10% more time. Has no effect under another allocator, nor
+/// when `MIMALLOC_PURGE_DELAY` is set (mimalloc's own setting wins).
 pub fn return_freed_memory_at_once() {
-    // SAFETY: sets a process-wide allocator option; mimalloc allows it at any time.
-    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        // SAFETY: sets a process-wide allocator option; mimalloc allows it at any time.
+        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
+    }
 }

@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 
-use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
+use deltalake::kernel::transaction::{CommitBuilder, CommitProperties, FinalizedCommit};
 use deltalake::kernel::{Action, Transaction};
 use deltalake::protocol::DeltaOperation;
 use deltalake::{DeltaTable, DeltaTableError};
@@ -63,8 +63,9 @@ pub struct OffsetRange {
 
 /// Check that the table still holds each range's start offset.
 pub async fn fence(table: &DeltaTable, name: &str, ranges: &[OffsetRange]) -> Result<(), LakeError> {
-    for r in ranges {
-        let found = stored_offset(table, name, &r.key).await?;
+    // Each lookup replays the log's `txn` actions on a blocking thread: look them up together.
+    let found = futures::future::try_join_all(ranges.iter().map(|r| stored_offset(table, name, &r.key))).await?;
+    for (r, found) in ranges.iter().zip(found) {
         if found != r.start {
             return Err(LakeError::Fenced { table: name.to_string(), partition: r.key.partition, expected: r.start, found });
         }
@@ -81,6 +82,22 @@ pub fn txn_actions(ranges: &[OffsetRange]) -> Vec<Action> {
         .collect()
 }
 
+/// Commit `actions` as exactly the next version after the table's loaded snapshot, and move
+/// the table's state to that version (so that the next batch's refresh reads nothing new
+/// unless another writer committed). Returns the new version.
+pub async fn commit_advancing(
+    table: &mut DeltaTable,
+    name: &str,
+    actions: Vec<Action>,
+    operation: DeltaOperation,
+    app_metadata: HashMap<String, serde_json::Value>,
+) -> Result<u64, LakeError> {
+    let done = commit_to(table, name, actions, operation, app_metadata).await?;
+    let version = done.version();
+    table.state = Some(done.snapshot);
+    Ok(version)
+}
+
 /// Commit `actions` as exactly the next version after the table's loaded snapshot.
 /// Returns the new version.
 pub async fn commit(
@@ -90,6 +107,16 @@ pub async fn commit(
     operation: DeltaOperation,
     app_metadata: HashMap<String, serde_json::Value>,
 ) -> Result<u64, LakeError> {
+    Ok(commit_to(table, name, actions, operation, app_metadata).await?.version())
+}
+
+async fn commit_to(
+    table: &DeltaTable,
+    name: &str,
+    actions: Vec<Action>,
+    operation: DeltaOperation,
+    app_metadata: HashMap<String, serde_json::Value>,
+) -> Result<FinalizedCommit, LakeError> {
     let snapshot = table.snapshot().map_err(|e| LakeError::delta(name, e))?;
     // Built from `CommitProperties` so the post-commit hook writes a checkpoint every
     // `delta.checkpointInterval` commits; never rebase (`max_retries = 0`).
@@ -101,7 +128,7 @@ pub async fn commit(
         .build(Some(snapshot), table.log_store(), operation)
         .await;
     match result {
-        Ok(done) => Ok(done.version()),
+        Ok(done) => Ok(done),
         Err(e) if is_conflict(&e) => Err(LakeError::Conflict { table: name.to_string(), reason: e.to_string() }),
         Err(e) => Err(LakeError::delta(name, e)),
     }

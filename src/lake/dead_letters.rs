@@ -15,7 +15,7 @@ use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use deltalake::DeltaTable;
 
-use super::commit::{commit, fence, stored_offset, txn_actions, OffsetKey, OffsetRange};
+use super::commit::{commit_advancing, fence, stored_offset, txn_actions, OffsetKey, OffsetRange};
 use super::upsert::MAX_COMMIT_ATTEMPTS;
 use super::{Lake, LakeError};
 use crate::batch::timestamp_type;
@@ -146,7 +146,7 @@ impl DeadLetterTable {
             actions.extend(txn_actions(ranges));
             let op = DeltaOperation::Write { mode: SaveMode::Append, partition_by: Some(vec![meta::DATE.into()]), predicate: None };
             let metadata = HashMap::from([("lakepipe".to_string(), serde_json::json!({"dead_letters": letters.len()}))]);
-            match commit(&self.table, TABLE, actions, op, metadata).await {
+            match commit_advancing(&mut self.table, TABLE, actions, op, metadata).await {
                 Ok(v) => return Ok(Some(v)),
                 // Files are never deleted after a failed commit (see `upsert`): leave them to vacuum.
                 Err(e) => {

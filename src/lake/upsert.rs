@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
+use object_store::ObjectStoreExt;
 
 use arrow::array::{new_null_array, ArrayRef, BooleanArray, Date32Array};
 use arrow::compute::{cast, filter_record_batch};
@@ -25,12 +26,15 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 use parquet::schema::types::ColumnPath;
 
-use super::commit::{commit, fence, stored_offset, txn_actions, OffsetKey, OffsetRange};
+use super::commit::{commit_advancing, fence, stored_offset, txn_actions, OffsetKey, OffsetRange};
 use super::index::{i64_values, read_file, KeyIndex, RowKeys, SortedKeys};
 use super::{Lake, LakeError};
 use crate::batch::{arrow_schema, group_by_key, resolve, to_record_batch, Provenance, Resolution};
 use crate::decode::Record;
 use crate::spec::{meta, TopicSpec};
+
+/// Below this many rows, building and writing stay on one core: threads cost more than they save.
+const MIN_PARALLEL_ROWS: usize = 16_384;
 
 /// How often a batch is recomputed after commit conflicts before giving up.
 pub const MAX_COMMIT_ATTEMPTS: u32 = 30;
@@ -58,11 +62,15 @@ pub struct UpsertOutcome {
     pub attempts: u32,
 }
 
-/// Parquet settings for data files: zstd, with bloom filters on the key columns.
+/// Parquet settings for data files: zstd, with bloom filters on the key columns, and no
+/// dictionary for a one-column key (unique in the table, so a dictionary never pays).
 pub fn writer_properties(key_cols: &[String]) -> WriterProperties {
     let mut b = WriterProperties::builder().set_compression(Compression::ZSTD(ZstdLevel::default()));
     for k in key_cols {
         b = b.set_column_bloom_filter_enabled(ColumnPath::from(k.as_str()), true);
+    }
+    if let [k] = key_cols {
+        b = b.set_column_dictionary_enabled(ColumnPath::from(k.as_str()), false);
     }
     b.build()
 }
@@ -75,6 +83,9 @@ pub struct TopicTable {
     table: DeltaTable,
     index: KeyIndex,
     props: WriterProperties,
+    /// The version this process last committed, with the offsets it stored (by `txn` appId):
+    /// while the table is still at that version, they need no log replay to be known.
+    committed: Option<(u64, HashMap<String, i64>)>,
 }
 
 impl TopicTable {
@@ -87,6 +98,7 @@ impl TopicTable {
             name: spec.name.clone(),
             index: KeyIndex::new(spec.key.clone()),
             props: writer_properties(&spec.key),
+            committed: None,
             schema,
             table,
             spec,
@@ -134,8 +146,8 @@ impl TopicTable {
 
     async fn try_upsert(&mut self, records: &[Record], ranges: &[OffsetRange], prov: &Provenance<'_>) -> Result<UpsertOutcome, LakeError> {
         let name = self.name.clone();
-        self.table.update_state().await.map_err(|e| LakeError::delta(&name, e))?;
-        fence(&self.table, &name, ranges).await?;
+        self.refresh().await?;
+        self.fence(ranges).await?;
         let groups = group_by_key(records);
         let keys = SortedKeys::new(groups.iter().map(|g| records[g[0]].key.as_str()));
         let (live, holder) = self.index.locate(&self.table, &name, &keys).await?;
@@ -232,8 +244,7 @@ impl TopicTable {
         for r in &rows {
             new_by_day.entry(r.date).or_default().push(r);
         }
-        for (day, recs) in new_by_day {
-            let batch = to_record_batch(&self.spec, &self.schema, recs.into_iter(), prov).map_err(|e| LakeError::data(&name, e))?;
+        for (day, batch) in self.build_batches(&new_by_day, prov).map_err(|e| LakeError::data(&name, e))? {
             by_day.entry(day).or_default().push(batch);
         }
         for (day, b) in remainders {
@@ -264,9 +275,10 @@ impl TopicTable {
                 "offsets": ranges.iter().map(|r| serde_json::json!({"topic": r.key.topic, "partition": r.key.partition, "source": r.key.source, "group": r.key.group, "start": r.start, "end": r.end})).collect::<Vec<_>>(),
             }),
         )]);
-        match commit(&self.table, &name, actions, operation, metadata).await {
+        match commit_advancing(&mut self.table, &name, actions, operation, metadata).await {
             Ok(version) => {
                 out.version = Some(version);
+                self.committed = Some((version, ranges.iter().map(|r| (r.key.app_id(), r.end)).collect()));
                 Ok(out)
             }
             // The files of a commit that reported failure are left for vacuum, never deleted:
@@ -276,22 +288,54 @@ impl TopicTable {
         }
     }
 
-    /// Write the batches of each day as new data files, whole days spread over one writer per
-    /// core so that encoding and compression run in parallel. Returns the `add` actions.
-    async fn write_days(&self, by_day: BTreeMap<i32, Vec<RecordBatch>>) -> Result<Vec<Add>, LakeError> {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let mut shares: Vec<(usize, Vec<RecordBatch>)> = (0..cores.min(by_day.len()).max(1)).map(|_| (0, Vec::new())).collect();
-        let mut days: Vec<(usize, Vec<RecordBatch>)> = by_day.into_values().map(|bs| (bs.iter().map(RecordBatch::num_rows).sum(), bs)).collect();
-        days.sort_by_key(|(n, _)| std::cmp::Reverse(*n));
-        for (n, batches) in days {
-            // The largest day left goes to the least loaded writer.
-            if let Some(share) = shares.iter_mut().min_by_key(|(load, _)| *load) {
-                share.0 += n;
-                share.1.extend(batches);
+    /// Load the commits of other writers. After this process's own commit the state is already
+    /// current (see `commit_advancing`): one existence check of the next log entry replaces the
+    /// log listing and replay. A commit that lands after the check makes ours conflict.
+    async fn refresh(&mut self) -> Result<(), LakeError> {
+        let ours = self.committed.as_ref().map(|(v, _)| *v);
+        if let Some(v) = self.table.version().filter(|v| Some(*v) == ours) {
+            let next = deltalake::logstore::commit_uri_from_version(Some(v + 1));
+            if let Err(deltalake::ObjectStoreError::NotFound { .. }) = self.table.object_store().head(&next).await {
+                return Ok(());
             }
         }
+        self.table.update_state().await.map_err(|e| LakeError::delta(&self.name, e))
+    }
+
+    /// The offset fence (see [`fence`]), without replaying the log for offsets this process
+    /// committed in the version the table is still at.
+    async fn fence(&self, ranges: &[OffsetRange]) -> Result<(), LakeError> {
+        let known = self.committed.as_ref().filter(|(v, _)| self.table.version() == Some(*v)).map(|(_, m)| m);
+        let unknown: Vec<OffsetRange> =
+            ranges.iter().filter(|r| known.and_then(|m| m.get(&r.key.app_id())).is_none_or(|end| Some(*end) != r.start)).cloned().collect();
+        fence(&self.table, &self.name, &unknown).await
+    }
+
+    /// The Arrow batches of the new rows, by day, built on every core when there are many.
+    fn build_batches(&self, by_day: &BTreeMap<i32, Vec<&Record>>, prov: &Provenance<'_>) -> Result<Vec<(i32, RecordBatch)>, arrow::error::ArrowError> {
+        let total: usize = by_day.values().map(Vec::len).sum();
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let piece = total.div_ceil(cores).max(MIN_PARALLEL_ROWS);
+        let pieces: Vec<(i32, &[&Record])> = by_day.iter().flat_map(|(day, recs)| recs.chunks(piece).map(move |c| (*day, c))).collect();
+        let build = |(day, recs): &(i32, &[&Record])| to_record_batch(&self.spec, &self.schema, recs.iter().copied(), prov).map(|b| (*day, b));
+        if pieces.len() < 2 {
+            return pieces.iter().map(build).collect();
+        }
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = pieces.iter().map(|p| scope.spawn(move || build(p))).collect();
+            handles.into_iter().map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))).collect()
+        })
+    }
+
+    /// Write the batches of each day as new data files over one writer per core, so that
+    /// encoding and compression run in parallel. Days stay whole unless one day alone is more
+    /// than a writer's share (as when a batch covers one or two days): then it is split, and
+    /// that day gets one file per writer. Returns the `add` actions.
+    async fn write_days(&self, by_day: BTreeMap<i32, Vec<RecordBatch>>) -> Result<Vec<Add>, LakeError> {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let shares = writer_shares(by_day, cores);
         let mut tasks = Vec::new();
-        for (_, batches) in shares.into_iter().filter(|(n, _)| *n > 0) {
+        for batches in shares {
             let name = self.name.clone();
             let mut writer = RecordBatchWriter::for_table(&self.table)
                 .map_err(|e| LakeError::delta(&name, e))?
@@ -309,6 +353,47 @@ impl TopicTable {
         }
         Ok(adds)
     }
+}
+
+/// Spread the batches of each day over at most `cores` writers, by rows: whole days, largest
+/// first, to the least loaded writer; a day larger than a writer's share is cut into shares.
+fn writer_shares(by_day: BTreeMap<i32, Vec<RecordBatch>>, cores: usize) -> Vec<Vec<RecordBatch>> {
+    let total: usize = by_day.values().flatten().map(RecordBatch::num_rows).sum();
+    let share = total.div_ceil(cores).max(MIN_PARALLEL_ROWS);
+    let mut units: Vec<(usize, Vec<RecordBatch>)> = Vec::new();
+    for batches in by_day.into_values() {
+        let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+        if rows <= share {
+            units.push((rows, batches));
+            continue;
+        }
+        let mut unit = (0, Vec::new());
+        for b in batches {
+            let mut at = 0;
+            while at < b.num_rows() {
+                let take = (share - unit.0).min(b.num_rows() - at);
+                unit.1.push(b.slice(at, take));
+                unit.0 += take;
+                at += take;
+                if unit.0 == share {
+                    units.push(std::mem::take(&mut unit));
+                }
+            }
+        }
+        if unit.0 > 0 {
+            units.push(unit);
+        }
+    }
+    units.sort_by_key(|(n, _)| std::cmp::Reverse(*n));
+    let mut shares: Vec<(usize, Vec<RecordBatch>)> = (0..cores.min(units.len()).max(1)).map(|_| (0, Vec::new())).collect();
+    for (n, batches) in units {
+        // The largest unit left goes to the least loaded writer.
+        if let Some(share) = shares.iter_mut().min_by_key(|(load, _)| *load) {
+            share.0 += n;
+            share.1.extend(batches);
+        }
+    }
+    shares.into_iter().filter(|(n, _)| *n > 0).map(|(_, b)| b).collect()
 }
 
 /// The `date` partition of a file as days since the epoch.
@@ -410,6 +495,69 @@ mod tests {
         let got = contents(&lake).await;
         assert_eq!(got, BTreeMap::from([("k1".to_string(), ("completed".to_string(), "1970-01-03".to_string()))]));
         assert_eq!(a.stored_offset(&range(None, 0)[0].key).await.unwrap(), Some(5));
+    }
+
+    /// Batches of (day, value) rows, and the values each day must end with.
+    fn day_batches(days: &[(i32, Vec<usize>)]) -> (BTreeMap<i32, Vec<RecordBatch>>, BTreeMap<i32, Vec<i64>>) {
+        let schema = Arc::new(arrow::datatypes::Schema::new(vec![
+            arrow::datatypes::Field::new("day", arrow::datatypes::DataType::Int32, false),
+            arrow::datatypes::Field::new("v", arrow::datatypes::DataType::Int64, false),
+        ]));
+        let (mut by_day, mut want) = (BTreeMap::<i32, Vec<RecordBatch>>::new(), BTreeMap::<i32, Vec<i64>>::new());
+        let mut next = 0i64;
+        for (day, sizes) in days {
+            for &n in sizes {
+                let vals: Vec<i64> = (next..next + n as i64).collect();
+                next += n as i64;
+                let cols: Vec<ArrayRef> = vec![Arc::new(arrow::array::Int32Array::from(vec![*day; n])), Arc::new(arrow::array::Int64Array::from(vals.clone()))];
+                by_day.entry(*day).or_default().push(RecordBatch::try_new(schema.clone(), cols).unwrap());
+                want.entry(*day).or_default().extend(vals);
+            }
+        }
+        (by_day, want)
+    }
+
+    fn rows_by_day(shares: &[Vec<RecordBatch>]) -> BTreeMap<i32, Vec<i64>> {
+        let mut got = BTreeMap::<i32, Vec<i64>>::new();
+        for b in shares.iter().flatten() {
+            let days = arrow::array::as_primitive_array::<arrow::datatypes::Int32Type>(b.column(0));
+            let vals = arrow::array::as_primitive_array::<arrow::datatypes::Int64Type>(b.column(1));
+            for i in 0..b.num_rows() {
+                got.entry(days.value(i)).or_default().push(vals.value(i));
+            }
+        }
+        got.values_mut().for_each(|v| v.sort_unstable());
+        got
+    }
+
+    #[test]
+    fn one_large_day_is_split_over_every_writer() {
+        let (by_day, want) = day_batches(&[(3, vec![60_000, 40_000])]);
+        let shares = writer_shares(by_day, 2);
+        assert_eq!(shares.len(), 2);
+        let rows: Vec<usize> = shares.iter().map(|s| s.iter().map(RecordBatch::num_rows).sum()).collect();
+        assert_eq!(rows, vec![50_000, 50_000]);
+        assert_eq!(rows_by_day(&shares), want);
+        // A small day is never cut: it would only make more files.
+        let (by_day, _) = day_batches(&[(1, vec![100, 200])]);
+        assert_eq!(writer_shares(by_day, 2).len(), 1);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, .. ProptestConfig::default() })]
+        /// However days are spread and cut over writers, every row of every day is written
+        /// exactly once, by at most one writer per core.
+        #[test]
+        fn writer_shares_keep_every_row_once(
+            days in proptest::collection::vec((0i32..30, proptest::collection::vec(1usize..30_000, 1..4)), 1..6),
+            cores in 1usize..5,
+        ) {
+            let (by_day, want) = day_batches(&days);
+            let shares = writer_shares(by_day, cores);
+            prop_assert!(!shares.is_empty() && shares.len() <= cores);
+            prop_assert!(shares.iter().all(|s| s.iter().map(RecordBatch::num_rows).sum::<usize>() > 0));
+            prop_assert_eq!(rows_by_day(&shares), want);
+        }
     }
 
     proptest! {
