@@ -382,7 +382,10 @@ impl Decoder {
         };
         match &field.kind {
             FieldType::String { allowed, .. } => {
-                let s: String = serde_json::from_str(raw).map_err(|_| wrong("a string"))?;
+                let s: String = match plain_string(raw) {
+                    Some(inner) => inner.to_string(),
+                    None => serde_json::from_str(raw).map_err(|_| wrong("a string"))?,
+                };
                 if let Some(allowed) = allowed {
                     if !allowed.iter().any(|a| a == &s) {
                         return Err(DecodeError::new(
@@ -428,10 +431,10 @@ impl Decoder {
                 Ok(Value::Double(v))
             }
             FieldType::Decimal { precision, scale, min } => {
-                let text = if is_json_number(raw) {
-                    raw.to_string()
+                let text: Cow<'_, str> = if is_json_number(raw) {
+                    Cow::Borrowed(raw)
                 } else {
-                    serde_json::from_str::<String>(raw).map_err(|_| wrong("a decimal number"))?
+                    Cow::Owned(serde_json::from_str::<String>(raw).map_err(|_| wrong("a decimal number"))?)
                 };
                 let v = parse_decimal(&text, *precision, *scale).map_err(|e| {
                     let kind = if e.contains("digits") { ErrorKind::OutOfRange } else { ErrorKind::WrongType };
@@ -484,6 +487,13 @@ fn check_range(field: &FieldSpec, v: f64, min: Option<f64>, max: Option<f64>, ra
         return Err(DecodeError::new(ErrorKind::OutOfRange, format!("field `{}`: {raw} is outside {range}", field.name)));
     }
     Ok(())
+}
+
+/// The text of a JSON string token without escapes: exactly what it decodes to (the token was
+/// validated when the object was parsed). `None` for other tokens and for strings with escapes.
+fn plain_string(raw: &str) -> Option<&str> {
+    let inner = raw.strip_prefix('"')?.strip_suffix('"')?;
+    (!inner.contains('\\')).then_some(inner)
 }
 
 fn is_json_number(raw: &str) -> bool {
@@ -653,6 +663,19 @@ mod tests {
         assert!(parse_decimal("1e-2147483648", 10, 2).is_err());
         assert!(parse_decimal("1e2147483647", 10, 2).is_err());
         assert!(parse_decimal("1e30", 38, 2).is_ok());
+    }
+
+    proptest! {
+        /// The fast path for strings without escapes reads exactly what a JSON parser reads.
+        #[test]
+        fn plain_strings_read_as_json_does(text in any::<String>()) {
+            let raw = serde_json::to_string(&text).unwrap();
+            let parsed: String = serde_json::from_str(&raw).unwrap();
+            match plain_string(&raw) {
+                Some(fast) => prop_assert_eq!(fast, parsed.as_str()),
+                None => prop_assert!(raw.contains('\\')),
+            }
+        }
     }
 
     proptest! {

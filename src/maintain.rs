@@ -101,7 +101,7 @@ pub async fn compact(lake: &Lake, cfg: &crate::config::Config, opts: &CompactOpt
             attempt += 1;
             let Some(table) = lake.open(name).await? else { break CompactReport { table: name.clone(), files_added: 0, files_removed: 0, attempts: 0 } };
             let kind = if opts.zorder.is_empty() { OptimizeType::Compact } else { OptimizeType::ZOrder(opts.zorder.clone()) };
-            let result = table.optimize().with_target_size(target).with_type(kind).with_writer_properties(writer_properties(&keys)).await;
+            let result = table.optimize().with_target_size(target).with_type(kind).with_writer_properties(writer_properties(&keys, None)).await;
             match result {
                 Ok((_, m)) => {
                     break CompactReport { table: name.clone(), files_added: m.num_files_added, files_removed: m.num_files_removed, attempts: attempt };

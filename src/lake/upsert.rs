@@ -8,6 +8,8 @@
 //! adds and the batch's source offsets commit together as one Delta version.
 
 use std::collections::{BTreeMap, HashMap};
+
+use deltalake::datafusion::common::HashMap as FastMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -62,12 +64,17 @@ pub struct UpsertOutcome {
     pub attempts: u32,
 }
 
-/// Parquet settings for data files: zstd, with bloom filters on the key columns, and no
-/// dictionary for a one-column key (unique in the table, so a dictionary never pays).
-pub fn writer_properties(key_cols: &[String]) -> WriterProperties {
+/// Parquet settings for data files: zstd, with bloom filters on the key columns sized for
+/// `rows` distinct keys (parquet's default, when `None`, sizes them for a million: 1 MB a
+/// file), and no dictionary for a one-column key (unique in the table, so a dictionary never
+/// pays).
+pub fn writer_properties(key_cols: &[String], rows: Option<usize>) -> WriterProperties {
     let mut b = WriterProperties::builder().set_compression(Compression::ZSTD(ZstdLevel::default()));
     for k in key_cols {
         b = b.set_column_bloom_filter_enabled(ColumnPath::from(k.as_str()), true);
+        if let Some(n) = rows {
+            b = b.set_column_bloom_filter_max_ndv(ColumnPath::from(k.as_str()), n.max(1) as u64);
+        }
     }
     if let [k] = key_cols {
         b = b.set_column_dictionary_enabled(ColumnPath::from(k.as_str()), false);
@@ -82,7 +89,6 @@ pub struct TopicTable {
     schema: SchemaRef,
     table: DeltaTable,
     index: KeyIndex,
-    props: WriterProperties,
     /// The version this process last committed, with the offsets it stored (by `txn` appId):
     /// while the table is still at that version, they need no log replay to be known.
     committed: Option<(u64, HashMap<String, i64>)>,
@@ -97,7 +103,6 @@ impl TopicTable {
         Ok(TopicTable {
             name: spec.name.clone(),
             index: KeyIndex::new(spec.key.clone()),
-            props: writer_properties(&spec.key),
             committed: None,
             schema,
             table,
@@ -153,7 +158,8 @@ impl TopicTable {
         let (live, holder) = self.index.locate(&self.table, &name, &keys).await?;
 
         // Which keys have a stored row, and in which file.
-        let mut by_file: HashMap<Arc<str>, HashMap<&str, usize>> = HashMap::new();
+        // foldhash: every stored row of a rewritten file is looked up here.
+        let mut by_file: HashMap<Arc<str>, FastMap<&str, usize>> = HashMap::new();
         for (g, group) in groups.iter().enumerate() {
             let key = records[group[0]].key.as_str();
             if let Some(path) = holder.get(key) {
@@ -337,9 +343,10 @@ impl TopicTable {
         let mut tasks = Vec::new();
         for batches in shares {
             let name = self.name.clone();
+            let rows = batches.iter().map(RecordBatch::num_rows).sum();
             let mut writer = RecordBatchWriter::for_table(&self.table)
                 .map_err(|e| LakeError::delta(&name, e))?
-                .with_writer_properties(self.props.clone());
+                .with_writer_properties(writer_properties(&self.spec.key, Some(rows)));
             tasks.push(tokio::spawn(async move {
                 for b in batches {
                     writer.write(b).await.map_err(|e| LakeError::delta(&name, e))?;
