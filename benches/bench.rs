@@ -236,7 +236,7 @@ fn count(args: &[String]) -> std::io::Result<()> {
 
 fn main() {
     // As `lakepipe ingest` does.
-    lakepipe::return_freed_memory_at_once();
+    lakepipe::tune_allocator_for_ingest();
     let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
     let runtime = || tokio::runtime::Builder::new_multi_thread().enable_all().build();
     let result: Result<(), Box<dyn std::error::Error>> = match args.first().map(String::as_str) {
