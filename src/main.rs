@@ -302,7 +302,11 @@ fn load(common: &Common, extra: Overrides) -> anyhow::Result<Config> {
 
 fn init_logs(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("LAKEPIPE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,lakepipe=info,buoyant_kernel=off,deltalake_core::writer::stats=error"));
+        // `rdkafka::consumer::base_consumer`: its close on drop reports an error when the
+        // consumer was already closed, as `KafkaSource` does first (see its `Drop`).
+        .unwrap_or_else(|_| {
+            tracing_subscriber::EnvFilter::new("warn,lakepipe=info,buoyant_kernel=off,deltalake_core::writer::stats=error,rdkafka::consumer::base_consumer=off")
+        });
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),

@@ -126,6 +126,17 @@ pub struct KafkaSource {
     brokers: String,
 }
 
+impl Drop for KafkaSource {
+    /// Leave the group before the client is dropped. rust-rdkafka's own close waits in polls of
+    /// 100 ms, so it returns up to 100 ms after the group was left; librdkafka's blocking close
+    /// returns as soon as it is done (revoke, LeaveGroup), and the client's close then finds
+    /// the consumer closed. That wait ended every `ingest --once` run.
+    fn drop(&mut self) {
+        // SAFETY: the handle is valid until the consumer field is dropped, after this.
+        unsafe { rdkafka::bindings::rd_kafka_consumer_close(self.consumer.client().native_ptr()) };
+    }
+}
+
 impl KafkaSource {
     /// Connect, check that every topic exists, and subscribe.
     pub async fn connect(
