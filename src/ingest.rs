@@ -7,6 +7,9 @@
 //! exactly-once results across crashes, restarts and rebalances.
 
 use std::collections::{BTreeMap, HashMap};
+
+// foldhash: looked up once per message.
+use deltalake::datafusion::common::HashMap as FastMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -171,7 +174,7 @@ const STALL_AFTER: Duration = Duration::from_secs(4);
 /// One poll of the consumer, owned.
 enum Polled {
     /// Messages in arrival order, with their topics.
-    Messages(Vec<(String, RawMessage)>),
+    Messages(Vec<(Arc<str>, RawMessage)>),
     Nothing,
 }
 
@@ -187,10 +190,14 @@ enum Source {
 }
 
 /// A message or event from the Kafka consumer: `Ok(None)` for events that carry no data.
-fn kafka_event(k: &KafkaSource, polled: KafkaResult<BorrowedMessage<'_>>) -> Result<Option<(String, RawMessage)>, IngestError> {
+/// `topic` holds the last message's topic name, shared rather than copied per message.
+fn kafka_event(k: &KafkaSource, polled: KafkaResult<BorrowedMessage<'_>>, topic: &mut Option<Arc<str>>) -> Result<Option<(Arc<str>, RawMessage)>, IngestError> {
     match polled {
         Ok(m) => Ok(Some((
-            m.topic().to_string(),
+            match topic {
+                Some(t) if **t == *m.topic() => t.clone(),
+                _ => topic.insert(Arc::from(m.topic())).clone(),
+            },
             RawMessage {
                 partition: m.partition(),
                 offset: m.offset(),
@@ -221,14 +228,15 @@ impl Source {
         match self {
             Source::Kafka(k) => {
                 let Ok(first) = tokio::time::timeout(wait, k.consumer.recv()).await else { return Ok(Polled::Nothing) };
-                let mut out: Vec<(String, RawMessage)> = kafka_event(k, first)?.into_iter().collect();
+                let mut topic = None;
+                let mut out: Vec<(Arc<str>, RawMessage)> = kafka_event(k, first, &mut topic)?.into_iter().collect();
                 if out.is_empty() {
                     return Ok(Polled::Nothing);
                 }
                 // Whatever else is already queued, without waiting.
                 while out.len() < max.min(MAX_PER_POLL) {
                     match k.consumer.recv().now_or_never() {
-                        Some(polled) => match kafka_event(k, polled)? {
+                        Some(polled) => match kafka_event(k, polled, &mut topic)? {
                             Some(m) => out.push(m),
                             None => break,
                         },
@@ -238,7 +246,7 @@ impl Source {
                 Ok(Polled::Messages(out))
             }
             Source::Iggy(i) => match i.recv(wait, max.min(10_000) as u32).await {
-                Ok(Some((topic, m))) => Ok(Polled::Messages(vec![(topic, m)])),
+                Ok(Some((topic, m))) => Ok(Polled::Messages(vec![(topic.into(), m)])),
                 Ok(None) => Ok(Polled::Nothing),
                 Err(e) if e.is_retryable() => {
                     tracing::warn!(error = %e, "Iggy poll failed; retrying");
@@ -374,10 +382,11 @@ pub async fn run(cfg: &Config, opts: IngestOptions) -> Result<IngestSummary, Ing
             .map_err(|e| IngestError::Internal(format!("cannot start the decoder threads: {e}")))?,
         decoded: None,
         dead,
-        parts: HashMap::new(),
+        parts: FastMap::default(),
         generation: 0,
         assigned: false,
-        pending: HashMap::new(),
+        pending: FastMap::default(),
+        last_tp: None,
         pending_records: 0,
         pending_bytes: 0,
         stash: Vec::new(),
@@ -400,10 +409,12 @@ struct Pipeline<'c> {
     /// The open batch, decoded: kept across retries of its commit.
     decoded: Option<DecodedBatch>,
     dead: DeadLetterTable,
-    parts: HashMap<TopicPartition, PartState>,
+    parts: FastMap<TopicPartition, PartState>,
     generation: u64,
     assigned: bool,
-    pending: HashMap<String, Vec<MsgRef>>,
+    pending: FastMap<String, Vec<MsgRef>>,
+    /// The partition of the last message taken (see [`Pipeline::take`]).
+    last_tp: Option<TopicPartition>,
     pending_records: usize,
     pending_bytes: usize,
     /// Messages read while a batch was committing: the next batch's first messages. Taken as
@@ -536,9 +547,13 @@ impl Pipeline<'_> {
 
     fn take(&mut self, r: MsgRef) {
         let (topic, m) = r.get();
-        let tp = (topic.to_string(), m.partition);
-        let (offset, bytes) = (m.offset, m.payload.as_ref().map_or(0, |p| p.len()));
-        let Some(state) = self.parts.get_mut(&tp) else { return };
+        let (partition, offset, bytes) = (m.partition, m.offset, m.payload.as_ref().map_or(0, |p| p.len()));
+        // Messages come in runs from one partition: its key is built once per run.
+        if !matches!(&self.last_tp, Some((t, p)) if t == topic && *p == partition) {
+            self.last_tp = Some((topic.to_string(), partition));
+        }
+        let Some(tp) = &self.last_tp else { return };
+        let Some(state) = self.parts.get_mut(tp) else { return };
         if state.position().is_some_and(|n| offset < n) {
             return; // already committed or already in this batch
         }
@@ -552,7 +567,7 @@ impl Pipeline<'_> {
         }
         self.pending_bytes += bytes;
         self.pending_records += 1;
-        self.pending.entry(tp.0).or_default().push(r);
+        self.pending.entry_ref(tp.0.as_str()).or_default().push(r);
     }
 
     /// `--once`: messages read since assignment, of those up to each partition's stop offset.
@@ -655,7 +670,7 @@ impl Pipeline<'_> {
             let before = out.consumed;
             let mut recs = Vec::with_capacity(refs.len());
             // Each partition's stored data and dead-letter offsets, looked up once per batch.
-            let stored: HashMap<i32, (Option<i64>, Option<i64>)> = self
+            let stored: FastMap<i32, (Option<i64>, Option<i64>)> = self
                 .parts
                 .iter()
                 .filter(|((t, _), _)| t == topic)

@@ -19,7 +19,7 @@ pub type Decoded = Result<Record, DecodeError>;
 
 /// The messages of one poll (with their topics), and their decoded forms once ready.
 pub struct Chunk {
-    msgs: Vec<(String, RawMessage)>,
+    msgs: Vec<(Arc<str>, RawMessage)>,
     /// `None` until decoded; then one slot per message, emptied when taken.
     results: Mutex<Option<Vec<Option<Decoded>>>>,
     /// Gets a permit when `results` is set (or when decoding failed).
@@ -40,7 +40,7 @@ impl Chunk {
     /// The topic and message at `i`.
     pub fn get(&self, i: usize) -> (&str, &RawMessage) {
         let (t, m) = &self.msgs[i];
-        (t.as_str(), m)
+        (t, m)
     }
 
     /// Wait until the chunk is decoded.
@@ -60,7 +60,7 @@ impl Chunk {
         let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             self.msgs
                 .iter()
-                .map(|(topic, m)| decoders.get(topic).map(|d| d.decode(m.key.as_deref(), m.payload.as_deref(), m.partition, m.offset)))
+                .map(|(topic, m)| decoders.get(&**topic).map(|d| d.decode(m.key.as_deref(), m.payload.as_deref(), m.partition, m.offset)))
                 .collect::<Vec<_>>()
         }));
         match decoded {
@@ -92,7 +92,7 @@ impl DecodePool {
     }
 
     /// Queue messages for decoding; the chunk is returned at once.
-    pub fn submit(&self, msgs: Vec<(String, RawMessage)>) -> Arc<Chunk> {
+    pub fn submit(&self, msgs: Vec<(Arc<str>, RawMessage)>) -> Arc<Chunk> {
         let chunk = Arc::new(Chunk { msgs, results: Mutex::new(None), done: tokio::sync::Semaphore::new(0) });
         if let Err(unsent) = self.jobs.send(chunk.clone()) {
             // Every decoder thread is gone (they end only with the pool): decode here.
@@ -129,9 +129,9 @@ mod tests {
         let chunks: Vec<Arc<Chunk>> = (0..20)
             .map(|c| {
                 pool.submit(vec![
-                    ("transactions".to_string(), msg(3 * c, good)),
-                    ("transactions".to_string(), msg(3 * c + 1, "{not json")),
-                    ("unknown".to_string(), msg(3 * c + 2, good)),
+                    ("transactions".into(), msg(3 * c, good)),
+                    ("transactions".into(), msg(3 * c + 1, "{not json")),
+                    ("unknown".into(), msg(3 * c + 2, good)),
                 ])
             })
             .collect();

@@ -11,7 +11,7 @@
 //! read for every batch, as with Hudi's simple index.
 
 use std::borrow::Cow;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, Int64Array, StringArray};
@@ -26,6 +26,8 @@ use parquet::arrow::async_reader::ParquetObjectReader;
 use parquet::arrow::{ParquetRecordBatchStreamBuilder, ProjectionMask};
 
 use super::LakeError;
+// foldhash: the batch's keys are looked up once per stored row probed, and once per key.
+use deltalake::datafusion::common::{HashMap as FastMap, HashSet as FastSet};
 use crate::decode::KEY_SEPARATOR;
 
 /// Read a Parquet file of the table, optionally only some columns.
@@ -220,7 +222,7 @@ impl<'a> SortedKeys<'a> {
     }
 
     /// The keys as an owned set, for probes that run on other threads.
-    fn set(&self) -> Arc<HashSet<String>> {
+    fn set(&self) -> Arc<FastSet<String>> {
         Arc::new(self.keys.iter().map(|k| k.to_string()).collect())
     }
 }
@@ -238,7 +240,7 @@ pub struct KeyIndex {
 }
 
 /// The live files of a snapshot by path, and the live file holding each stored key of a batch.
-pub type Located = (HashMap<Arc<str>, LogicalFileView>, HashMap<String, Arc<str>>);
+pub type Located = (HashMap<Arc<str>, LogicalFileView>, FastMap<String, Arc<str>>);
 
 impl KeyIndex {
     /// An index over these key columns.
@@ -299,7 +301,7 @@ impl KeyIndex {
             .try_collect()
             .await
             .map_err(|e| LakeError::data(name, e))?;
-        let mut holder = HashMap::new();
+        let mut holder = FastMap::default();
         for (path, hits) in found {
             for k in hits {
                 holder.insert(k, path.clone());
