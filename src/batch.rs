@@ -21,12 +21,12 @@ use arrow::record_batch::RecordBatch;
 use crate::decode::{Record, Value};
 pub use crate::enrich::Provenance;
 use crate::spec::{meta, FieldType, TopicSpec};
+use crate::FastMap;
 
 /// The records of a batch grouped by key (indices in stream order), keys in order of first
 /// appearance.
 pub fn group_by_key(records: &[Record]) -> Vec<Vec<usize>> {
-    // foldhash (hashbrown's default): keys are not attacker-chosen in a way SipHash would help.
-    let mut slots: deltalake::datafusion::common::HashMap<&str, usize> = deltalake::datafusion::common::HashMap::with_capacity(records.len());
+    let mut slots: FastMap<&str, usize> = FastMap::with_capacity(records.len());
     let mut groups: Vec<Vec<usize>> = Vec::new();
     for (idx, r) in records.iter().enumerate() {
         match slots.get(r.key.as_str()) {

@@ -7,9 +7,6 @@
 //! exactly-once results across crashes, restarts and rebalances.
 
 use std::collections::{BTreeMap, HashMap};
-
-// foldhash: looked up once per message.
-use deltalake::datafusion::common::HashMap as FastMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,6 +19,7 @@ use rdkafka::Message;
 use serde::Serialize;
 
 use crate::config::{Config, ConfigError};
+use crate::FastMap;
 use crate::decode::pool::{Chunk, DecodePool};
 use crate::decode::Decoder;
 use crate::enrich::Provenance;

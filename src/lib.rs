@@ -51,6 +51,11 @@ pub mod server;
 pub mod source;
 pub mod spec;
 
+/// Hash maps for lookups made once per message, key or stored row: foldhash (hashbrown's
+/// default), not SipHash; their keys (topics, record keys, file paths) gain nothing from
+/// SipHash's resistance to chosen collisions.
+pub(crate) use deltalake::datafusion::common::{HashMap as FastMap, HashSet as FastSet};
+
 /// mimalloc's `purge_delay` option (its index in `mi_option_e`, the same in v2 and v3).
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 /// mimalloc's `allow_thp` option (its index in v3's `mi_option_e`; v3 is the crate's default).

@@ -26,9 +26,8 @@ use parquet::arrow::async_reader::ParquetObjectReader;
 use parquet::arrow::{ParquetRecordBatchStreamBuilder, ProjectionMask};
 
 use super::LakeError;
-// foldhash: the batch's keys are looked up once per stored row probed, and once per key.
-use deltalake::datafusion::common::{HashMap as FastMap, HashSet as FastSet};
 use crate::decode::KEY_SEPARATOR;
+use crate::{FastMap, FastSet};
 
 /// Read a Parquet file of the table, optionally only some columns.
 // `ParquetObjectReader` is deprecated in parquet 59 but is what deltalake 1.1 itself uses.

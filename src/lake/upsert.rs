@@ -8,8 +8,6 @@
 //! adds and the batch's source offsets commit together as one Delta version.
 
 use std::collections::{BTreeMap, HashMap};
-
-use deltalake::datafusion::common::HashMap as FastMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,6 +32,7 @@ use super::{Lake, LakeError};
 use crate::batch::{arrow_schema, group_by_key, resolve, to_record_batch, Provenance, Resolution};
 use crate::decode::Record;
 use crate::spec::{meta, TopicSpec};
+use crate::FastMap;
 
 /// Below this many rows, building and writing stay on one core: threads cost more than they save.
 const MIN_PARALLEL_ROWS: usize = 16_384;
@@ -158,7 +157,7 @@ impl TopicTable {
         let (live, holder) = self.index.locate(&self.table, &name, &keys).await?;
 
         // Which keys have a stored row, and in which file.
-        // foldhash: every stored row of a rewritten file is looked up here.
+        // A FastMap: every stored row of a rewritten file is looked up here.
         let mut by_file: HashMap<Arc<str>, FastMap<&str, usize>> = HashMap::new();
         for (g, group) in groups.iter().enumerate() {
             let key = records[group[0]].key.as_str();
