@@ -63,6 +63,7 @@ write_env() {
     echo "export LAKEPIPE_TANSU_BIN=$TANSU_BIN"
     echo "export LAKEPIPE_UI_NODE_PATH=$UI_NODE/node_modules"
     echo "export LAKEPIPE_CHROMIUM=$CHROMIUM_BIN"
+    echo "export LAKEPIPE_STUNNEL=$STUNNEL_BIN"
     echo "export LAKEPIPE_UI_SHOTS=$LAKEPIPE_CACHE/artifacts/ui"
   } >"$RUN_DIR/env"
 }

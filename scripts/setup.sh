@@ -32,15 +32,26 @@ install_localstack() {
   "$LOCALSTACK_VENV/bin/pip" install -q -r "$LAKEPIPE_ROOT/localstack/requirements-host.txt"
 }
 
+# Debian packages, installed once (apt-get update only when the package lists are stale).
+install_apt() {
+  local sudo=""
+  [ "$(id -u)" = 0 ] || sudo="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get install -y -q "$@" >"$LAKEPIPE_CACHE/apt.log" 2>&1 \
+    || { $sudo apt-get update -q >>"$LAKEPIPE_CACHE/apt.log" 2>&1 && $sudo apt-get install -y -q "$@" >>"$LAKEPIPE_CACHE/apt.log" 2>&1; } \
+    || { tail -20 "$LAKEPIPE_CACHE/apt.log" >&2; exit 1; }
+}
+
+install_tls() {
+  if [ -x "$STUNNEL_BIN" ] && command -v openssl >/dev/null; then return; fi
+  log "installing stunnel4 and openssl (Debian packages) for the TLS test"
+  install_apt stunnel4 openssl
+}
+
 install_ui() {
   if [ ! -x "$CHROMIUM_BIN" ]; then
     log "installing Chromium (Debian package) for the web UI test"
-    local sudo=""
-    [ "$(id -u)" = 0 ] || sudo="sudo"
-    export DEBIAN_FRONTEND=noninteractive
-    $sudo apt-get install -y -q chromium >"$LAKEPIPE_CACHE/apt.log" 2>&1 \
-      || { $sudo apt-get update -q >>"$LAKEPIPE_CACHE/apt.log" 2>&1 && $sudo apt-get install -y -q chromium >>"$LAKEPIPE_CACHE/apt.log" 2>&1; } \
-      || { tail -20 "$LAKEPIPE_CACHE/apt.log" >&2; exit 1; }
+    install_apt chromium
   fi
   if [ "$(node -p "require('$UI_NODE/node_modules/playwright-core/package.json').version" 2>/dev/null)" != "$PLAYWRIGHT_VERSION" ]; then
     log "installing playwright-core $PLAYWRIGHT_VERSION (drives Chromium in the UI test)"
@@ -52,6 +63,6 @@ install_ui() {
 
 case "$what" in
   broker) install_tansu ;;
-  all) install_tansu; install_py; install_localstack; install_ui ;;
+  all) install_tansu; install_py; install_localstack; install_ui; install_tls ;;
   *) echo "usage: $0 [all|broker]" >&2; exit 2 ;;
 esac

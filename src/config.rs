@@ -45,8 +45,8 @@ impl ConfigError {
     }
 }
 
-/// lakepipe's configuration.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+/// lakepipe's configuration. Its `Debug` form hides secrets (see [`is_secret`]).
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Kafka bootstrap servers, comma separated.
@@ -68,8 +68,11 @@ pub struct Config {
     pub max_batch_bytes: usize,
     /// Larger messages become dead letters (`too_large`).
     pub max_message_bytes: usize,
-    /// With `--once`, stop waiting for more data after this long without a message.
-    pub idle_timeout: String,
+    /// `--once` exits 0 only when every assigned partition is committed up to the end offset
+    /// it had when the run started. When no partition has moved toward that end for this
+    /// long (nothing assigned, a broker that delivers nothing), it commits what it read and
+    /// exits non-zero, naming each partition and its lag.
+    pub once_timeout: String,
     /// How long to wait for the broker and the bucket to answer at start.
     pub connect_timeout: String,
     /// Write a Delta checkpoint every this many commits (in tables lakepipe creates).
@@ -117,7 +120,7 @@ impl Default for Config {
             max_batch_records: 100_000,
             max_batch_bytes: 64 << 20,
             max_message_bytes: 1 << 20,
-            idle_timeout: "30s".into(),
+            once_timeout: "5m".into(),
             connect_timeout: "15s".into(),
             checkpoint_interval: 10,
             min_vacuum_retention_hours: 168,
@@ -137,6 +140,41 @@ impl Default for Config {
     }
 }
 
+/// Whether a librdkafka property holds a secret (passwords, keys, tokens), never to be logged.
+pub fn is_secret(property: &str) -> bool {
+    let p = property.to_ascii_lowercase();
+    ["password", "secret", "token", "ssl.key.pem", "ssl_key", "sasl.oauthbearer.config", "ssl.keystore"].iter().any(|s| p.contains(s))
+}
+
+/// A broker URL with any `user:password@` reduced to `user:***@`.
+fn without_password(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => match url[scheme + 3..at].split_once(':') {
+            Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+            None => url.to_string(),
+        },
+        _ => url.to_string(),
+    }
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut shown = self.clone();
+        for (k, v) in shown.kafka.iter_mut() {
+            if is_secret(k) {
+                *v = "***".into();
+            }
+        }
+        for url in [&mut shown.iggy, &mut shown.primary, &mut shown.fallback] {
+            *url = without_password(url);
+        }
+        match toml::Value::try_from(&shown) {
+            Ok(v) => write!(f, "Config {v}"),
+            Err(_) => f.write_str("Config { .. }"),
+        }
+    }
+}
+
 /// Values given on the command line; `None` leaves the lower layers alone.
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
@@ -150,6 +188,8 @@ pub struct Overrides {
     pub topics: Option<Vec<String>>,
     /// `--trigger-interval`
     pub trigger_interval: Option<String>,
+    /// `--once-timeout`
+    pub once_timeout: Option<String>,
     /// `--max-batch-records`
     pub max_batch_records: Option<usize>,
     /// `--source-name`
@@ -210,6 +250,9 @@ impl Config {
         if let Some(v) = f.topics {
             cfg.topics = v;
         }
+        if let Some(v) = f.once_timeout {
+            cfg.once_timeout = v;
+        }
         if let Some(v) = f.trigger_interval {
             cfg.trigger_interval = v;
         }
@@ -241,7 +284,7 @@ impl Config {
     fn validate(&self) -> Result<(), ConfigError> {
         for (key, value) in [
             ("trigger_interval", &self.trigger_interval),
-            ("idle_timeout", &self.idle_timeout),
+            ("once_timeout", &self.once_timeout),
             ("connect_timeout", &self.connect_timeout),
             ("query_timeout", &self.query_timeout),
             ("publish_timeout", &self.publish_timeout),
@@ -318,9 +361,9 @@ impl Config {
         parse_duration(&self.trigger_interval).unwrap_or(Duration::from_secs(10))
     }
 
-    /// The `--once` idle timeout.
-    pub fn idle(&self) -> Duration {
-        parse_duration(&self.idle_timeout).unwrap_or(Duration::from_secs(30))
+    /// How long `--once` may see no progress before it fails.
+    pub fn once_timeout(&self) -> Duration {
+        parse_duration(&self.once_timeout).unwrap_or(Duration::from_secs(300))
     }
 
     /// The start-up connection timeout.
@@ -397,5 +440,19 @@ mod tests {
         let names: Vec<String> = cfg.selected_specs().unwrap().into_iter().map(|s| s.name).collect();
         assert_eq!(names, vec!["bulk_upload", "log_events", "sensor_data", "transactions", "user_events"]);
         assert_eq!(cfg.trigger(), Duration::from_secs(10));
+    }
+
+    #[test]
+    fn debug_hides_secrets() {
+        let mut cfg = Config::default();
+        cfg.kafka.insert("sasl.password".into(), "hunter2".into());
+        cfg.kafka.insert("ssl.key.password".into(), "k3y".into());
+        cfg.kafka.insert("sasl.username".into(), "alice".into());
+        cfg.primary = "iggy://iggy:s3cret@127.0.0.1:8090/lakepipe".into();
+        let shown = format!("{cfg:?}");
+        for secret in ["hunter2", "k3y", "s3cret"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert!(shown.contains("alice") && shown.contains("iggy:***@127.0.0.1:8090"), "{shown}");
     }
 }

@@ -560,20 +560,30 @@ pub fn parse_decimal(text: &str, precision: u8, scale: i8) -> Result<i128, Strin
     Ok(if neg { -v } else { v })
 }
 
+/// The UTC timestamps, in microseconds, that Delta, Spark and DuckDB can all represent:
+/// 0001-01-01T00:00:00Z to 9999-12-31T23:59:59.999999Z.
+pub const TIMESTAMP_MICROS_RANGE: std::ops::RangeInclusive<i64> = -62_135_596_800_000_000..=253_402_300_799_999_999;
+
 /// Parse a JSON timestamp token: an RFC 3339 string with an offset, or integer epoch millis.
+/// Either way the instant must lie in [`TIMESTAMP_MICROS_RANGE`].
 pub fn parse_timestamp(raw: &str) -> Result<i64, String> {
     if raw.starts_with('"') {
         let s: String = serde_json::from_str(raw).map_err(|_| format!("{raw} is not a valid string"))?;
         let dt = chrono::DateTime::parse_from_rfc3339(&s)
             .map_err(|e| format!("{s:?} is not an RFC 3339 timestamp with an offset or Z ({e})"))?;
-        return Ok(dt.timestamp_micros());
+        // The offset can carry a local time just inside the range out of it in UTC
+        // ("9999-12-31T23:00:00-05:00" is in year 10000).
+        let micros = dt.timestamp_micros();
+        if !TIMESTAMP_MICROS_RANGE.contains(&micros) {
+            return Err(format!("{s:?} is outside years 1..9999 in UTC"));
+        }
+        return Ok(micros);
     }
     if is_json_number(raw) {
         let millis: i64 = raw
             .parse()
             .map_err(|_| format!("{raw} is not an integer of epoch milliseconds"))?;
-        // Keep within what Delta, Spark and DuckDB can all represent (years 1..9999).
-        if !(-62_135_596_800_000..=253_402_300_799_999).contains(&millis) {
+        if !TIMESTAMP_MICROS_RANGE.contains(&millis.saturating_mul(1000)) {
             return Err(format!("{raw} epoch milliseconds is outside years 1..9999"));
         }
         return Ok(millis * 1000);
@@ -639,6 +649,19 @@ mod tests {
         let sensors = decoder("sensor_data");
         assert_eq!(sensors.decode(Some(b"k"), None, 0, 0).unwrap_err().kind, ErrorKind::BadTombstone);
         assert_eq!(decoder("log_events").decode(None, None, 0, 0).unwrap_err().kind, ErrorKind::BadTombstone);
+    }
+
+    #[test]
+    fn timestamps_outside_years_1_to_9999_in_utc_are_refused() {
+        for ok in ["\"9999-12-31T23:59:59.999999Z\"", "\"0001-01-01T00:00:00Z\"", "\"0001-01-01T00:30:00+00:30\"", "253402300799999", "-62135596800000"] {
+            assert!(parse_timestamp(ok).is_ok(), "{ok}");
+        }
+        // In range as local times, out of range once the offset is applied.
+        for bad in ["\"9999-12-31T23:00:00-05:00\"", "\"0001-01-01T00:00:00+01:00\"", "253402300800000", "-62135596800001", "9223372036854775807"] {
+            assert!(parse_timestamp(bad).is_err(), "{bad}");
+        }
+        let late = r#"{"event_id":"e","user_id":"u","event_type":"click","timestamp":"9999-12-31T23:00:00-05:00"}"#;
+        assert_eq!(kind("user_events", late), ErrorKind::BadTimestamp);
     }
 
     #[test]

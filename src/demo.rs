@@ -14,7 +14,7 @@ pub const DEMO_QUERY: &str = "SELECT date, currency, count(*) AS transactions, s
 /// so the second run shows updates, deletes and late records applied against stored rows.
 pub async fn run(cfg: &Config, count: usize) -> Result<IngestSummary, anyhow_free::DemoError> {
     let topics: Vec<String> = cfg.selected_specs()?.into_iter().map(|s| s.name).collect();
-    ensure_topics(&cfg.brokers, &topics, 3, cfg.connect()).await?;
+    ensure_topics(&cfg.brokers, &cfg.kafka, &topics, 3, cfg.connect()).await?;
     let producer = KafkaProducer::new(&cfg.brokers, &cfg.kafka)?;
     let now = chrono::Utc::now().timestamp_millis();
     let mut halves: Vec<(String, Vec<crate::generate::Message>)> = Vec::new();

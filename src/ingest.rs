@@ -28,7 +28,7 @@ use crate::lake::commit::{OffsetKey, OffsetRange};
 use crate::lake::dead_letters::{DeadLetter, DeadLetterTable, TABLE as DEAD_LETTERS};
 use crate::lake::upsert::{TopicTable, UpsertOutcome};
 use crate::lake::{Lake, LakeError};
-use crate::source::kafka::KafkaSource;
+use crate::source::kafka::{consumer_fault, ConsumerFault, KafkaSource};
 use crate::source::{PartitionStarts, RawMessage, SourceError, StartLoader, TopicPartition};
 
 /// Errors that stop the ingest.
@@ -49,6 +49,10 @@ pub enum IngestError {
     /// A bug in lakepipe (such as a decoder thread that panicked); nothing was committed.
     #[error("internal error: {0}")]
     Internal(String),
+    /// `--once` did not bring every partition to the end offset it took at the start; what
+    /// was read is committed, and a later run continues from there.
+    #[error("--once did not reach the end of every partition: {0}")]
+    Incomplete(String),
 }
 
 impl IngestError {
@@ -58,7 +62,7 @@ impl IngestError {
             IngestError::Config(e) => e.is_retryable(),
             IngestError::Source(e) => e.is_retryable(),
             IngestError::Lake(e) => e.is_retryable(),
-            IngestError::Rebalance(_) => true,
+            IngestError::Rebalance(_) | IngestError::Incomplete(_) => true,
             IngestError::Internal(_) => false,
         }
     }
@@ -129,6 +133,22 @@ impl StartLoader for LakeStarts {
     }
 }
 
+/// `--once`: a partition of the selected topics that another member of the group holds.
+#[derive(Debug, Clone, Copy)]
+struct OtherPart {
+    /// The log start and end when this run first looked (`None`: the broker did not say).
+    listed: Option<(i64, i64)>,
+    /// The topic table's offset at the last look.
+    stored: Option<i64>,
+}
+
+impl OtherPart {
+    /// Committed (by whichever member) up to the end it had when this run first looked.
+    fn done(&self) -> bool {
+        self.listed.is_some_and(|(lo, hi)| self.stored.unwrap_or(lo) >= hi)
+    }
+}
+
 /// Per-partition progress.
 #[derive(Debug, Clone, Default)]
 struct PartState {
@@ -138,10 +158,14 @@ struct PartState {
     dead: Option<i64>,
     /// Next offset after the last message taken into the batch.
     next: Option<i64>,
-    /// `--once`: the end offset seen first after assignment (from fetch responses).
+    /// The log start and end the broker listed at assignment (ListOffsets).
+    listed: Option<(i64, i64)>,
+    /// `--once`: the end offset to reach: the listed end, raised to the first end seen in a
+    /// fetch response (exact where ListOffsets under-states it, as on tansu 0.6). Fixed
+    /// once known, so that a producer that keeps writing cannot keep the run going.
     stop: Option<i64>,
-    /// `--once`: reached `stop`.
-    drained: bool,
+    /// `stop` has taken the fetch response's end into account.
+    stop_fixed: bool,
     /// When this process started reading the partition.
     since: Option<Instant>,
     /// A message arrived since then.
@@ -150,6 +174,15 @@ struct PartState {
     rewound: bool,
     /// The stored offset when this process started reading the partition.
     origin: Option<i64>,
+    /// Since when the stored offset has looked outside the broker's log (see
+    /// [`Pipeline::check_offsets`]).
+    out_of_log_since: Option<Instant>,
+    /// A message of this partition arrived since the consumer was last sought.
+    delivered: bool,
+    /// A gap before the first message after a seek was checked by reading from the log start.
+    gap_checked: bool,
+    /// A gap was found: drop this partition's messages until it is read from the log start.
+    rewind_pending: bool,
 }
 
 impl PartState {
@@ -164,10 +197,66 @@ impl PartState {
             _ => false,
         }
     }
+
+    /// The first offset that exists: the larger of the listed and the fetched log start.
+    fn log_start(&self, fetched: Option<i64>) -> Option<i64> {
+        self.listed.map(|(lo, _)| lo).max(fetched)
+    }
+
+    /// `--once`: the partition's position (or, with nothing read or stored, its log start)
+    /// has reached `stop`.
+    fn reached_stop(&self, log_start: Option<i64>) -> bool {
+        let at = self.position().or(log_start).unwrap_or(0);
+        self.stop_fixed && self.stop.is_some_and(|stop| at >= stop)
+    }
+
+    /// `--once`: committed up to `stop` (nothing left to read or to commit). A stored offset
+    /// beyond `stop` is not done but suspect: [`Pipeline::check_offsets`] decides whether the
+    /// log was replaced, or `stop` came from a stale watermark.
+    fn committed_to_stop(&self, log_start: Option<i64>) -> bool {
+        let at = self.start.or(log_start).unwrap_or(0);
+        !self.has_progress() && self.stop_fixed && self.stop.is_some_and(|stop| at >= stop && self.start.is_none_or(|s| s <= stop))
+    }
+
+    /// The consumer has moved past offsets that carried no data for the application (transaction
+    /// markers, aborted records): take `position` as the next offset, so that the commit covers
+    /// them and the stored offset reaches the log end. Only valid when every message below
+    /// `position` has been taken, i.e. with no messages waiting outside the batch.
+    #[must_use]
+    fn skip_to(&mut self, position: i64) -> bool {
+        if self.position().is_some_and(|p| position > p) {
+            self.next = Some(position);
+            self.got_message = true;
+            return true;
+        }
+        false
+    }
+
+    /// The stored offset no longer fits the broker's log (`log_start`..=`end`): a message to
+    /// stop on, naming both offsets.
+    fn out_of_log(&self, tp: &TopicPartition, log_start: Option<i64>, end: Option<i64>) -> Option<String> {
+        let stored = self.start?;
+        if let Some(lo) = log_start.filter(|lo| stored < *lo) {
+            return Some(format!(
+                "{}/{}: the lake's offset {stored} is below the log start {lo}: offsets {stored}..{lo} were deleted (retention, DeleteRecords) before they were ingested",
+                tp.0, tp.1
+            ));
+        }
+        if let Some(end) = end.filter(|end| stored > *end) {
+            return Some(format!(
+                "{}/{}: the lake's offset {stored} is past the log end {end}: the topic or cluster was replaced; ingest it under a new --source-name to start over deliberately",
+                tp.0, tp.1
+            ));
+        }
+        None
+    }
 }
 
 /// How long a partition with data beyond its offset may deliver nothing before it is re-read.
 const STALL_AFTER: Duration = Duration::from_secs(4);
+
+/// How long a stored offset must look outside the broker's log before the run stops on it.
+const OUT_OF_LOG_CONFIRM: Duration = Duration::from_secs(3);
 
 /// One poll of the consumer, owned.
 enum Polled {
@@ -205,14 +294,32 @@ fn kafka_event(k: &KafkaSource, polled: KafkaResult<BorrowedMessage<'_>>, topic:
             },
         ))),
         Err(KafkaError::PartitionEOF(_)) => Ok(None),
-        Err(KafkaError::MessageConsumption(RDKafkaErrorCode::OffsetOutOfRange)) => {
+        Err(KafkaError::MessageConsumptionFatal(code)) => Err(IngestError::Source(SourceError::Stuck {
+            brokers: k.brokers().to_string(),
+            reason: format!("fatal consumer error: {code}"),
+        })),
+        Err(KafkaError::MessageConsumption(code)) => match consumer_fault(code) {
+            ConsumerFault::Transient => {
+                tracing::warn!(error = %code, "consumer error; librdkafka retries");
+                Ok(None)
+            }
             // The lake's offset is outside the broker's log: retention removed messages that
-            // were never ingested, or the topic was re-created. Never skip silently.
-            Err(IngestError::Source(SourceError::Broker {
+            // were never ingested, or the log was replaced. Never skipped silently; the
+            // pipeline names the partitions (see `Pipeline::explain_out_of_range`).
+            ConsumerFault::OutOfRange => Err(IngestError::Source(SourceError::OutOfRange {
                 brokers: k.brokers().to_string(),
-                reason: "a stored offset is out of the broker's range (messages deleted by retention before ingest, or the topic was re-created); see docs/DESIGN.md".into(),
-            }))
-        }
+                reason: format!("{code}: a stored offset is outside the broker's log"),
+            })),
+            ConsumerFault::Stuck => Err(IngestError::Source(SourceError::Stuck {
+                brokers: k.brokers().to_string(),
+                reason: match code {
+                    RDKafkaErrorCode::NotImplemented | RDKafkaErrorCode::UnsupportedCompressionType => {
+                        format!("{code}: a batch uses a compression codec this build cannot read")
+                    }
+                    _ => code.to_string(),
+                },
+            })),
+        },
         Err(e) => {
             tracing::warn!(error = %e, "consumer error");
             Ok(None)
@@ -264,9 +371,39 @@ impl Source {
     }
 
     fn cached_high_watermark(&self, topic: &str, partition: i32) -> Option<i64> {
+        self.cached_watermarks(topic, partition).map(|(_, hi)| hi)
+    }
+
+    /// The log start (when reported) and end from the last fetch, without a broker round trip.
+    fn cached_watermarks(&self, topic: &str, partition: i32) -> Option<(Option<i64>, i64)> {
         match self {
-            Source::Kafka(k) => k.cached_high_watermark(topic, partition),
-            Source::Iggy(i) => i.end_offset(topic, partition),
+            Source::Kafka(k) => k.cached_watermarks(topic, partition),
+            Source::Iggy(i) => i.end_offset(topic, partition).map(|end| (None, end)),
+        }
+    }
+
+    /// The log start and end the broker lists now (Kafka's ListOffsets; Iggy: none).
+    fn listed_watermarks(&self, partitions: &[TopicPartition], timeout: Duration) -> HashMap<TopicPartition, (i64, i64)> {
+        match self {
+            Source::Kafka(k) => k.listed_watermarks(partitions, timeout),
+            Source::Iggy(_) => HashMap::new(),
+        }
+    }
+
+    /// Every partition of the subscribed topics, this member's or not. Iggy's reader holds
+    /// every partition itself, so it has none that are another's.
+    fn all_partitions(&self, timeout: Duration) -> Result<Vec<TopicPartition>, IngestError> {
+        match self {
+            Source::Kafka(k) => Ok(k.all_partitions(timeout)?),
+            Source::Iggy(_) => Ok(Vec::new()),
+        }
+    }
+
+    /// The client's position in each partition, past transaction markers (Kafka only).
+    fn positions(&self) -> Vec<(TopicPartition, i64)> {
+        match self {
+            Source::Kafka(k) => k.positions(),
+            Source::Iggy(_) => Vec::new(),
         }
     }
 
@@ -383,6 +520,7 @@ pub async fn run(cfg: &Config, opts: IngestOptions) -> Result<IngestSummary, Ing
         parts: FastMap::default(),
         generation: 0,
         assigned: false,
+        others: BTreeMap::new(),
         pending: FastMap::default(),
         last_tp: None,
         pending_records: 0,
@@ -410,6 +548,9 @@ struct Pipeline<'c> {
     parts: FastMap<TopicPartition, PartState>,
     generation: u64,
     assigned: bool,
+    /// `--once`: the partitions of the topics that other members hold, with the log start and
+    /// end each had when this run first looked, and the lake's offset at the last look.
+    others: BTreeMap<TopicPartition, OtherPart>,
     pending: FastMap<String, Vec<MsgRef>>,
     /// The partition of the last message taken (see [`Pipeline::take`]).
     last_tp: Option<TopicPartition>,
@@ -424,14 +565,33 @@ struct Pipeline<'c> {
 
 impl Pipeline<'_> {
     async fn run(&mut self) -> Result<IngestSummary, IngestError> {
+        let result = self.run_inner().await;
+        // A stored offset outside the broker's log is reported by librdkafka without the
+        // partition: name it, with both offsets, from the lake and the broker.
+        match result {
+            Err(IngestError::Source(SourceError::OutOfRange { brokers, reason })) => {
+                let tps: Vec<TopicPartition> = self.parts.keys().cloned().collect();
+                let named = self.explain_out_of_range(&tps);
+                let reason = if named.is_empty() { reason } else { format!("{reason}: {}", named.join("; ")) };
+                Err(IngestError::Source(SourceError::OutOfRange { brokers, reason }))
+            }
+            other => other,
+        }
+    }
+
+    async fn run_inner(&mut self) -> Result<IngestSummary, IngestError> {
         let trigger = self.cfg.trigger();
-        let idle = self.cfg.idle();
-        let mut last_activity = Instant::now();
-        let mut waiting_since = Instant::now();
+        let once_timeout = self.cfg.once_timeout();
+        // `--once`: the last time a partition moved toward its end (or partitions were given).
+        let mut last_progress = Instant::now();
+        let mut last_positions = 0i64;
         let mut last_stall_check = Instant::now();
-        let join_limit = idle.max(Duration::from_secs(90));
+        let mut last_lag_report = Instant::now();
+        let mut last_others_check = Instant::now() - Duration::from_secs(60);
         let mut shutdown = Box::pin(shutdown_signal());
         loop {
+            // Messages taken from the stash of the last commit may have found a gap.
+            self.apply_rewinds()?;
             let mut wait = trigger.saturating_sub(self.opened.elapsed()).max(Duration::from_millis(10));
             if self.opts.once {
                 wait = wait.min(Duration::from_millis(200));
@@ -451,21 +611,25 @@ impl Pipeline<'_> {
                     r = self.source.next(wait, self.cfg.max_batch_records - self.pending_records) => r?,
                 }
             };
-            if self.sync_assignment()? {
-                last_activity = Instant::now();
-                waiting_since = Instant::now();
-            }
-            match event {
-                Polled::Messages(batch) => {
-                    last_activity = Instant::now();
-                    for r in MsgRef::all(self.pool.submit(batch)) {
-                        self.take(r);
-                    }
+            if self.sync_assignment().await? {
+                // What this poll returned may predate the new assignment; every partition was
+                // sought to the lake's offset, so it comes again.
+                if self.assigned && !self.parts.is_empty() {
+                    last_progress = Instant::now();
                 }
-                Polled::Nothing => {}
+                continue;
+            }
+            if let Polled::Messages(batch) = event {
+                for r in MsgRef::all(self.pool.submit(batch)) {
+                    self.take(r);
+                }
+                self.apply_rewinds()?;
             }
             if last_stall_check.elapsed() >= Duration::from_millis(500) {
                 last_stall_check = Instant::now();
+                self.fix_stops();
+                self.skip_markers();
+                self.check_offsets()?;
                 self.rewind_stalled()?;
                 self.update_lag();
                 self.show_progress();
@@ -477,61 +641,239 @@ impl Pipeline<'_> {
             if progress && (self.is_full() || self.opened.elapsed() >= trigger) {
                 self.flush_with_retry().await?;
             }
-            if self.opts.once {
-                if !self.assigned {
-                    if waiting_since.elapsed() > join_limit {
-                        return Err(IngestError::Rebalance(format!("no partitions were assigned by the group coordinator within {join_limit:?}")));
-                    }
+            if !self.opts.once {
+                continue;
+            }
+            // `--once`: done when every partition of the topics is committed up to the end it
+            // had at the start, this member's by this member, the others' by whichever member
+            // holds them; failed when none has moved for `once_timeout`.
+            let assigned = self.assigned && !self.parts.is_empty();
+            let mut positions: i64 = self.parts.values().filter_map(PartState::position).sum();
+            positions += self.others.values().filter_map(|o| o.stored).sum::<i64>();
+            if positions != last_positions {
+                last_positions = positions;
+                last_progress = Instant::now();
+            }
+            let own_done = if assigned && self.parts.iter().all(|(tp, s)| s.reached_stop(self.log_start(tp, s))) {
+                if !(self.flush_with_retry().await? && self.parts.iter().all(|(tp, s)| s.committed_to_stop(self.log_start(tp, s)))) {
+                    // Fenced, or a rebalance: the partitions restart at the lake's offsets.
+                    last_progress = Instant::now();
                     continue;
                 }
-                self.check_drained();
-                // An empty assignment may only be a step of a rebalance (members that died
-                // have not timed out yet): it ends by the idle timeout, not at once.
-                let drained = !self.parts.is_empty() && self.parts.values().all(|s| s.drained);
-                let idle_out = last_activity.elapsed() >= idle;
-                if drained || idle_out {
-                    if idle_out && !drained {
-                        let waiting: Vec<String> =
-                            self.parts.iter().filter(|(_, s)| !s.drained).map(|((t, p), _)| format!("{t}/{p}")).collect();
-                        tracing::warn!(?waiting, "no message for {idle:?}; finishing without an end-of-partition signal");
-                    }
-                    if self.flush_with_retry().await? {
-                        break;
-                    }
-                    // Fenced: the partitions restart at the lake's offsets; keep draining.
-                    last_activity = Instant::now();
+                true
+            } else {
+                // An empty assignment may only be a step of a rebalance (dead members keep
+                // partitions until their session times out): the others decide.
+                !assigned && self.generation > 0
+            };
+            if own_done && last_others_check.elapsed() >= Duration::from_secs(2) {
+                last_others_check = Instant::now();
+                if self.others_done().await? {
+                    break;
                 }
+            }
+            if last_progress.elapsed() >= once_timeout {
+                // Keep what was read: a later run continues from there.
+                self.flush_with_retry().await?;
+                return Err(IngestError::Incomplete(self.describe_lag(assigned, once_timeout)));
+            }
+            if last_lag_report.elapsed() >= Duration::from_secs(30) && last_progress.elapsed() >= Duration::from_secs(10) {
+                last_lag_report = Instant::now();
+                tracing::warn!(waiting = %self.describe_lag(assigned, last_progress.elapsed()), "--once is waiting for data it has not received yet");
             }
         }
         self.progress.finish();
         Ok(self.summary.clone())
     }
 
-    /// Adopt a new assignment from the rebalance callback: drop the open batch, restart at the
-    /// lake's offsets.
-    /// Returns whether the assignment changed.
-    fn sync_assignment(&mut self) -> Result<bool, IngestError> {
-        let state = self.source.assignment().lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(e) = &state.error {
-            return Err(IngestError::Rebalance(e.clone()));
+    /// `--once`: whether every partition of the topics that this member does not hold is
+    /// committed in the lake up to the end it had when this run first looked at it. Dead
+    /// members keep their partitions until their session times out, and live ones may still be
+    /// reading theirs: success means the whole topic set is in the lake, not only this share.
+    async fn others_done(&mut self) -> Result<bool, IngestError> {
+        let all = self.source.all_partitions(self.cfg.connect())?;
+        let theirs: Vec<TopicPartition> = all.into_iter().filter(|tp| !self.parts.contains_key(tp)).collect();
+        self.others.retain(|tp, _| theirs.contains(tp));
+        if theirs.is_empty() {
+            return Ok(true);
         }
-        if state.generation == self.generation {
-            return Ok(false);
+        let unlisted: Vec<TopicPartition> = theirs.iter().filter(|tp| self.others.get(*tp).is_none_or(|o| o.listed.is_none())).cloned().collect();
+        let listed = if unlisted.is_empty() { HashMap::new() } else { self.source.listed_watermarks(&unlisted, self.cfg.connect()) };
+        let starts = self.loader.load(&theirs).await.map_err(IngestError::Rebalance)?;
+        for tp in &theirs {
+            let o = self.others.entry(tp.clone()).or_insert(OtherPart { listed: None, stored: None });
+            if o.listed.is_none() {
+                o.listed = listed.get(tp).copied();
+            }
+            o.stored = starts.get(tp).and_then(|s| s.data);
         }
-        self.generation = state.generation;
-        self.assigned = state.assigned;
-        self.metrics.set_ready(state.assigned);
-        self.parts = state
-            .partitions
+        Ok(self.others.values().all(OtherPart::done))
+    }
+
+    /// The first existing offset of a partition, as listed or fetched.
+    fn log_start(&self, tp: &TopicPartition, s: &PartState) -> Option<i64> {
+        s.log_start(self.source.cached_watermarks(&tp.0, tp.1).and_then(|(lo, _)| lo))
+    }
+
+    /// Why `--once` is not finished: each partition short of its end, with its lag, or that
+    /// no partition is assigned.
+    fn describe_lag(&self, assigned: bool, quiet_for: Duration) -> String {
+        if !assigned {
+            return format!(
+                "the group coordinator assigned this member no partitions for {quiet_for:?} (other members may hold them, or the coordinator is still rebalancing)"
+            );
+        }
+        let mut behind: Vec<String> = self
+            .parts
             .iter()
-            .map(|(tp, s)| (tp.clone(), PartState { start: s.data, dead: s.dead, since: Some(Instant::now()), origin: s.data, ..Default::default() }))
+            .filter(|(tp, s)| !s.committed_to_stop(self.log_start(tp, s)))
+            .map(|((t, p), s)| {
+                let at = s.start.or(self.log_start(&(t.clone(), *p), s)).unwrap_or(0);
+                match s.stop.filter(|_| s.stop_fixed) {
+                    Some(stop) => format!("{t}/{p} committed to {at} of {stop} (lag {})", (stop - at).max(0)),
+                    None => format!("{t}/{p} committed to {at}, end unknown (no fetch response from the broker)"),
+                }
+            })
             .collect();
-        drop(state);
-        if self.pending_records > 0 {
-            tracing::info!(dropped = self.pending_records, "rebalance: dropping the uncommitted batch; it is re-read from the lake's offsets");
+        behind.extend(self.others.iter().filter(|(_, o)| !o.done()).map(|((t, p), o)| {
+            let at = o.stored.or(o.listed.map(|(lo, _)| lo)).unwrap_or(0);
+            match o.listed {
+                Some((_, hi)) => format!("{t}/{p} (held by another member) committed to {at} of {hi} (lag {})", (hi - at).max(0)),
+                None => format!("{t}/{p} (held by another member) committed to {at}, end unknown"),
+            }
+        }));
+        behind.sort();
+        format!("no progress for {quiet_for:?}; {}", behind.join(", "))
+    }
+
+    /// Each of `tps` whose stored offset is outside the broker's log, by a fresh listing and
+    /// the last fetch response.
+    fn explain_out_of_range(&self, tps: &[TopicPartition]) -> Vec<String> {
+        let listed = self.source.listed_watermarks(tps, self.cfg.connect());
+        let mut out: Vec<String> = tps
+            .iter()
+            .filter_map(|tp| {
+                let s = self.parts.get(tp)?;
+                // Without a fresh listing there is no verdict.
+                let listed = Some(*listed.get(tp)?);
+                let cached = self.source.cached_watermarks(&tp.0, tp.1);
+                let start = listed.map(|(lo, _)| lo).max(cached.and_then(|(lo, _)| lo));
+                let end = listed.map(|(_, hi)| hi).max(cached.map(|(_, hi)| hi));
+                s.out_of_log(tp, start, end)
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Stop on a stored offset outside the broker's log: below its start (data deleted before
+    /// it was ingested) or past its end (the log was replaced). The watermarks librdkafka
+    /// caches can predate this assignment (another member committed further while this one
+    /// was not fetching the partition), and tansu 0.6 lists an end below the true one, so a
+    /// verdict counts only when it has held for [`OUT_OF_LOG_CONFIRM`] and a fresh listing
+    /// still agrees. On Kafka the fetch itself fails with `OFFSET_OUT_OF_RANGE` at once.
+    fn check_offsets(&mut self) -> Result<(), IngestError> {
+        let mut confirm = Vec::new();
+        for (tp, s) in self.parts.iter_mut() {
+            let cached = self.source.cached_watermarks(&tp.0, tp.1);
+            let start = s.log_start(cached.and_then(|(lo, _)| lo));
+            let end = cached.map(|(_, hi)| s.listed.map_or(hi, |(_, listed)| listed.max(hi)));
+            if s.out_of_log(tp, start, end).is_none() {
+                s.out_of_log_since = None;
+                continue;
+            }
+            let since = *s.out_of_log_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= OUT_OF_LOG_CONFIRM {
+                confirm.push(tp.clone());
+            }
+        }
+        if confirm.is_empty() {
+            return Ok(());
+        }
+        let bad = self.explain_out_of_range(&confirm);
+        if bad.is_empty() {
+            for tp in &confirm {
+                if let Some(s) = self.parts.get_mut(tp) {
+                    s.out_of_log_since = None;
+                    // The stored offset is inside the log: the end is at least there.
+                    if let (Some(stop), Some(start)) = (s.stop, s.start) {
+                        s.stop = Some(stop.max(start));
+                    }
+                }
+            }
+            return Ok(());
+        }
+        let brokers = match &self.source {
+            Source::Kafka(k) => k.brokers().to_string(),
+            Source::Iggy(i) => i.display(),
+        };
+        Err(IngestError::Source(SourceError::OutOfRange { brokers, reason: bad.join("; ") }))
+    }
+
+    /// Move each partition past offsets the consumer skipped without handing over a message
+    /// (transaction markers, aborted records), so that commits and `--once` reach the log end.
+    fn skip_markers(&mut self) {
+        // Messages read during a commit wait in the stash: the consumer's position counts
+        // them, the batch does not yet.
+        if !self.stash.is_empty() {
+            return;
+        }
+        for (tp, position) in self.source.positions() {
+            if let Some(s) = self.parts.get_mut(&tp) {
+                if s.skip_to(position) {
+                    tracing::debug!(topic = %tp.0, partition = tp.1, position, "moved past offsets without data (transaction markers)");
+                }
+            }
+        }
+    }
+
+    /// Adopt a new assignment from the rebalance callback: drop the open batch and the stash,
+    /// read each partition's offsets from the lake again, and seek every partition there
+    /// before anything is taken. The callback's own reading can predate a commit that was in
+    /// flight when it ran, and the consumer may already have delivered messages past it.
+    /// Returns whether the assignment changed.
+    async fn sync_assignment(&mut self) -> Result<bool, IngestError> {
+        let (generation, assigned, partitions) = {
+            let state = self.source.assignment().lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(e) = &state.error {
+                return Err(IngestError::Rebalance(e.clone()));
+            }
+            if state.generation == self.generation {
+                return Ok(false);
+            }
+            (state.generation, state.assigned, state.partitions.keys().cloned().collect::<Vec<TopicPartition>>())
+        };
+        self.generation = generation;
+        self.assigned = assigned;
+        self.metrics.set_ready(assigned);
+        if self.pending_records > 0 || !self.stash.is_empty() {
+            tracing::info!(dropped = self.pending_records + self.stash.len(), "rebalance: dropping the uncommitted batch; it is re-read from the lake's offsets");
         }
         self.clear_pending();
         self.stash.clear();
+        let starts = if partitions.is_empty() { HashMap::new() } else { self.loader.load(&partitions).await.map_err(IngestError::Rebalance)? };
+        let seeks: Vec<(TopicPartition, Option<i64>)> = partitions.iter().map(|tp| (tp.clone(), starts.get(tp).and_then(|s| s.data))).collect();
+        if !seeks.is_empty() {
+            self.source.seek(&seeks)?;
+        }
+        let listed = if self.opts.once || !partitions.is_empty() { self.source.listed_watermarks(&partitions, self.cfg.connect()) } else { HashMap::new() };
+        self.parts = partitions
+            .iter()
+            .map(|tp| {
+                let s = starts.get(tp).cloned().unwrap_or_default();
+                let listed = listed.get(tp).copied();
+                let state = PartState {
+                    start: s.data,
+                    dead: s.dead,
+                    since: Some(Instant::now()),
+                    origin: s.data,
+                    listed,
+                    stop: listed.map(|(_, hi)| hi),
+                    ..Default::default()
+                };
+                (tp.clone(), state)
+            })
+            .collect();
         Ok(true)
     }
 
@@ -543,29 +885,42 @@ impl Pipeline<'_> {
         self.opened = Instant::now();
     }
 
-    fn take(&mut self, r: MsgRef) {
+    /// Take a message into the open batch; returns whether it was new (not below the
+    /// partition's position).
+    fn take(&mut self, r: MsgRef) -> bool {
         let (topic, m) = r.get();
         let (partition, offset, bytes) = (m.partition, m.offset, m.payload.as_ref().map_or(0, |p| p.len()));
         // Messages come in runs from one partition: its key is built once per run.
         if !matches!(&self.last_tp, Some((t, p)) if t == topic && *p == partition) {
             self.last_tp = Some((topic.to_string(), partition));
         }
-        let Some(tp) = &self.last_tp else { return };
-        let Some(state) = self.parts.get_mut(tp) else { return };
+        let kafka = matches!(self.source, Source::Kafka(_));
+        let Some(tp) = &self.last_tp else { return false };
+        let Some(state) = self.parts.get_mut(tp) else { return false };
+        if state.rewind_pending {
+            return false; // read again from the log start
+        }
+        // The first message after a seek must be the one the seek asked for. tansu 0.6 answers a
+        // fetch that starts inside a record batch with the next batch, which skipped the rest
+        // of the first (a whole range committed without its rows). A gap here is read again
+        // from the log start once; one that is still there is real (compaction, transaction
+        // markers) and is taken.
+        let first = !std::mem::replace(&mut state.delivered, true);
+        if first && kafka && !state.gap_checked && state.position().is_some_and(|n| offset > n) {
+            tracing::warn!(topic = %tp.0, partition = tp.1, expected = state.position(), got = offset, "the broker skipped offsets after a seek; reading the partition again from its start");
+            state.rewind_pending = true;
+            state.gap_checked = true;
+            return false;
+        }
         if state.position().is_some_and(|n| offset < n) {
-            return; // already committed or already in this batch
+            return false; // already committed or already in this batch
         }
         state.next = Some(offset + 1);
         state.got_message = true;
-        if self.opts.once {
-            if state.stop.is_none() {
-                state.stop = self.source.cached_high_watermark(&tp.0, tp.1);
-            }
-            state.drained = state.stop.is_some_and(|s| offset + 1 >= s);
-        }
         self.pending_bytes += bytes;
         self.pending_records += 1;
         self.pending.entry_ref(tp.0.as_str()).or_default().push(r);
+        true
     }
 
     /// `--once`: messages read since assignment, of those up to each partition's stop offset.
@@ -597,6 +952,22 @@ impl Pipeline<'_> {
         }
     }
 
+    /// Seek the partitions whose first message after a seek came after a gap (see
+    /// [`Pipeline::take`]) to their log start; what is below the stored offset is skipped.
+    fn apply_rewinds(&mut self) -> Result<(), IngestError> {
+        let mut seeks = Vec::new();
+        for (tp, s) in self.parts.iter_mut().filter(|(_, s)| s.rewind_pending) {
+            s.rewind_pending = false;
+            s.delivered = false;
+            s.rewound = true;
+            seeks.push((tp.clone(), None));
+        }
+        if !seeks.is_empty() {
+            self.source.seek(&seeks)?;
+        }
+        Ok(())
+    }
+
     /// Some brokers (tansu 0.6) return nothing when a fetch starts inside a producer's record
     /// batch, which is where a stored offset usually points. A partition that has data beyond
     /// its offset but delivers nothing for a while is re-read from the beginning; messages below
@@ -614,6 +985,9 @@ impl Pipeline<'_> {
             let Some(hwm) = self.source.cached_high_watermark(topic, *p) else { continue };
             if state.start.is_some_and(|s| hwm > s) {
                 state.rewound = true;
+                // Reading from the start is itself the check for skipped offsets.
+                state.delivered = false;
+                state.gap_checked = true;
                 stalled.push(((topic.clone(), *p), None));
             }
         }
@@ -625,21 +999,17 @@ impl Pipeline<'_> {
         Ok(())
     }
 
-    /// `--once`: a partition is drained when its position reaches the first high watermark
-    /// seen after assignment. The watermark comes from fetch responses (no broker round trip),
-    /// so this also works where end-of-partition events or ListOffsets are unreliable.
-    fn check_drained(&mut self) {
+    /// `--once`: raise each partition's stop offset to the first end a fetch response gives.
+    fn fix_stops(&mut self) {
         for ((topic, p), state) in self.parts.iter_mut() {
-            if state.drained {
+            // A second after assignment, so that the fetch response's end is this assignment's
+            // and not one librdkafka kept from an earlier one.
+            if state.stop_fixed || state.since.is_none_or(|t| t.elapsed() < Duration::from_secs(1)) {
                 continue;
             }
-            if state.stop.is_none() {
-                state.stop = self.source.cached_high_watermark(topic, *p);
-            }
-            if let Some(stop) = state.stop {
-                if state.position().unwrap_or(0) >= stop {
-                    state.drained = true;
-                }
+            if let Some(hi) = self.source.cached_high_watermark(topic, *p) {
+                state.stop = Some(state.stop.map_or(hi, |s| s.max(hi)));
+                state.stop_fixed = true;
             }
         }
     }
@@ -882,7 +1252,10 @@ impl Pipeline<'_> {
         self.source.seek(&seeks)?;
         for tp in &tps {
             let s = starts.get(tp).cloned().unwrap_or_default();
-            self.parts.insert(tp.clone(), PartState { start: s.data, dead: s.dead, since: Some(Instant::now()), origin: s.data, ..Default::default() });
+            // The end `--once` works toward stays; only the offsets start again.
+            let (listed, stop, stop_fixed) = self.parts.get(tp).map_or((None, None, false), |o| (o.listed, o.stop, o.stop_fixed));
+            let state = PartState { start: s.data, dead: s.dead, since: Some(Instant::now()), origin: s.data, listed, stop, stop_fixed, ..Default::default() };
+            self.parts.insert(tp.clone(), state);
         }
         self.clear_pending();
         // The stashed messages of the partitions that seeked come again; the others continue.
@@ -913,3 +1286,83 @@ async fn shutdown_signal() {
     }
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tp() -> TopicPartition {
+        ("t".to_string(), 0)
+    }
+
+    fn part(start: Option<i64>, next: Option<i64>, stop: i64) -> PartState {
+        PartState { start, next, stop: Some(stop), stop_fixed: true, ..Default::default() }
+    }
+
+    #[test]
+    fn once_is_done_only_when_committed_to_the_end() {
+        // Read to the end but not committed: reached, not done.
+        let s = part(Some(10), Some(20), 20);
+        assert!(s.reached_stop(None) && !s.committed_to_stop(None));
+        // Committed to the end.
+        let s = part(Some(20), None, 20);
+        assert!(s.reached_stop(None) && s.committed_to_stop(None));
+        // Short of the end.
+        let s = part(Some(15), Some(19), 20);
+        assert!(!s.reached_stop(None) && !s.committed_to_stop(None));
+        // An end not yet confirmed by a fetch response never counts.
+        let mut s = part(Some(20), None, 20);
+        s.stop_fixed = false;
+        assert!(!s.reached_stop(None) && !s.committed_to_stop(None));
+        // Stored beyond the end: suspect (a replaced log, or a stale end), never done.
+        let s = part(Some(5_000), None, 50);
+        assert!(!s.committed_to_stop(None));
+        // Nothing stored: an empty partition, or one whose records all expired, is at its log start.
+        let s = part(None, None, 7);
+        assert!(s.committed_to_stop(Some(7)) && !s.committed_to_stop(Some(3)) && !s.committed_to_stop(None));
+    }
+
+    /// Transaction markers (and aborted records) are never delivered: the last data message is
+    /// below the log end, and only the consumer's position says the rest holds no data. tansu
+    /// 0.6 refuses EndTxn, so this is the test of that path; it is not exercised end to end.
+    #[test]
+    fn transaction_markers_move_the_offset_to_the_log_end() {
+        // Data 0..=97 taken, a commit marker at 98, aborted records 99..=101 and their marker at
+        // 102: the consumer stands at 103, the log end.
+        let mut s = part(Some(50), Some(98), 103);
+        assert!(!s.reached_stop(None));
+        assert!(s.skip_to(103));
+        assert!(s.reached_stop(None) && s.has_progress());
+        // The commit stores 103; the next run starts there, not behind the markers.
+        s.start = s.next.take();
+        assert!(s.committed_to_stop(None));
+        // A position at or behind the batch (a seek back, a message in flight) changes nothing.
+        assert!(!s.skip_to(103) && !s.skip_to(60));
+        assert_eq!(s.position(), Some(103));
+    }
+
+    #[test]
+    fn a_stored_offset_outside_the_log_is_named_with_both_offsets() {
+        let s = part(Some(40), None, 100);
+        assert!(s.out_of_log(&tp(), Some(0), Some(100)).is_none());
+        assert!(s.out_of_log(&tp(), Some(40), Some(40)).is_none(), "at the end exactly is fine");
+        let below = s.out_of_log(&tp(), Some(60), Some(100)).unwrap();
+        assert!(below.contains("t/0") && below.contains("40 is below the log start 60"), "{below}");
+        let past = s.out_of_log(&tp(), Some(0), Some(30)).unwrap();
+        assert!(past.contains("t/0") && past.contains("40 is past the log end 30") && past.contains("--source-name"), "{past}");
+        // Nothing stored: nothing to compare.
+        assert!(part(None, None, 0).out_of_log(&tp(), Some(60), Some(30)).is_none());
+    }
+
+    #[test]
+    fn another_members_partition_is_done_when_the_lake_reaches_its_end() {
+        let o = |listed, stored| OtherPart { listed, stored };
+        assert!(o(Some((0, 50)), Some(50)).done());
+        assert!(!o(Some((0, 50)), Some(49)).done());
+        assert!(!o(Some((0, 50)), None).done());
+        // Empty, or every record expired, and never ingested: nothing to do.
+        assert!(o(Some((50, 50)), None).done());
+        // The broker did not list it: not known to be done.
+        assert!(!o(None, Some(1_000)).done());
+    }
+}

@@ -199,9 +199,14 @@ struct IngestArgs {
     /// Close a batch at this many records.
     #[arg(long)]
     max_batch_records: Option<usize>,
-    /// Drain every partition to its end, commit and exit.
+    /// Read every assigned partition up to the end it had at the start, commit, and exit 0;
+    /// exit non-zero, naming each partition and its lag, when that cannot be done.
     #[arg(long)]
     once: bool,
+    /// With --once: fail when no partition has moved toward its end for this long (default
+    /// 5m; `once_timeout`).
+    #[arg(long)]
+    once_timeout: Option<String>,
     /// Serve /metrics, /health/live and /health/ready on this address (e.g. 127.0.0.1:9464).
     #[arg(long)]
     metrics_addr: Option<std::net::SocketAddr>,
@@ -307,7 +312,9 @@ fn init_logs(format: LogFormat) {
         .unwrap_or_else(|_| {
             tracing_subscriber::EnvFilter::new("warn,lakepipe=info,buoyant_kernel=off,deltalake_core::writer::stats=error,rdkafka::consumer::base_consumer=off")
         });
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colour only on a terminal: logs sent to a file or a pipe stay plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -319,7 +326,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Ingest(a) => {
             let cfg = load(
                 &a.common,
-                Overrides { trigger_interval: a.trigger_interval, max_batch_records: a.max_batch_records, iggy: a.iggy, ..a.selection.overrides() },
+                Overrides { trigger_interval: a.trigger_interval, once_timeout: a.once_timeout, max_batch_records: a.max_batch_records, iggy: a.iggy, ..a.selection.overrides() },
             )?;
             let metrics = lakepipe::metrics::Metrics::new()?;
             if let Some(addr) = a.metrics_addr {

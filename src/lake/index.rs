@@ -27,6 +27,7 @@ use parquet::arrow::{ParquetRecordBatchStreamBuilder, ProjectionMask};
 
 use super::LakeError;
 use crate::decode::KEY_SEPARATOR;
+use crate::spec::FieldType;
 use crate::{FastMap, FastSet};
 
 /// Read a Parquet file of the table, optionally only some columns.
@@ -138,16 +139,60 @@ pub enum KeyRange {
     },
 }
 
+/// How a single key column's values are ordered: the domain of both its statistics and the
+/// batch's encoded keys, which must agree for a range to rule a file out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyOrder {
+    /// Strings, compared as bytes.
+    Text,
+    /// Integers; encoded keys are their decimal digits.
+    Integer,
+    /// UTC timestamps in microseconds; encoded keys are the microseconds' digits, while Delta
+    /// statistics hold ISO 8601 text truncated to milliseconds.
+    TimestampMicros,
+}
+
+impl KeyOrder {
+    /// The order of a key field of this type (`None`: no range pruning, always probe).
+    pub fn of(kind: &FieldType) -> Option<KeyOrder> {
+        match kind {
+            FieldType::String { .. } => Some(KeyOrder::Text),
+            FieldType::Long { .. } => Some(KeyOrder::Integer),
+            FieldType::Timestamp => Some(KeyOrder::TimestampMicros),
+            _ => None,
+        }
+    }
+}
+
+/// Microseconds of an ISO 8601 timestamp as Delta statistics write it: with `Z` or an offset,
+/// or without one (timestamp_ntz), at any sub-second precision.
+fn stats_timestamp_micros(text: &str) -> Option<i64> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text) {
+        return Some(t.timestamp_micros());
+    }
+    chrono::NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S%.f").ok().map(|t| t.and_utc().timestamp_micros())
+}
+
+/// How far a timestamp statistic may be from the value it stands for: writers truncate (or
+/// round) them to milliseconds.
+const TIMESTAMP_STATS_SLACK_MICROS: i64 = 1_000;
+
 impl KeyRange {
-    /// The range of the single key column `col` in a file's JSON statistics, if recorded.
-    pub fn from_stats(stats: &str, col: &str) -> Option<KeyRange> {
+    /// The range of the single key column `col` in a file's JSON statistics, if recorded in
+    /// the form `order` expects. Anything else gives `None`, so the file is always probed.
+    pub fn from_stats(stats: &str, col: &str, order: KeyOrder) -> Option<KeyRange> {
+        use serde_json::Value::{Number, String as Text};
         let v: serde_json::Value = serde_json::from_str(stats).ok()?;
         let (min, max) = (v.get("minValues")?.get(col)?, v.get("maxValues")?.get(col)?);
         // A null count equal to the row count would leave no bounds; a partial one is fine
         // because null keys are never stored.
-        match (min, max) {
-            (serde_json::Value::String(a), serde_json::Value::String(b)) => Some(KeyRange::Str { min: a.clone(), max: b.clone() }),
-            (serde_json::Value::Number(a), serde_json::Value::Number(b)) => Some(KeyRange::Int { min: a.as_i64()?, max: b.as_i64()? }),
+        match (order, min, max) {
+            (KeyOrder::Text, Text(a), Text(b)) => Some(KeyRange::Str { min: a.clone(), max: b.clone() }),
+            (KeyOrder::Integer, Number(a), Number(b)) => Some(KeyRange::Int { min: a.as_i64()?, max: b.as_i64()? }),
+            (KeyOrder::TimestampMicros, Text(a), Text(b)) => Some(KeyRange::Int {
+                min: stats_timestamp_micros(a)?.saturating_sub(TIMESTAMP_STATS_SLACK_MICROS),
+                max: stats_timestamp_micros(b)?.saturating_add(TIMESTAMP_STATS_SLACK_MICROS),
+            }),
             _ => None,
         }
     }
@@ -230,6 +275,8 @@ impl<'a> SortedKeys<'a> {
 #[derive(Debug, Default)]
 pub struct KeyIndex {
     key_cols: Vec<String>,
+    /// The order of a single key column (`None`: composite, or a type without ranges).
+    order: Option<KeyOrder>,
     /// Live files with their key range (`None`: no usable statistics, always probed).
     ranges: HashMap<Arc<str>, Option<KeyRange>>,
     /// Key columns read so far (a measure of index cost).
@@ -242,9 +289,10 @@ pub struct KeyIndex {
 pub type Located = (HashMap<Arc<str>, LogicalFileView>, FastMap<String, Arc<str>>);
 
 impl KeyIndex {
-    /// An index over these key columns.
-    pub fn new(key_cols: Vec<String>) -> Self {
-        KeyIndex { key_cols, ..Default::default() }
+    /// An index over these key columns; `order` is that of a single key column, and files are
+    /// pruned by key range only when it is known.
+    pub fn new(key_cols: Vec<String>, order: Option<KeyOrder>) -> Self {
+        KeyIndex { key_cols, order, ..Default::default() }
     }
 
     /// Find which live files of the table's loaded snapshot hold `keys`.
@@ -253,13 +301,13 @@ impl KeyIndex {
         let live: HashMap<Arc<str>, LogicalFileView> =
             snapshot.log_data().iter().map(|f| (Arc::<str>::from(f.path().as_ref()), f)).collect();
         self.ranges.retain(|p, _| live.contains_key(p));
-        let single = match self.key_cols.as_slice() {
-            [one] => Some(one.clone()),
+        let single = match (self.key_cols.as_slice(), self.order) {
+            ([one], Some(order)) => Some((one.clone(), order)),
             _ => None,
         };
         for (p, f) in &live {
             if !self.ranges.contains_key(p) {
-                let range = single.as_deref().and_then(|c| KeyRange::from_stats(&f.stats()?, c));
+                let range = single.as_ref().and_then(|(c, order)| KeyRange::from_stats(&f.stats()?, c, *order));
                 self.ranges.insert(p.clone(), range);
             }
         }
@@ -318,13 +366,33 @@ mod tests {
     #[test]
     fn reads_ranges_from_delta_stats() {
         let stats = r#"{"numRecords":2,"minValues":{"id":"a-1","n":3},"maxValues":{"id":"a-9","n":40}}"#;
-        assert_eq!(KeyRange::from_stats(stats, "id"), Some(KeyRange::Str { min: "a-1".into(), max: "a-9".into() }));
-        assert_eq!(KeyRange::from_stats(stats, "n"), Some(KeyRange::Int { min: 3, max: 40 }));
-        assert_eq!(KeyRange::from_stats(stats, "other"), None);
-        assert_eq!(KeyRange::from_stats("not json", "id"), None);
+        assert_eq!(KeyRange::from_stats(stats, "id", KeyOrder::Text), Some(KeyRange::Str { min: "a-1".into(), max: "a-9".into() }));
+        assert_eq!(KeyRange::from_stats(stats, "n", KeyOrder::Integer), Some(KeyRange::Int { min: 3, max: 40 }));
+        assert_eq!(KeyRange::from_stats(stats, "other", KeyOrder::Text), None);
+        assert_eq!(KeyRange::from_stats("not json", "id", KeyOrder::Text), None);
+        // Statistics of another form than the key's are no range at all (always probed).
+        assert_eq!(KeyRange::from_stats(stats, "id", KeyOrder::Integer), None);
+        assert_eq!(KeyRange::from_stats(stats, "id", KeyOrder::TimestampMicros), None);
         let int = KeyRange::Int { min: 3, max: 40 };
         assert!(int.may_hold_any(&SortedKeys::new(["1", "40"])));
         assert!(!int.may_hold_any(&SortedKeys::new(["1", "41", "x"])));
+    }
+
+    #[test]
+    fn timestamp_ranges_are_in_microseconds_and_cover_truncation() {
+        // Delta writes timestamp statistics as text truncated to milliseconds.
+        let stats = r#"{"minValues":{"ts":"2026-01-01T10:00:00.000Z"},"maxValues":{"ts":"2026-01-01T10:00:01.250Z"}}"#;
+        let r = KeyRange::from_stats(stats, "ts", KeyOrder::TimestampMicros).unwrap();
+        let base = 1_767_261_600_000_000i64; // 2026-01-01T10:00:00Z
+        // The stored maximum may be 10:00:01.250999: a key there must still be probed.
+        for us in [base, base + 1_250_999, base + 500_000] {
+            assert!(r.may_hold_any(&SortedKeys::new([us.to_string().as_str()])), "{us}");
+        }
+        for us in [base - 2_000, base + 1_253_000, 0] {
+            assert!(!r.may_hold_any(&SortedKeys::new([us.to_string().as_str()])), "{us}");
+        }
+        let ntz = r#"{"minValues":{"ts":"2026-01-01T10:00:00.000"},"maxValues":{"ts":"2026-01-01T10:00:00.000"}}"#;
+        assert!(KeyRange::from_stats(ntz, "ts", KeyOrder::TimestampMicros).unwrap().may_hold_any(&SortedKeys::new([base.to_string().as_str()])));
     }
 
     proptest! {

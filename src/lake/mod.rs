@@ -85,6 +85,15 @@ pub enum LakeError {
         /// What differs.
         reason: String,
     },
+    /// The object store (S3, the local disk) failed to answer: retryable, since it may come
+    /// back; nothing half-done is left in the table (see docs/DESIGN.md).
+    #[error("the lake's storage failed on table `{table}`: {reason}")]
+    Storage {
+        /// Table name.
+        table: String,
+        /// Underlying error.
+        reason: String,
+    },
     /// Delta error.
     #[error("delta table `{table}`: {source}")]
     Delta {
@@ -107,7 +116,7 @@ pub enum LakeError {
 impl LakeError {
     /// Whether retrying the same operation may succeed.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, LakeError::Conflict { .. } | LakeError::Unreachable { .. })
+        matches!(self, LakeError::Conflict { .. } | LakeError::Unreachable { .. } | LakeError::Storage { .. })
     }
 
     /// Whether the user must fix something (URI, bucket, credentials, schema).
@@ -123,7 +132,14 @@ impl LakeError {
     }
 
     pub(crate) fn delta(table: &str, source: DeltaTableError) -> Self {
-        LakeError::Delta { table: table.to_string(), source }
+        match source {
+            // A request that failed on the way (connection refused or reset, a timeout, a 5xx):
+            // the store may come back.
+            DeltaTableError::ObjectStore { source: e @ deltalake::ObjectStoreError::Generic { .. } } => {
+                LakeError::Storage { table: table.to_string(), reason: e.to_string() }
+            }
+            source => LakeError::Delta { table: table.to_string(), source },
+        }
     }
 
     pub(crate) fn data(table: &str, e: impl std::fmt::Display) -> Self {

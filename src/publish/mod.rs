@@ -159,7 +159,7 @@ pub async fn ensure_topics(opts: &RouterOptions, topics: &[String], partitions: 
     let mut errors = Vec::new();
     for (role, url) in &opts.brokers {
         if let BrokerUrl::Kafka(brokers) = url {
-            if let Err(e) = crate::source::kafka::ensure_topics(brokers, topics, partitions, timeout).await {
+            if let Err(e) = crate::source::kafka::ensure_topics(brokers, &opts.kafka, topics, partitions, timeout).await {
                 tracing::warn!(broker = %role, error = %e, "cannot create topics on this broker");
                 errors.push(format!("{role}: {e}"));
             }

@@ -117,6 +117,16 @@ fn client_config(brokers: &str, extra: &std::collections::BTreeMap<String, Strin
     c
 }
 
+/// The `[kafka]` properties an admin client accepts: the connection and security ones, not a
+/// producer's or a consumer's (librdkafka warns about those on an admin client).
+fn admin_properties(extra: &std::collections::BTreeMap<String, String>) -> std::collections::BTreeMap<String, String> {
+    extra
+        .iter()
+        .filter(|(k, _)| ["security.", "ssl.", "ssl_", "sasl.", "client.", "socket.", "broker.", "metadata.", "enable.ssl"].iter().any(|p| k.starts_with(p)))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
 /// A consumer-group member for the given topics.
 pub struct KafkaSource {
     /// The consumer.
@@ -124,6 +134,8 @@ pub struct KafkaSource {
     /// The current assignment.
     pub assignment: Arc<Mutex<Assignment>>,
     brokers: String,
+    /// The subscribed topics.
+    topics: Vec<String>,
 }
 
 impl Drop for KafkaSource {
@@ -168,12 +180,15 @@ impl KafkaSource {
             // prefetch than librdkafka's 64 MB keeps the two within the memory budget.
             .set("queued.max.messages.kbytes", "32768")
             .set("fetch.queue.backoff.ms", "20")
-            .set("partition.assignment.strategy", "range");
+            .set("partition.assignment.strategy", "range")
+            // Records of aborted transactions never reach the lake (librdkafka's default, made
+            // explicit); transaction markers are skipped through the consumer's position.
+            .set("isolation.level", "read_committed");
         for (k, v) in extra {
             if k == "partition.assignment.strategy" && v.contains("cooperative") {
                 return Err(SourceError::Config { reason: "cooperative rebalancing is not supported; use range or roundrobin".into() });
             }
-            if k == "enable.auto.commit" || k == "auto.offset.reset" || k == "group.id" {
+            if k == "enable.auto.commit" || k == "auto.offset.reset" || k == "group.id" || k == "isolation.level" {
                 return Err(SourceError::Config { reason: format!("`{k}` is managed by lakepipe and cannot be overridden") });
             }
             cfg.set(k, v);
@@ -185,12 +200,26 @@ impl KafkaSource {
         check_topics(consumer.client(), brokers, topics, timeout).await?;
         let names: Vec<&str> = topics.iter().map(|s| s.as_str()).collect();
         consumer.subscribe(&names).map_err(|e| SourceError::Broker { brokers: brokers.to_string(), reason: e.to_string() })?;
-        Ok(KafkaSource { consumer, assignment, brokers: brokers.to_string() })
+        Ok(KafkaSource { consumer, assignment, brokers: brokers.to_string(), topics: topics.to_vec() })
     }
 
     /// The bootstrap servers.
     pub fn brokers(&self) -> &str {
         &self.brokers
+    }
+
+    /// Every partition of the subscribed topics, assigned to this member or not.
+    pub fn all_partitions(&self, timeout: Duration) -> Result<Vec<TopicPartition>, SourceError> {
+        let md = tokio::task::block_in_place(|| self.consumer.fetch_metadata(None, timeout))
+            .map_err(|e| SourceError::Broker { brokers: self.brokers.clone(), reason: e.to_string() })?;
+        let mut out: Vec<TopicPartition> = md
+            .topics()
+            .iter()
+            .filter(|t| self.topics.iter().any(|n| n == t.name()))
+            .flat_map(|t| t.partitions().iter().map(|p| (t.name().to_string(), p.id())))
+            .collect();
+        out.sort();
+        Ok(out)
     }
 
     /// The high watermark seen in fetch responses (no broker round trip), if known.
@@ -211,6 +240,42 @@ impl KafkaSource {
         }
     }
 
+    /// Each partition's log start and end as the broker lists them (ListOffsets), for the
+    /// partitions it answered within `timeout`. tansu 0.6 lists the last batch's base offset
+    /// plus one as the end, below the true end: combine it with
+    /// [`KafkaSource::cached_watermarks`].
+    pub fn listed_watermarks(&self, partitions: &[TopicPartition], timeout: Duration) -> HashMap<TopicPartition, (i64, i64)> {
+        let mut out = HashMap::new();
+        for (t, p) in partitions {
+            match tokio::task::block_in_place(|| self.consumer.fetch_watermarks(t, *p, timeout)) {
+                Ok(w) => {
+                    out.insert((t.clone(), *p), w);
+                }
+                Err(e) => tracing::warn!(topic = %t, partition = p, error = %e, "cannot list the partition's offsets; relying on fetch responses"),
+            }
+        }
+        out
+    }
+
+    /// The log start and end librdkafka last saw in a fetch response (no broker round trip).
+    pub fn cached_watermarks(&self, topic: &str, partition: i32) -> Option<(Option<i64>, i64)> {
+        cached_watermarks(self.consumer.client(), topic, partition)
+    }
+
+    /// Where librdkafka stands in each assigned partition: one past the last message or
+    /// transaction marker handed to the application. Markers are never delivered as messages,
+    /// so this is how a consumer learns that the offsets below it hold no more data.
+    pub fn positions(&self) -> Vec<(TopicPartition, i64)> {
+        let Ok(tpl) = self.consumer.position() else { return Vec::new() };
+        tpl.elements()
+            .iter()
+            .filter_map(|e| match e.offset() {
+                Offset::Offset(o) => Some(((e.topic().to_string(), e.partition()), o)),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Move partitions to new start offsets after a fence (another writer committed).
     pub fn seek(&self, starts: &[(TopicPartition, Option<i64>)]) -> Result<(), SourceError> {
         for ((t, p), o) in starts {
@@ -226,12 +291,53 @@ impl KafkaSource {
 /// The high watermark librdkafka last saw in a fetch response for a partition, if any. Exact
 /// even on brokers whose ListOffsets under-states the log end (tansu 0.6).
 pub fn cached_high_watermark<C: ClientContext>(client: &rdkafka::client::Client<C>, topic: &str, partition: i32) -> Option<i64> {
+    cached_watermarks(client, topic, partition).map(|(_, hi)| hi)
+}
+
+/// The log start (if reported) and high watermark from the last fetch response.
+fn cached_watermarks<C: ClientContext>(client: &rdkafka::client::Client<C>, topic: &str, partition: i32) -> Option<(Option<i64>, i64)> {
     let topic = CString::new(topic).ok()?;
     let (mut lo, mut hi) = (-1i64, -1i64);
     // SAFETY: the client pointer is valid for the client's lifetime, the topic is a valid C
     // string, and librdkafka only writes the two out-parameters.
     let err = unsafe { rdkafka::bindings::rd_kafka_get_watermark_offsets(client.native_ptr(), topic.as_ptr(), partition, &mut lo, &mut hi) };
-    (err == RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR && hi >= 0).then_some(hi)
+    (err == RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR && hi >= 0).then_some(((lo >= 0).then_some(lo), hi))
+}
+
+/// What a consumer error means for the partition it came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConsumerFault {
+    /// The client retries by itself (connections, leadership moves, timeouts): log and go on.
+    Transient,
+    /// The stored offset is outside the broker's log: messages were deleted before they were
+    /// ingested, or the log was replaced. Never skipped silently.
+    OutOfRange,
+    /// The partition cannot advance past this error without a change by the user (a codec
+    /// the build lacks, a corrupt or oversized batch, a missing permission).
+    Stuck,
+}
+
+/// Classify an error that librdkafka reports on the consumer queue. Codes not named here are
+/// taken as transient: librdkafka reports many passing conditions this way, and a partition
+/// that really stops is still caught, by `--once`'s deadline or the lag.
+pub fn consumer_fault(code: RDKafkaErrorCode) -> ConsumerFault {
+    use RDKafkaErrorCode as C;
+    match code {
+        C::OffsetOutOfRange | C::AutoOffsetReset => ConsumerFault::OutOfRange,
+        C::NotImplemented
+        | C::BadCompression
+        | C::BadMessage
+        | C::InvalidMessage
+        | C::InvalidRecord
+        | C::UnsupportedCompressionType
+        | C::MessageSizeTooLarge
+        | C::TopicAuthorizationFailed
+        | C::GroupAuthorizationFailed
+        | C::ClusterAuthorizationFailed
+        | C::SaslAuthenticationFailed
+        | C::Authentication => ConsumerFault::Stuck,
+        _ => ConsumerFault::Transient,
+    }
 }
 
 /// Fail clearly when the brokers cannot be reached or a topic does not exist.
@@ -250,9 +356,16 @@ async fn check_topics<C: ClientContext>(client: &rdkafka::client::Client<C>, bro
     Ok(())
 }
 
-/// Create the topics that are missing (used by `generate` and the demo).
-pub async fn ensure_topics(brokers: &str, topics: &[String], partitions: i32, timeout: Duration) -> Result<(), SourceError> {
-    let admin: AdminClient<DefaultClientContext> = client_config(brokers, &Default::default())
+/// Create the topics that are missing (used by `generate` and the demo), with the `[kafka]`
+/// properties (TLS, SASL) of the cluster.
+pub async fn ensure_topics(
+    brokers: &str,
+    extra: &std::collections::BTreeMap<String, String>,
+    topics: &[String],
+    partitions: i32,
+    timeout: Duration,
+) -> Result<(), SourceError> {
+    let admin: AdminClient<DefaultClientContext> = client_config(brokers, &admin_properties(extra))
         .create()
         .map_err(|e| SourceError::Config { reason: e.to_string() })?;
     let md = tokio::task::block_in_place(|| admin.inner().fetch_metadata(None, timeout))
@@ -336,5 +449,37 @@ impl KafkaProducer {
             sent += 1;
         }
         Ok(sent)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The build reads every codec producers use and speaks TLS and SASL (PLAIN, SCRAM,
+    /// OAUTHBEARER); librdkafka's default build lacks zstd, and a zstd batch stalled its
+    /// partition.
+    #[test]
+    fn librdkafka_has_every_codec_and_security_feature() {
+        let native = ClientConfig::new().create_native_config().unwrap();
+        let features = native.get("builtin.features").unwrap();
+        let have: Vec<&str> = features.split(',').collect();
+        for want in ["gzip", "snappy", "lz4", "zstd", "ssl", "sasl_plain", "sasl_scram", "sasl_oauthbearer"] {
+            assert!(have.contains(&want), "librdkafka lacks {want}: {features}");
+        }
+    }
+
+    #[test]
+    fn consumer_errors_are_classified() {
+        use RDKafkaErrorCode as C;
+        for code in [C::NotImplemented, C::BadCompression, C::UnsupportedCompressionType, C::TopicAuthorizationFailed, C::MessageSizeTooLarge] {
+            assert_eq!(consumer_fault(code), ConsumerFault::Stuck, "{code:?}");
+        }
+        for code in [C::OffsetOutOfRange, C::AutoOffsetReset] {
+            assert_eq!(consumer_fault(code), ConsumerFault::OutOfRange, "{code:?}");
+        }
+        for code in [C::BrokerTransportFailure, C::AllBrokersDown, C::NotLeaderForPartition, C::RequestTimedOut] {
+            assert_eq!(consumer_fault(code), ConsumerFault::Transient, "{code:?}");
+        }
     }
 }

@@ -75,6 +75,16 @@ pub enum SourceError {
         /// What is missing.
         reason: String,
     },
+    /// A partition cannot advance: the broker delivers something this client cannot read or is
+    /// not allowed to (a codec the build lacks, a corrupt or oversized batch, a missing ACL).
+    /// Retrying reads the same bytes again, so it is not retryable.
+    #[error("a partition cannot advance on {brokers}: {reason}")]
+    Stuck {
+        /// The broker.
+        brokers: String,
+        /// The broker's or the codec's error.
+        reason: String,
+    },
     /// A broker request failed.
     #[error("Kafka error on {brokers}: {reason}")]
     Broker {

@@ -41,6 +41,8 @@ pub enum LakeKind {
 /// One test's topic, lake and config.
 pub struct Fixture {
     pub topic: String,
+    /// The broker this fixture's topic lives on (the suite's, unless [`Fixture::new_on`]).
+    pub brokers: String,
     pub group: String,
     pub lake: String,
     pub config: PathBuf,
@@ -50,6 +52,11 @@ pub struct Fixture {
 
 impl Fixture {
     pub async fn new(kind: LakeKind, shape: &str, partitions: i32, extra_config: &str) -> Fixture {
+        Fixture::new_on(&brokers(), kind, shape, partitions, extra_config).await
+    }
+
+    /// A fixture on another broker (a test's own tansu).
+    pub async fn new_on(brokers: &str, kind: LakeKind, shape: &str, partitions: i32, extra_config: &str) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let topic = unique(&format!("t_{shape}"));
         let lake = match kind {
@@ -58,18 +65,18 @@ impl Fixture {
         };
         let config = dir.path().join("lakepipe.toml");
         std::fs::write(&config, format!("{extra_config}\n[specs.{topic}]\nextends = \"{shape}\"\n")).unwrap();
-        ensure_topics(&brokers(), std::slice::from_ref(&topic), partitions, Duration::from_secs(20)).await.unwrap();
-        Fixture { group: unique("g"), topic, lake, config, kind, _dir: dir }
+        ensure_topics(brokers, &Default::default(), std::slice::from_ref(&topic), partitions, Duration::from_secs(20)).await.unwrap();
+        Fixture { group: unique("g"), topic, brokers: brokers.to_string(), lake, config, kind, _dir: dir }
     }
 
     /// The binary with this fixture's config, brokers, lake, topic and group.
     pub fn cmd(&self, sub: &str) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_lakepipe"));
-        c.arg(sub).args(["--config", self.config.to_str().unwrap(), "--brokers", &brokers(), "--lake", &self.lake]);
+        c.arg(sub).args(["--config", self.config.to_str().unwrap(), "--brokers", &self.brokers, "--lake", &self.lake]);
         if sub == "ingest" {
             c.args(["--topics", &self.topic, "--group", &self.group]);
         }
-        c.env("LAKEPIPE_LOG", "warn,lakepipe=info,buoyant_kernel=off").env("LAKEPIPE_IDLE_TIMEOUT", "20s");
+        c.env("LAKEPIPE_LOG", "warn,lakepipe=info,buoyant_kernel=off").env("LAKEPIPE_ONCE_TIMEOUT", "90s");
         c
     }
 
@@ -168,9 +175,14 @@ impl Model {
 
 /// Send `msgs` to explicit partitions so the model knows their offsets.
 pub async fn produce_to_partition(topic: &str, partition: i32, msgs: &[Msg]) {
+    produce_to_partition_on(&brokers(), topic, partition, msgs).await
+}
+
+/// [`produce_to_partition`] on another broker.
+pub async fn produce_to_partition_on(brokers: &str, topic: &str, partition: i32, msgs: &[Msg]) {
     use rdkafka::producer::{FutureProducer, FutureRecord};
     let p: FutureProducer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", brokers())
+        .set("bootstrap.servers", brokers)
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .create()
@@ -246,6 +258,13 @@ impl Reaped {
     }
 }
 
+impl Reaped {
+    /// Whether the child is still running.
+    pub fn alive(&mut self) -> bool {
+        matches!(self.try_wait(), Ok(None))
+    }
+}
+
 impl std::ops::Deref for Reaped {
     type Target = std::process::Child;
     fn deref(&self) -> &Self::Target {
@@ -265,5 +284,86 @@ impl Drop for Reaped {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+}
+
+/// Wait up to a minute for something to listen on `port` of 127.0.0.1.
+pub fn wait_port(port: u16, what: &str) {
+    let started = std::time::Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(started.elapsed() < Duration::from_secs(60), "{what} did not open port {port}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A free port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A tansu broker of the test's own, so it can be killed, stopped and restarted.
+pub struct Tansu {
+    child: Option<std::process::Child>,
+    port: u16,
+    /// The port clients are told to use (a TLS terminator's, or `port`).
+    advertised: u16,
+    storage: String,
+    cluster: String,
+}
+
+impl Tansu {
+    pub fn start(storage: &str, cluster: &str) -> Tansu {
+        let port = free_port();
+        Tansu::start_advertising(storage, cluster, port, port)
+    }
+
+    /// Listen on `port`, and tell clients to connect to `advertised` (where a TLS terminator
+    /// forwards to `port`).
+    pub fn start_advertising(storage: &str, cluster: &str, port: u16, advertised: u16) -> Tansu {
+        let mut t = Tansu { child: None, port, advertised, storage: storage.into(), cluster: cluster.into() };
+        t.restart();
+        t
+    }
+
+    pub fn restart(&mut self) {
+        let bin = std::env::var("LAKEPIPE_TANSU_BIN").expect("LAKEPIPE_TANSU_BIN is not set: run the suite with scripts/test.sh");
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let advertised = format!("tcp://127.0.0.1:{}", self.advertised);
+        let endpoint = std::env::var("AWS_ENDPOINT_URL").unwrap_or_default();
+        let child = Command::new(bin)
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &advertised, "--storage-engine", &self.storage, "--cluster-id", &self.cluster])
+            .env("AWS_ENDPOINT", &endpoint)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        wait_port(self.port, "tansu");
+    }
+
+    /// `kill -9`.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, |c| c.id())
+    }
+
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.advertised)
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        // A stopped broker must be continued before it can die of SIGKILL's reaping.
+        if let Some(c) = self.child.as_ref() {
+            unsafe { crate::kill::libc_kill(c.id() as i32, 18) };
+        }
+        self.kill();
     }
 }

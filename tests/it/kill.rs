@@ -9,12 +9,18 @@ use std::time::{Duration, Instant};
 use lakepipe::generate::{generate, GenerateOptions};
 use rand::{Rng, SeedableRng};
 
-use crate::harness::{produce_to_partition, Fixture, LakeKind, Model, Msg};
+use crate::harness::{produce_to_partition_on, Fixture, LakeKind, Model, Msg};
 
+/// Members that die time out of the group after 6 s.
 pub const KAFKA_CONFIG: &str = "[kafka]\n\"session.timeout.ms\" = \"6000\"\n";
 
 /// Generated transactions for one partition, with keys unique to that partition.
 fn partition_messages(partition: i32, count: usize) -> Vec<Msg> {
+    partition_messages_from(partition, count, 1000 + partition as u64)
+}
+
+/// [`partition_messages`] from another seed: more versions of (some of) the same keys.
+pub fn partition_messages_from(partition: i32, count: usize, seed: u64) -> Vec<Msg> {
     let opts = GenerateOptions {
         shape: "transactions".into(),
         count,
@@ -23,7 +29,7 @@ fn partition_messages(partition: i32, count: usize) -> Vec<Msg> {
         delete_ratio: 0.05,
         invalid_ratio: 0.03,
         days: 3,
-        seed: 1000 + partition as u64,
+        seed,
     };
     generate(&opts, 1_750_000_000_000)
         .unwrap()
@@ -40,7 +46,7 @@ pub async fn produce_model(fx: &Fixture, partitions: i32, per_partition: usize) 
     let mut model = Model::default();
     for p in 0..partitions {
         let msgs = partition_messages(p, per_partition);
-        produce_to_partition(&fx.topic, p, &msgs).await;
+        produce_to_partition_on(&fx.brokers, &fx.topic, p, &msgs).await;
         model.apply("transactions", p, 0, &msgs);
     }
     model
@@ -79,6 +85,26 @@ pub fn assert_matches(fx: &Fixture, model: &Model) {
     let cross: BTreeMap<String, String> = cross.into_iter().map(|r| (r["transaction_id"].clone().unwrap(), r["status"].clone().unwrap())).collect();
     let want_status: BTreeMap<String, String> = want.iter().map(|(k, (s, _))| (k.clone(), s.clone())).collect();
     assert!(cross == want_status, "Python deltalake disagrees ({} rows vs {})", cross.len(), want_status.len());
+}
+
+/// Wait until the lake holds every row and dead letter of the model.
+pub async fn converge(fx: &Fixture, model: &Model, log: &std::path::Path, within: Duration) {
+    let want = model.rows.len() as i64;
+    let deadline = Instant::now() + within;
+    // The tables exist once the ingest has started.
+    while !std::fs::read_to_string(log).unwrap_or_default().contains("ingest started") {
+        assert!(Instant::now() < deadline, "the ingest never started (log {})", log.display());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    loop {
+        let n = fx.sql_now(&format!("SELECT count(*) AS n FROM {}", fx.topic))[0]["n"].as_i64().unwrap();
+        let dead = fx.sql_now(&format!("SELECT count(*) AS n FROM dead_letters WHERE _topic = '{}'", fx.topic))[0]["n"].as_i64().unwrap();
+        if n == want && dead == model.invalid.len() as i64 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no convergence: {n} of {want} rows (log {})", log.display());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 pub fn spawn_ingest(fx: &Fixture, log: &std::path::Path) -> crate::harness::Reaped {
@@ -149,17 +175,7 @@ async fn two_consumers(kind: LakeKind) {
     // Let both join the group before data arrives, so both get partitions.
     tokio::time::sleep(Duration::from_secs(8)).await;
     let model = produce_model(&fx, 4, 1000).await;
-    let want = model.rows.len() as i64;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let n = fx.sql_now(&format!("SELECT count(*) AS n FROM {}", fx.topic))[0]["n"].as_i64().unwrap();
-        let dead = fx.sql_now(&format!("SELECT count(*) AS n FROM dead_letters WHERE _topic = '{}'", fx.topic))[0]["n"].as_i64().unwrap();
-        if n == want && dead == model.invalid.len() as i64 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "two consumers did not converge: {n} of {want} rows (log {})", log.display());
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    converge(&fx, &model, &log, Duration::from_secs(120)).await;
     let mut summaries = Vec::new();
     for child in [a, b] {
         // SIGTERM: a graceful stop that commits the open batch.
@@ -188,4 +204,14 @@ async fn two_consumers_local() {
 #[tokio::test(flavor = "multi_thread")]
 async fn two_consumers_s3() {
     two_consumers(LakeKind::S3).await;
+}
+
+/// The soak: `kill -9` fifty times (`LAKEPIPE_SOAK_KILLS`) at random moments against an S3
+/// lake, then `--once` and the row-by-row comparison. Run by `scripts/soak.sh`; the regular
+/// suite runs the shorter tests above.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "a soak of many minutes: run scripts/soak.sh"]
+async fn kill_nine_soak() {
+    let kills = std::env::var("LAKEPIPE_SOAK_KILLS").ok().and_then(|v| v.parse().ok()).unwrap_or(50);
+    kill_nine(LakeKind::S3, 20 * kills, kills).await;
 }

@@ -3,10 +3,13 @@
 
 mod api;
 mod failures;
+mod faults;
 mod harness;
 mod kill;
 mod operate;
 mod publish;
+mod reliability;
+mod security;
 mod sql_golden;
 mod ui;
 mod upsert;

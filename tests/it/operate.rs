@@ -13,7 +13,7 @@ use lakepipe::lake::commit::{app_id, commit};
 use lakepipe::lake::Lake;
 use serde_json::Value;
 
-use crate::harness::{produce_to_partition, Fixture, LakeKind, Msg};
+use crate::harness::{free_port, produce_to_partition, Fixture, LakeKind, Msg};
 use crate::kill::{assert_matches, produce_model, spawn_ingest, KAFKA_CONFIG};
 
 /// A plain HTTP/1.0 GET against the ingest's own server.
@@ -31,10 +31,6 @@ fn http_get(port: u16, path: &str) -> (u16, String) {
 fn metric(body: &str, name: &str, labels: &str) -> Option<f64> {
     let prefix = format!("{name}{{{labels}}} ");
     body.lines().find_map(|l| l.strip_prefix(&prefix)).and_then(|v| v.trim().parse().ok())
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 fn txn(id: &str, ts: i64, status: &str) -> Msg {

@@ -1,13 +1,12 @@
 //! Producers: file loads, HTTP ingest and the failover router, against real brokers.
 
 use std::io::Write;
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::harness::{brokers, unique, Fixture, LakeKind};
+use crate::harness::{brokers, free_port, unique, wait_port, Fixture, LakeKind, Reaped, Tansu};
 
 fn txn(id: &str, ts_ms: i64, status: &str) -> String {
     format!(r#"{{"transaction_id":"{id}","user_id":"u","amount":1.5,"currency":"EUR","status":"{status}","timestamp":{ts_ms}}}"#)
@@ -74,32 +73,11 @@ fn get(port: u16, path: &str) -> (u16, Value) {
     (code.trim().parse().unwrap(), serde_json::from_str(body).unwrap_or(Value::Null))
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn wait_port(port: u16, what: &str) {
-    let started = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(started.elapsed() < Duration::from_secs(60), "{what} did not open port {port}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn http_ingest_validates_everything_before_publishing() {
     let fx = Fixture::new(LakeKind::Local, "transactions", 1, "").await;
     let port = free_port();
-    let _srv = Process(fx.cmd("serve").args(["--listen", &format!("127.0.0.1:{port}")]).stderr(Stdio::null()).spawn().unwrap());
+    let _srv = Reaped::new(fx.cmd("serve").args(["--listen", &format!("127.0.0.1:{port}")]).stderr(Stdio::null()).spawn().unwrap());
     wait_port(port, "lakepipe serve");
     let path = format!("/topics/{}/records", fx.topic);
 
@@ -154,55 +132,6 @@ fn high_watermarks(brokers: &str, topic: &str) -> i64 {
     (0..3).filter_map(|p| c.fetch_watermarks(topic, p, Duration::from_secs(2)).ok()).map(|(_, high)| high.max(0)).sum()
 }
 
-/// A tansu broker of the test's own, so it can be killed and restarted.
-struct Tansu {
-    child: Option<Child>,
-    port: u16,
-    storage: String,
-    cluster: String,
-}
-
-impl Tansu {
-    fn start(port: u16, storage: &str, cluster: &str) -> Tansu {
-        let mut t = Tansu { child: None, port, storage: storage.into(), cluster: cluster.into() };
-        t.restart();
-        t
-    }
-
-    fn restart(&mut self) {
-        let bin = std::env::var("LAKEPIPE_TANSU_BIN").expect("LAKEPIPE_TANSU_BIN is not set: run the suite with scripts/test.sh");
-        let url = format!("tcp://127.0.0.1:{}", self.port);
-        let endpoint = std::env::var("AWS_ENDPOINT_URL").unwrap_or_default();
-        let child = Command::new(bin)
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", &self.storage, "--cluster-id", &self.cluster])
-            .env("AWS_ENDPOINT", &endpoint)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
-        wait_port(self.port, "tansu");
-    }
-
-    /// `kill -9`.
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn address(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for Tansu {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
 /// The primary dies in the middle of a load; the router fails over to the fallback; the primary
 /// comes back with its log (it stores in S3). Both clusters are ingested into one lake, each
 /// with its own offsets: every acknowledged record is there exactly once, at its latest version.
@@ -210,8 +139,8 @@ impl Drop for Tansu {
 async fn failover_keeps_every_acknowledged_record_exactly_once() {
     let _ = brokers();
     let cluster = unique("primary");
-    let mut primary = Tansu::start(free_port(), "s3://data-pipeline-bucket/", &cluster);
-    let fallback = Tansu::start(free_port(), "memory://tansu/", &unique("fallback"));
+    let mut primary = Tansu::start("s3://data-pipeline-bucket/", &cluster);
+    let fallback = Tansu::start("memory://tansu/", &unique("fallback"));
     let dir = tempfile::tempdir().unwrap();
     let topic = unique("t_failover");
     let config = dir.path().join("lakepipe.toml");
@@ -270,7 +199,7 @@ async fn failover_keeps_every_acknowledged_record_exactly_once() {
         let out = Command::new(bin)
             .args(["ingest", "--once", "--config", config.to_str().unwrap(), "--brokers", &broker, "--lake", lake.to_str().unwrap()])
             .args(["--topics", &topic, "--group", "failover", "--source-name", name, "--trigger-interval", "500ms"])
-            .env("LAKEPIPE_IDLE_TIMEOUT", "20s")
+            .env("LAKEPIPE_ONCE_TIMEOUT", "90s")
             .output()
             .unwrap();
         assert!(out.status.success(), "ingest from {name}: {}", String::from_utf8_lossy(&out.stderr));
@@ -306,7 +235,7 @@ async fn iggy_publish_and_ingest_exactly_once() {
     for _ in 0..2 {
         let out = Command::new(bin)
             .args(["ingest", "--once", "--config", config.to_str().unwrap(), "--iggy", &url, "--lake", lake.to_str().unwrap(), "--topics", &topic, "--trigger-interval", "500ms"])
-            .env("LAKEPIPE_IDLE_TIMEOUT", "5s")
+            .env("LAKEPIPE_ONCE_TIMEOUT", "90s")
             .output()
             .unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

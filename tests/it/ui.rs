@@ -61,7 +61,7 @@ async fn web_ui_in_a_real_browser() {
         .env("LAKEPIPE_UI_INGEST", serde_json::to_string(&ingest).unwrap())
         .env("LAKEPIPE_UI_SHOTS", &shots)
         .env("LAKEPIPE_LOG", "warn")
-        .env("LAKEPIPE_IDLE_TIMEOUT", "20s")
+        .env("LAKEPIPE_ONCE_TIMEOUT", "90s")
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
