@@ -149,6 +149,12 @@ impl OtherPart {
     }
 }
 
+/// A partition's log start and end from a ListOffsets answer and the last fetch response:
+/// the larger of each (tansu 0.6 lists an end below the true one).
+fn log_bounds(listed: Option<(i64, i64)>, fetched: Option<(Option<i64>, i64)>) -> (Option<i64>, Option<i64>) {
+    (listed.map(|(lo, _)| lo).max(fetched.and_then(|(lo, _)| lo)), listed.map(|(_, hi)| hi).max(fetched.map(|(_, hi)| hi)))
+}
+
 /// Per-partition progress.
 #[derive(Debug, Clone, Default)]
 struct PartState {
@@ -196,11 +202,6 @@ impl PartState {
             (Some(_), None) => true,
             _ => false,
         }
-    }
-
-    /// The first offset that exists: the larger of the listed and the fetched log start.
-    fn log_start(&self, fetched: Option<i64>) -> Option<i64> {
-        self.listed.map(|(lo, _)| lo).max(fetched)
     }
 
     /// `--once`: the partition's position (or, with nothing read or stored, its log start)
@@ -712,7 +713,7 @@ impl Pipeline<'_> {
 
     /// The first existing offset of a partition, as listed or fetched.
     fn log_start(&self, tp: &TopicPartition, s: &PartState) -> Option<i64> {
-        s.log_start(self.source.cached_watermarks(&tp.0, tp.1).and_then(|(lo, _)| lo))
+        log_bounds(s.listed, self.source.cached_watermarks(&tp.0, tp.1)).0
     }
 
     /// Why `--once` is not finished: each partition short of its end, with its lag, or that
@@ -756,9 +757,7 @@ impl Pipeline<'_> {
                 let s = self.parts.get(tp)?;
                 // Without a fresh listing there is no verdict.
                 let listed = Some(*listed.get(tp)?);
-                let cached = self.source.cached_watermarks(&tp.0, tp.1);
-                let start = listed.map(|(lo, _)| lo).max(cached.and_then(|(lo, _)| lo));
-                let end = listed.map(|(_, hi)| hi).max(cached.map(|(_, hi)| hi));
+                let (start, end) = log_bounds(listed, self.source.cached_watermarks(&tp.0, tp.1));
                 s.out_of_log(tp, start, end)
             })
             .collect();
@@ -776,9 +775,9 @@ impl Pipeline<'_> {
         let mut confirm = Vec::new();
         for (tp, s) in self.parts.iter_mut() {
             let cached = self.source.cached_watermarks(&tp.0, tp.1);
-            let start = s.log_start(cached.and_then(|(lo, _)| lo));
-            let end = cached.map(|(_, hi)| s.listed.map_or(hi, |(_, listed)| listed.max(hi)));
-            if s.out_of_log(tp, start, end).is_none() {
+            let (start, end) = log_bounds(s.listed, cached);
+            // The end only once a fetch response has given it: the listed one can be low.
+            if s.out_of_log(tp, start, end.filter(|_| cached.is_some())).is_none() {
                 s.out_of_log_since = None;
                 continue;
             }
@@ -856,7 +855,7 @@ impl Pipeline<'_> {
         if !seeks.is_empty() {
             self.source.seek(&seeks)?;
         }
-        let listed = if self.opts.once || !partitions.is_empty() { self.source.listed_watermarks(&partitions, self.cfg.connect()) } else { HashMap::new() };
+        let listed = self.source.listed_watermarks(&partitions, self.cfg.connect());
         self.parts = partitions
             .iter()
             .map(|tp| {

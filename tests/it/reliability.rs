@@ -35,8 +35,15 @@ for partition, codec, count in plan:
     assert p.flush(30) == 0, "unacknowledged messages"
 "#;
     let plan = serde_json::to_string(plan).unwrap();
-    let out = std::process::Command::new(python()).args(["-c", script, &brokers(), topic, &plan]).output().unwrap();
-    assert!(out.status.success(), "confluent-kafka producer failed: {}", stderr(&out));
+    let out = std::process::Command::new(python())
+        .args(["-c", script, &brokers(), topic, &plan])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "confluent-kafka producer failed: {}",
+        stderr(&out)
+    );
 }
 
 /// zstd, lz4, snappy and gzip batches all reach the lake; zstd used to stall its partition
@@ -44,12 +51,29 @@ for partition, codec, count in plan:
 #[tokio::test(flavor = "multi_thread")]
 async fn every_producer_codec_is_read() {
     let fx = Fixture::new(LakeKind::Local, "transactions", 4, "").await;
-    let plan = [(0, "zstd", 700), (1, "lz4", 600), (2, "snappy", 500), (3, "gzip", 400)];
+    let plan = [
+        (0, "zstd", 700),
+        (1, "lz4", 600),
+        (2, "snappy", 500),
+        (3, "gzip", 400),
+    ];
     produce_compressed(&fx.topic, &plan);
     fx.ingest_once();
     let rows = fx.sql(&format!("SELECT _partition AS p, count(*) AS n, count(DISTINCT transaction_id) AS k FROM {} GROUP BY _partition ORDER BY p", fx.topic));
-    let got: Vec<(i64, i64, i64)> = rows.iter().map(|r| (r["p"].as_i64().unwrap(), r["n"].as_i64().unwrap(), r["k"].as_i64().unwrap())).collect();
-    let want: Vec<(i64, i64, i64)> = plan.iter().map(|(p, _, n)| (*p as i64, *n as i64, *n as i64)).collect();
+    let got: Vec<(i64, i64, i64)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r["p"].as_i64().unwrap(),
+                r["n"].as_i64().unwrap(),
+                r["k"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    let want: Vec<(i64, i64, i64)> = plan
+        .iter()
+        .map(|(p, _, n)| (*p as i64, *n as i64, *n as i64))
+        .collect();
     assert_eq!(got, want, "every record of every codec, once");
 }
 
@@ -57,11 +81,29 @@ async fn every_producer_codec_is_read() {
 /// have: an offsets-only commit (no rows).
 async fn store_offset(fx: &Fixture, end: i64) {
     let lake = Lake::parse(&fx.lake).unwrap();
-    let cfg = lakepipe::config::Config::load(Some(fx.config.as_path()), Vec::new(), &Default::default()).unwrap();
+    let cfg =
+        lakepipe::config::Config::load(Some(fx.config.as_path()), Vec::new(), &Default::default())
+            .unwrap();
     let spec = cfg.all_specs().unwrap()[&fx.topic].clone();
     let mut table = TopicTable::open(&lake, spec).await.unwrap();
-    let key = OffsetKey { source: "kafka".into(), group: fx.group.clone(), topic: fx.topic.clone(), partition: 0 };
-    table.upsert(&[], &[OffsetRange { key, start: None, end }], &Provenance::now("kafka", &fx.topic)).await.unwrap();
+    let key = OffsetKey {
+        source: "kafka".into(),
+        group: fx.group.clone(),
+        topic: fx.topic.clone(),
+        partition: 0,
+    };
+    table
+        .upsert(
+            &[],
+            &[OffsetRange {
+                key,
+                start: None,
+                end,
+            }],
+            &Provenance::now("kafka", &fx.topic),
+        )
+        .await
+        .unwrap();
 }
 
 /// The lake's offset is past the partition's end (a new cluster or a re-created topic behind
@@ -78,10 +120,22 @@ async fn stored_offset_past_the_log_end_is_refused() {
     assert!(!out.status.success(), "must fail:\n{err}");
     // The end named is the broker's; tansu 0.6 can list less than 50 when no fetch response
     // has given the exact end yet.
-    assert!(err.contains(&format!("{}/0: the lake's offset 5000 is past the log end", fx.topic)), "{err}");
-    assert!(started.elapsed() < Duration::from_secs(60), "it must stop at once, not at a deadline: {:?}", started.elapsed());
+    assert!(
+        err.contains(&format!(
+            "{}/0: the lake's offset 5000 is past the log end",
+            fx.topic
+        )),
+        "{err}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "it must stop at once, not at a deadline: {:?}",
+        started.elapsed()
+    );
     // Nothing was written: the offsets stay where they were.
-    let n = fx.sql(&format!("SELECT count(*) AS n FROM {}", fx.topic))[0]["n"].as_i64().unwrap();
+    let n = fx.sql(&format!("SELECT count(*) AS n FROM {}", fx.topic))[0]["n"]
+        .as_i64()
+        .unwrap();
     assert_eq!(n, 0);
 }
 
@@ -96,14 +150,29 @@ async fn once_beside_other_members_succeeds_only_with_the_whole_topic_in_the_lak
     let log = std::env::temp_dir().join(format!("{}.log", fx.topic));
     let holders = [spawn_ingest(&fx, &log), spawn_ingest(&fx, &log)];
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !std::fs::read_to_string(&log).unwrap_or_default().contains("assigned;") {
-        assert!(Instant::now() < deadline, "the continuous members were never assigned (log {})", log.display());
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("assigned;")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the continuous members were never assigned (log {})",
+            log.display()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let out = fx.cmd("ingest").arg("--once").args(["--once-timeout", "60s"]).output().unwrap();
+    let out = fx
+        .cmd("ingest")
+        .arg("--once")
+        .args(["--once-timeout", "60s"])
+        .output()
+        .unwrap();
     // Checked before the holders stop: what `--once` reported must already be in the lake.
     let err = stderr(&out);
-    assert!(out.status.success(), "--once must succeed once the others committed the topic:\n{err}");
+    assert!(
+        out.status.success(),
+        "--once must succeed once the others committed the topic:\n{err}"
+    );
     assert_matches(&fx, &model);
     drop(holders);
 }
@@ -128,19 +197,40 @@ async fn once_after_random_kills_reads_everything() {
         child.kill().unwrap();
         child.wait().unwrap();
     }
-    let out = fx.cmd("ingest").arg("--once").args(["--trigger-interval", "500ms", "--once-timeout", "20s"]).output().unwrap();
+    let out = fx
+        .cmd("ingest")
+        .arg("--once")
+        .args(["--trigger-interval", "500ms", "--once-timeout", "20s"])
+        .output()
+        .unwrap();
     let err = stderr(&out);
     if out.status.success() {
         eprintln!("--once right after the kills was given every partition");
         assert_matches(&fx, &model);
     } else {
-        assert!(err.contains("--once did not reach the end of every partition") && (err.contains("held by another member") || err.contains("no partitions")), "{err}");
-        eprintln!("--once right after the kills failed as it must: {}", err.lines().last().unwrap_or_default());
+        assert!(
+            err.contains("--once did not reach the end of every partition")
+                && (err.contains("held by another member") || err.contains("no partitions")),
+            "{err}"
+        );
+        eprintln!(
+            "--once right after the kills failed as it must: {}",
+            err.lines().last().unwrap_or_default()
+        );
     }
     // The dead members' sessions (6 s) time out; the next join evicts them.
     tokio::time::sleep(Duration::from_secs(8)).await;
-    let out = fx.cmd("ingest").arg("--once").args(["--trigger-interval", "500ms"]).output().unwrap();
-    assert!(out.status.success(), "--once after the sessions timed out failed:\n{}", stderr(&out));
+    let out = fx
+        .cmd("ingest")
+        .arg("--once")
+        .args(["--trigger-interval", "500ms"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "--once after the sessions timed out failed:\n{}",
+        stderr(&out)
+    );
     assert_matches(&fx, &model);
 }
 
@@ -155,14 +245,46 @@ async fn timestamp_keys_upsert_in_place() {
         fx.topic
     );
     std::fs::write(&fx.config, spec).unwrap();
-    let times = ["2026-01-01T10:00:00.000001Z", "2026-01-01T10:00:00.000999Z", "2026-01-01T10:00:00.5Z", "2026-01-02T00:00:00Z", "2025-12-31T23:59:59.999999Z"];
+    let times = [
+        "2026-01-01T10:00:00.000001Z",
+        "2026-01-01T10:00:00.000999Z",
+        "2026-01-01T10:00:00.5Z",
+        "2026-01-02T00:00:00Z",
+        "2025-12-31T23:59:59.999999Z",
+    ];
     for seq in [1, 2] {
-        let msgs: Vec<crate::harness::Msg> = times.iter().map(|t| (None, Some(serde_json::json!({"ts": t, "seq": seq}).to_string()))).collect();
+        let msgs: Vec<crate::harness::Msg> = times
+            .iter()
+            .map(|t| {
+                (
+                    None,
+                    Some(serde_json::json!({"ts": t, "seq": seq}).to_string()),
+                )
+            })
+            .collect();
         crate::harness::produce_to_partition(&fx.topic, seq - 1, &msgs).await;
         fx.ingest_once();
     }
-    let rows = fx.sql(&format!("SELECT CAST(ts AS VARCHAR) AS ts, seq FROM {} ORDER BY ts", fx.topic));
-    let got: BTreeMap<String, i64> = rows.iter().map(|r| (crate::harness::canonical(&r["ts"]), r["seq"].as_i64().unwrap())).collect();
-    assert_eq!(rows.len(), times.len(), "one row per timestamp key: {rows:?}");
-    assert!(got.values().all(|s| *s == 2), "every key at its second version: {got:?}");
+    let rows = fx.sql(&format!(
+        "SELECT CAST(ts AS VARCHAR) AS ts, seq FROM {} ORDER BY ts",
+        fx.topic
+    ));
+    let got: BTreeMap<String, i64> = rows
+        .iter()
+        .map(|r| {
+            (
+                crate::harness::canonical(&r["ts"]),
+                r["seq"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rows.len(),
+        times.len(),
+        "one row per timestamp key: {rows:?}"
+    );
+    assert!(
+        got.values().all(|s| *s == 2),
+        "every key at its second version: {got:?}"
+    );
 }
