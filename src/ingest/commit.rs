@@ -1,0 +1,205 @@
+//! The two-step commit of a batch (dead letters, then each topic's table), its retries, and
+//! the restart of partitions whose offsets another writer moved.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use super::batch::{DecodedBatch, MsgRef};
+use super::partitions::PartState;
+use super::pipeline::Pipeline;
+use super::source::Polled;
+use super::IngestError;
+use crate::config::Config;
+use crate::enrich::Provenance;
+use crate::lake::commit::{OffsetKey, OffsetRange};
+use crate::lake::LakeError;
+use crate::source::{StartLoader, TopicPartition};
+
+pub(super) fn offset_key(cfg: &Config, topic: &str, partition: i32) -> OffsetKey {
+    OffsetKey { source: cfg.source_name.clone(), group: cfg.group.clone(), topic: topic.to_string(), partition }
+}
+
+
+impl Pipeline<'_> {
+    pub(super) async fn flush_with_retry(&mut self) -> Result<bool, IngestError> {
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            match self.flush().await {
+                Ok(done) => return Ok(done),
+                Err(e) if e.is_retryable() && attempt < 5 => {
+                    tracing::warn!(error = %e, attempt, "batch commit failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(500 * attempt as u64)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Commit the open batch. Safe to call again after a failure: progress already committed
+    /// is recorded in `parts` and skipped.
+    /// Returns `false` when the batch was dropped because another writer moved the offsets.
+    pub(super) async fn flush(&mut self) -> Result<bool, IngestError> {
+        if !self.parts.values().any(|s| s.has_progress()) {
+            self.clear_pending();
+            self.take_stash();
+            return Ok(true);
+        }
+        let started = Instant::now();
+        if self.decoded.is_none() {
+            self.decoded = Some(self.decode_batch().await?);
+        }
+        let Some(DecodedBatch { records, letters, consumed, consumed_per_topic, dead_lettered }) = &mut self.decoded else {
+            return Err(IngestError::Internal("the decoded batch vanished".into()));
+        };
+        let (consumed, dead_lettered) = (*consumed, *dead_lettered);
+
+        // 1. Dead letters first: then every dead letter below a data table's offset is stored.
+        let mut dead_parts: Vec<TopicPartition> = letters.iter().map(|d| (d.topic.clone(), d.partition)).collect();
+        dead_parts.sort();
+        dead_parts.dedup();
+        let dead_ranges: Vec<OffsetRange> = dead_parts
+            .iter()
+            .filter_map(|tp| {
+                let s = self.parts.get(tp)?;
+                Some(OffsetRange { key: offset_key(self.cfg, &tp.0, tp.1), start: s.dead, end: s.next? })
+            })
+            .collect();
+        if !dead_ranges.is_empty() {
+            match self.dead.append(letters, &dead_ranges, &self.cfg.source_name).await {
+                Ok(_) => {
+                    for r in &dead_ranges {
+                        if let Some(s) = self.parts.get_mut(&(r.key.topic.clone(), r.key.partition)) {
+                            s.dead = Some(r.end);
+                        }
+                    }
+                    self.summary.dead_lettered += letters.len() as u64;
+                    for d in letters.iter() {
+                        self.metrics.dead_lettered.with_label_values(&[d.topic.as_str(), d.error.kind.as_str()]).inc();
+                    }
+                    // Stored: a retry of this batch's commit must not append them again.
+                    letters.clear();
+                }
+                Err(LakeError::Fenced { .. }) => return self.refence(None).await,
+                Err(e) => return Err(e.into()),
+            }
+        }
+
+        // 2. Each topic's rows and offsets, in one commit per table, concurrently.
+        let mut work: HashMap<String, Vec<OffsetRange>> = HashMap::new();
+        for ((topic, p), s) in &self.parts {
+            if s.has_progress() {
+                if let Some(end) = s.next {
+                    work.entry(topic.clone()).or_default().push(OffsetRange { key: offset_key(self.cfg, topic, *p), start: s.start, end });
+                }
+            }
+        }
+        let source_kind = self.source.kind();
+        let empty = Vec::new();
+        let futures = self.tables.iter_mut().filter_map(|(name, table)| {
+            let ranges = work.get(name)?;
+            let recs = records.get(name).unwrap_or(&empty);
+            Some(async move {
+                let prov = Provenance::now(source_kind, name);
+                let t0 = Instant::now();
+                let result = table.upsert(recs, ranges, &prov).await;
+                (name.clone(), ranges, recs.len(), result, t0.elapsed().as_secs_f64())
+            })
+        });
+        // Keep reading while the tables commit: the broker's next messages go to the stash.
+        let mut read_error = None;
+        let results = {
+            let mut all = std::pin::pin!(futures::future::join_all(futures));
+            loop {
+                let room = self.cfg.max_batch_records.saturating_sub(self.stash.len());
+                tokio::select! {
+                    r = &mut all => break r,
+                    polled = self.source.next(Duration::from_millis(50), room), if room > 0 && read_error.is_none() => match polled {
+                        Ok(Polled::Messages(batch)) => self.stash.extend(MsgRef::all(self.pool.submit(batch))),
+                        Ok(Polled::Nothing) => {}
+                        Err(e) => read_error = Some(e),
+                    },
+                }
+            }
+        };
+        let mut first_error = None;
+        let mut fenced = Vec::new();
+        let mut committed = Vec::new();
+        for (name, ranges, valid, result, seconds) in results {
+            match result {
+                Ok(out) => {
+                    self.summary.add(&out);
+                    self.summary.valid += valid as u64;
+                    self.metrics.valid.with_label_values(&[name.as_str()]).inc_by(valid as u64);
+                    self.metrics.record_upsert(&name, valid, &out, seconds);
+                    tracing::debug!(table = %name, ?out, "committed");
+                    for r in ranges {
+                        if let Some(s) = self.parts.get_mut(&(name.clone(), r.key.partition)) {
+                            s.start = Some(r.end);
+                        }
+                        committed.push(((name.clone(), r.key.partition), r.end));
+                    }
+                }
+                Err(LakeError::Fenced { .. }) => fenced.push(name),
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        self.source.commit_advisory(&committed);
+        if let Some(e) = first_error {
+            return Err(e.into());
+        }
+        self.summary.consumed += consumed;
+        self.summary.batches += 1;
+        for (topic, n) in consumed_per_topic.iter() {
+            self.metrics.consumed.with_label_values(&[topic.as_str()]).inc_by(*n);
+        }
+        self.metrics.batch_seconds.with_label_values(&["all"]).observe(started.elapsed().as_secs_f64());
+        self.update_lag();
+        tracing::info!(
+            messages = consumed,
+            dead_letters = dead_lettered,
+            tables = committed.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "batch committed"
+        );
+        if !fenced.is_empty() {
+            return self.refence(Some(&fenced)).await;
+        }
+        if let Some(e) = read_error {
+            return Err(e);
+        }
+        self.clear_pending();
+        self.take_stash();
+        Ok(true)
+    }
+
+    /// Another writer moved offsets under us: drop the batch and restart the affected
+    /// partitions (all, when `topics` is `None`) at the lake's offsets.
+    pub(super) async fn refence(&mut self, topics: Option<&[String]>) -> Result<bool, IngestError> {
+        let tps: Vec<TopicPartition> =
+            self.parts.keys().filter(|(t, _)| topics.is_none_or(|ts| ts.contains(t))).cloned().collect();
+        tracing::warn!(partitions = tps.len(), "offsets moved by another writer; re-reading from the lake's offsets");
+        let starts = self.loader.load(&tps).await.map_err(IngestError::Rebalance)?;
+        let seeks: Vec<(TopicPartition, Option<i64>)> = tps.iter().map(|tp| (tp.clone(), starts.get(tp).and_then(|s| s.data))).collect();
+        // Seek before adopting the new starts: if the seek fails, the run stops rather than
+        // commit offsets for messages it never read.
+        self.source.seek(&seeks)?;
+        for tp in &tps {
+            let s = starts.get(tp).cloned().unwrap_or_default();
+            // The end `--once` works toward stays; only the offsets start again.
+            let (listed, stop, stop_fixed) = self.parts.get(tp).map_or((None, None, false), |o| (o.listed, o.stop, o.stop_fixed));
+            let state = PartState { start: s.data, dead: s.dead, since: Some(Instant::now()), origin: s.data, listed, stop, stop_fixed, ..Default::default() };
+            self.parts.insert(tp.clone(), state);
+        }
+        self.clear_pending();
+        // The stashed messages of the partitions that seeked come again; the others continue.
+        self.stash.retain(|r| {
+            let (t, m) = r.get();
+            !tps.iter().any(|(tt, p)| tt == t && *p == m.partition)
+        });
+        self.take_stash();
+        Ok(false)
+    }
+}

@@ -1,0 +1,227 @@
+//! The ingest loop: source → decode → batch → lake, one micro-batch at a time.
+//!
+//! A batch closes at `trigger_interval`, `max_batch_records` or `max_batch_bytes`, whichever
+//! comes first. Closing it commits, in order: the batch's dead letters (with their offsets) to
+//! `dead_letters`, then each topic's upsert (with its offsets) to the topic table. See
+//! `docs/DESIGN.md` for why that order, together with the per-table offset fences, gives
+//! exactly-once results across crashes, restarts and rebalances.
+//!
+//! | file | holds |
+//! |---|---|
+//! | `pipeline.rs` | the loop, the `--once` decision and the assignment |
+//! | `partitions.rs` | each partition's offsets, log bounds, the `--once` rules, offsets outside the log |
+//! | `batch.rs` | the open batch, the stash and the message references |
+//! | `commit.rs` | the two-step commit (dead letters, then tables), its retries, fences |
+//! | `source.rs` | Kafka or Iggy as the loop sees them, and the tansu rewinds |
+
+mod batch;
+mod commit;
+mod partitions;
+mod pipeline;
+mod source;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::future::BoxFuture;
+use serde::Serialize;
+
+use crate::config::{Config, ConfigError};
+use crate::decode::pool::DecodePool;
+use crate::decode::Decoder;
+use crate::lake::commit::OffsetKey;
+use crate::lake::dead_letters::{DeadLetterTable, TABLE as DEAD_LETTERS};
+use crate::lake::upsert::{TopicTable, UpsertOutcome};
+use crate::lake::{Lake, LakeError};
+use crate::metrics::Metrics;
+use crate::source::kafka::KafkaSource;
+use crate::source::{PartitionStarts, SourceError, StartLoader, TopicPartition};
+use crate::FastMap;
+use pipeline::Pipeline;
+use source::Source;
+
+/// Errors that stop the ingest.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    /// Bad configuration.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The broker side failed.
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    /// The lake side failed.
+    #[error(transparent)]
+    Lake(#[from] LakeError),
+    /// Stored offsets could not be read during a rebalance; nothing was committed.
+    #[error("rebalance failed: {0}")]
+    Rebalance(String),
+    /// A bug in lakepipe (such as a decoder thread that panicked); nothing was committed.
+    #[error("internal error: {0}")]
+    Internal(String),
+    /// `--once` did not bring every partition to the end offset it took at the start; what
+    /// was read is committed, and a later run continues from there.
+    #[error("--once did not reach the end of every partition: {0}")]
+    Incomplete(String),
+}
+
+impl IngestError {
+    /// Whether a restart may succeed without the user changing anything.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            IngestError::Config(e) => e.is_retryable(),
+            IngestError::Source(e) => e.is_retryable(),
+            IngestError::Lake(e) => e.is_retryable(),
+            IngestError::Rebalance(_) | IngestError::Incomplete(_) => true,
+            IngestError::Internal(_) => false,
+        }
+    }
+}
+
+/// Counters for one ingest run.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct IngestSummary {
+    /// Messages read (after skipping those already committed).
+    pub consumed: u64,
+    /// Messages that passed validation.
+    pub valid: u64,
+    /// Messages written to `dead_letters`.
+    pub dead_lettered: u64,
+    /// Keys inserted.
+    pub inserted: u64,
+    /// Rows updated.
+    pub updated: u64,
+    /// Rows deleted.
+    pub deleted: u64,
+    /// Records older than the stored row.
+    pub stale: u64,
+    /// Batches committed.
+    pub batches: u64,
+    /// Commits that had to be recomputed after a conflict.
+    pub conflicts: u64,
+}
+
+impl IngestSummary {
+    fn add(&mut self, o: &UpsertOutcome) {
+        self.inserted += o.inserted;
+        self.updated += o.updated;
+        self.deleted += o.deleted;
+        self.stale += o.stale;
+        self.conflicts += o.attempts.saturating_sub(1) as u64;
+    }
+}
+
+/// Reads start offsets from the lake (fresh table loads, as another writer may have moved them).
+struct LakeStarts {
+    lake: Lake,
+    source: String,
+    group: String,
+}
+
+impl StartLoader for LakeStarts {
+    fn load<'a>(&'a self, partitions: &'a [TopicPartition]) -> BoxFuture<'a, Result<HashMap<TopicPartition, PartitionStarts>, String>> {
+        Box::pin(async move {
+            let mut out = HashMap::new();
+            let dead = self.lake.open(DEAD_LETTERS).await.map_err(|e| e.to_string())?;
+            let mut tables = HashMap::new();
+            for (topic, partition) in partitions {
+                if !tables.contains_key(topic) {
+                    tables.insert(topic.clone(), self.lake.open(topic).await.map_err(|e| e.to_string())?);
+                }
+                let key = OffsetKey { source: self.source.clone(), group: self.group.clone(), topic: topic.clone(), partition: *partition };
+                let mut starts = PartitionStarts::default();
+                if let Some(Some(t)) = tables.get(topic) {
+                    starts.data = crate::lake::commit::stored_offset(t, topic, &key).await.map_err(|e| e.to_string())?;
+                }
+                if let Some(d) = &dead {
+                    starts.dead = crate::lake::commit::stored_offset(d, DEAD_LETTERS, &key).await.map_err(|e| e.to_string())?;
+                }
+                out.insert((topic.clone(), *partition), starts);
+            }
+            Ok(out)
+        })
+    }
+}
+/// Options of one run.
+#[derive(Clone, Default)]
+pub struct IngestOptions {
+    /// Drain each partition to its end, commit and return.
+    pub once: bool,
+    /// Where to record metrics (a private registry when `None`).
+    pub metrics: Option<Arc<Metrics>>,
+    /// Show a progress bar (`--once` on a terminal).
+    pub progress: bool,
+}
+
+/// Run the ingest until shutdown (or, with `once`, until every partition is drained).
+pub async fn run(cfg: &Config, opts: IngestOptions) -> Result<IngestSummary, IngestError> {
+    let specs = cfg.selected_specs()?;
+    let lake = cfg.lake()?;
+    lake.check(cfg.connect()).await?;
+    let loader = Arc::new(LakeStarts { lake: lake.clone(), source: cfg.source_name.clone(), group: cfg.group.clone() });
+    let topics: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
+    // Check the broker and the topics before creating any table.
+    let source = if cfg.iggy.trim().is_empty() {
+        Source::Kafka(KafkaSource::connect(&cfg.brokers, &cfg.group, &topics, &cfg.kafka, loader.clone(), cfg.connect()).await?)
+    } else {
+        let address = crate::source::iggy::IggyAddress::parse(&cfg.iggy).map_err(|message| ConfigError::Invalid { origin: Some("iggy".into()), message })?;
+        Source::Iggy(crate::source::iggy::IggySource::connect(address, &topics, loader.clone()).await?)
+    };
+    let mut tables = BTreeMap::new();
+    let mut decoders = HashMap::new();
+    for spec in &specs {
+        decoders.insert(spec.name.clone(), Decoder::new(spec.clone(), cfg.max_message_bytes).map_err(ConfigError::from)?);
+        tables.insert(spec.name.clone(), TopicTable::open(&lake, spec.clone()).await?);
+    }
+    let dead = DeadLetterTable::open(&lake).await?;
+    tracing::info!(brokers = %cfg.brokers, lake = %lake.root(), group = %cfg.group, topics = ?topics, once = opts.once, "ingest started");
+    let metrics = match &opts.metrics {
+        Some(m) => m.clone(),
+        None => Metrics::new().map_err(|e| IngestError::Rebalance(e.to_string()))?,
+    };
+    let progress = crate::progress::Progress::new(opts.once && opts.progress, "messages");
+    let mut pipe = Pipeline {
+        cfg,
+        progress,
+        metrics,
+        opts,
+        source,
+        loader,
+        tables,
+        pool: DecodePool::new(decoders, std::thread::available_parallelism().map_or(1, |n| n.get()))
+            .map_err(|e| IngestError::Internal(format!("cannot start the decoder threads: {e}")))?,
+        decoded: None,
+        dead,
+        parts: FastMap::default(),
+        generation: 0,
+        assigned: false,
+        others: BTreeMap::new(),
+        pending: FastMap::default(),
+        last_tp: None,
+        pending_records: 0,
+        pending_bytes: 0,
+        stash: Vec::new(),
+        opened: Instant::now(),
+        summary: IngestSummary::default(),
+    };
+    pipe.run().await
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => return std::future::pending().await,
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+

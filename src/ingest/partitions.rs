@@ -1,0 +1,374 @@
+//! Each partition's offsets and the rules on them: log bounds, the `--once` end and whether
+//! it is reached, the partitions other members hold, and stored offsets outside the log.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use super::pipeline::Pipeline;
+use super::source::Source;
+use super::IngestError;
+use crate::source::{SourceError, StartLoader, TopicPartition};
+
+/// `--once`: a partition of the selected topics that another member of the group holds.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct OtherPart {
+    /// The log start and end when this run first looked (`None`: the broker did not say).
+    pub(super) listed: Option<(i64, i64)>,
+    /// The topic table's offset at the last look.
+    pub(super) stored: Option<i64>,
+}
+
+impl OtherPart {
+    /// Committed (by whichever member) up to the end it had when this run first looked.
+    pub(super) fn done(&self) -> bool {
+        self.listed.is_some_and(|(lo, hi)| self.stored.unwrap_or(lo) >= hi)
+    }
+}
+
+/// A partition's log start and end from a ListOffsets answer and the last fetch response:
+/// the larger of each (tansu 0.6 lists an end below the true one).
+pub(super) fn log_bounds(listed: Option<(i64, i64)>, fetched: Option<(Option<i64>, i64)>) -> (Option<i64>, Option<i64>) {
+    (listed.map(|(lo, _)| lo).max(fetched.and_then(|(lo, _)| lo)), listed.map(|(_, hi)| hi).max(fetched.map(|(_, hi)| hi)))
+}
+
+/// Per-partition progress.
+#[derive(Debug, Clone, Default)]
+pub(super) struct PartState {
+    /// Offset stored in the topic table (where this batch started).
+    pub(super) start: Option<i64>,
+    /// Offset stored in `dead_letters`.
+    pub(super) dead: Option<i64>,
+    /// Next offset after the last message taken into the batch.
+    pub(super) next: Option<i64>,
+    /// The log start and end the broker listed at assignment (ListOffsets).
+    pub(super) listed: Option<(i64, i64)>,
+    /// `--once`: the end offset to reach: the listed end, raised to the first end seen in a
+    /// fetch response (exact where ListOffsets under-states it, as on tansu 0.6). Fixed
+    /// once known, so that a producer that keeps writing cannot keep the run going.
+    pub(super) stop: Option<i64>,
+    /// `stop` has taken the fetch response's end into account.
+    pub(super) stop_fixed: bool,
+    /// When this process started reading the partition.
+    pub(super) since: Option<Instant>,
+    /// A message arrived since then.
+    pub(super) got_message: bool,
+    /// Already re-read from the beginning because the broker returned nothing.
+    pub(super) rewound: bool,
+    /// The stored offset when this process started reading the partition.
+    pub(super) origin: Option<i64>,
+    /// Since when the stored offset has looked outside the broker's log (see
+    /// [`Pipeline::check_offsets`]).
+    pub(super) out_of_log_since: Option<Instant>,
+    /// A message of this partition arrived since the consumer was last sought.
+    pub(super) delivered: bool,
+    /// A gap before the first message after a seek was checked by reading from the log start.
+    pub(super) gap_checked: bool,
+    /// A gap was found: drop this partition's messages until it is read from the log start.
+    pub(super) rewind_pending: bool,
+}
+
+impl PartState {
+    pub(super) fn position(&self) -> Option<i64> {
+        self.next.or(self.start)
+    }
+
+    pub(super) fn has_progress(&self) -> bool {
+        match (self.next, self.start) {
+            (Some(n), Some(s)) => n > s,
+            (Some(_), None) => true,
+            _ => false,
+        }
+    }
+
+    /// `--once`: the partition's position (or, with nothing read or stored, its log start)
+    /// has reached `stop`.
+    pub(super) fn reached_stop(&self, log_start: Option<i64>) -> bool {
+        let at = self.position().or(log_start).unwrap_or(0);
+        self.stop_fixed && self.stop.is_some_and(|stop| at >= stop)
+    }
+
+    /// `--once`: committed up to `stop` (nothing left to read or to commit). A stored offset
+    /// beyond `stop` is not done but suspect: [`Pipeline::check_offsets`] decides whether the
+    /// log was replaced, or `stop` came from a stale watermark.
+    pub(super) fn committed_to_stop(&self, log_start: Option<i64>) -> bool {
+        let at = self.start.or(log_start).unwrap_or(0);
+        !self.has_progress() && self.stop_fixed && self.stop.is_some_and(|stop| at >= stop && self.start.is_none_or(|s| s <= stop))
+    }
+
+    /// The consumer has moved past offsets that carried no data for the application (transaction
+    /// markers, aborted records): take `position` as the next offset, so that the commit covers
+    /// them and the stored offset reaches the log end. Only valid when every message below
+    /// `position` has been taken, i.e. with no messages waiting outside the batch.
+    #[must_use]
+    pub(super) fn skip_to(&mut self, position: i64) -> bool {
+        if self.position().is_some_and(|p| position > p) {
+            self.next = Some(position);
+            self.got_message = true;
+            return true;
+        }
+        false
+    }
+
+    /// The stored offset no longer fits the broker's log (`log_start`..=`end`): a message to
+    /// stop on, naming both offsets.
+    pub(super) fn out_of_log(&self, tp: &TopicPartition, log_start: Option<i64>, end: Option<i64>) -> Option<String> {
+        let stored = self.start?;
+        if let Some(lo) = log_start.filter(|lo| stored < *lo) {
+            return Some(format!(
+                "{}/{}: the lake's offset {stored} is below the log start {lo}: offsets {stored}..{lo} were deleted (retention, DeleteRecords) before they were ingested",
+                tp.0, tp.1
+            ));
+        }
+        if let Some(end) = end.filter(|end| stored > *end) {
+            return Some(format!(
+                "{}/{}: the lake's offset {stored} is past the log end {end}: the topic or cluster was replaced; ingest it under a new --source-name to start over deliberately",
+                tp.0, tp.1
+            ));
+        }
+        None
+    }
+}
+
+/// How long a partition with data beyond its offset may deliver nothing before it is re-read.
+pub(super) const STALL_AFTER: Duration = Duration::from_secs(4);
+
+/// How long a stored offset must look outside the broker's log before the run stops on it.
+pub(super) const OUT_OF_LOG_CONFIRM: Duration = Duration::from_secs(3);
+
+
+impl Pipeline<'_> {
+    /// `--once`: whether every partition of the topics that this member does not hold is
+    /// committed in the lake up to the end it had when this run first looked at it. Dead
+    /// members keep their partitions until their session times out, and live ones may still be
+    /// reading theirs: success means the whole topic set is in the lake, not only this share.
+    pub(super) async fn others_done(&mut self) -> Result<bool, IngestError> {
+        let all = self.source.all_partitions(self.cfg.connect())?;
+        let theirs: Vec<TopicPartition> = all.into_iter().filter(|tp| !self.parts.contains_key(tp)).collect();
+        self.others.retain(|tp, _| theirs.contains(tp));
+        if theirs.is_empty() {
+            return Ok(true);
+        }
+        let unlisted: Vec<TopicPartition> = theirs.iter().filter(|tp| self.others.get(*tp).is_none_or(|o| o.listed.is_none())).cloned().collect();
+        let listed = if unlisted.is_empty() { HashMap::new() } else { self.source.listed_watermarks(&unlisted, self.cfg.connect()) };
+        let starts = self.loader.load(&theirs).await.map_err(IngestError::Rebalance)?;
+        for tp in &theirs {
+            let o = self.others.entry(tp.clone()).or_insert(OtherPart { listed: None, stored: None });
+            if o.listed.is_none() {
+                o.listed = listed.get(tp).copied();
+            }
+            o.stored = starts.get(tp).and_then(|s| s.data);
+        }
+        Ok(self.others.values().all(OtherPart::done))
+    }
+
+    /// The first existing offset of a partition, as listed or fetched.
+    pub(super) fn log_start(&self, tp: &TopicPartition, s: &PartState) -> Option<i64> {
+        log_bounds(s.listed, self.source.cached_watermarks(&tp.0, tp.1)).0
+    }
+
+    /// Why `--once` is not finished: each partition short of its end, with its lag, or that
+    /// no partition is assigned.
+    pub(super) fn describe_lag(&self, assigned: bool, quiet_for: Duration) -> String {
+        if !assigned {
+            return format!(
+                "the group coordinator assigned this member no partitions for {quiet_for:?} (other members may hold them, or the coordinator is still rebalancing)"
+            );
+        }
+        let mut behind: Vec<String> = self
+            .parts
+            .iter()
+            .filter(|(tp, s)| !s.committed_to_stop(self.log_start(tp, s)))
+            .map(|((t, p), s)| {
+                let at = s.start.or(self.log_start(&(t.clone(), *p), s)).unwrap_or(0);
+                match s.stop.filter(|_| s.stop_fixed) {
+                    Some(stop) => format!("{t}/{p} committed to {at} of {stop} (lag {})", (stop - at).max(0)),
+                    None => format!("{t}/{p} committed to {at}, end unknown (no fetch response from the broker)"),
+                }
+            })
+            .collect();
+        behind.extend(self.others.iter().filter(|(_, o)| !o.done()).map(|((t, p), o)| {
+            let at = o.stored.or(o.listed.map(|(lo, _)| lo)).unwrap_or(0);
+            match o.listed {
+                Some((_, hi)) => format!("{t}/{p} (held by another member) committed to {at} of {hi} (lag {})", (hi - at).max(0)),
+                None => format!("{t}/{p} (held by another member) committed to {at}, end unknown"),
+            }
+        }));
+        behind.sort();
+        format!("no progress for {quiet_for:?}; {}", behind.join(", "))
+    }
+
+    /// Each of `tps` whose stored offset is outside the broker's log, by a fresh listing and
+    /// the last fetch response.
+    pub(super) fn explain_out_of_range(&self, tps: &[TopicPartition]) -> Vec<String> {
+        let listed = self.source.listed_watermarks(tps, self.cfg.connect());
+        let mut out: Vec<String> = tps
+            .iter()
+            .filter_map(|tp| {
+                let s = self.parts.get(tp)?;
+                // Without a fresh listing there is no verdict.
+                let listed = Some(*listed.get(tp)?);
+                let (start, end) = log_bounds(listed, self.source.cached_watermarks(&tp.0, tp.1));
+                s.out_of_log(tp, start, end)
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Stop on a stored offset outside the broker's log: below its start (data deleted before
+    /// it was ingested) or past its end (the log was replaced). The watermarks librdkafka
+    /// caches can predate this assignment (another member committed further while this one
+    /// was not fetching the partition), and tansu 0.6 lists an end below the true one, so a
+    /// verdict counts only when it has held for [`OUT_OF_LOG_CONFIRM`] and a fresh listing
+    /// still agrees. On Kafka the fetch itself fails with `OFFSET_OUT_OF_RANGE` at once.
+    pub(super) fn check_offsets(&mut self) -> Result<(), IngestError> {
+        let mut confirm = Vec::new();
+        for (tp, s) in self.parts.iter_mut() {
+            let cached = self.source.cached_watermarks(&tp.0, tp.1);
+            let (start, end) = log_bounds(s.listed, cached);
+            // The end only once a fetch response has given it: the listed one can be low.
+            if s.out_of_log(tp, start, end.filter(|_| cached.is_some())).is_none() {
+                s.out_of_log_since = None;
+                continue;
+            }
+            let since = *s.out_of_log_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= OUT_OF_LOG_CONFIRM {
+                confirm.push(tp.clone());
+            }
+        }
+        if confirm.is_empty() {
+            return Ok(());
+        }
+        let bad = self.explain_out_of_range(&confirm);
+        if bad.is_empty() {
+            for tp in &confirm {
+                if let Some(s) = self.parts.get_mut(tp) {
+                    s.out_of_log_since = None;
+                    // The stored offset is inside the log: the end is at least there.
+                    if let (Some(stop), Some(start)) = (s.stop, s.start) {
+                        s.stop = Some(stop.max(start));
+                    }
+                }
+            }
+            return Ok(());
+        }
+        let brokers = match &self.source {
+            Source::Kafka(k) => k.brokers().to_string(),
+            Source::Iggy(i) => i.display(),
+        };
+        Err(IngestError::Source(SourceError::OutOfRange { brokers, reason: bad.join("; ") }))
+    }
+
+    /// Move each partition past offsets the consumer skipped without handing over a message
+    /// (transaction markers, aborted records), so that commits and `--once` reach the log end.
+    pub(super) fn skip_markers(&mut self) {
+        // Messages read during a commit wait in the stash: the consumer's position counts
+        // them, the batch does not yet.
+        if !self.stash.is_empty() {
+            return;
+        }
+        for (tp, position) in self.source.positions() {
+            if let Some(s) = self.parts.get_mut(&tp) {
+                if s.skip_to(position) {
+                    tracing::debug!(topic = %tp.0, partition = tp.1, position, "moved past offsets without data (transaction markers)");
+                }
+            }
+        }
+    }
+
+    /// `--once`: raise each partition's stop offset to the first end a fetch response gives.
+    pub(super) fn fix_stops(&mut self) {
+        for ((topic, p), state) in self.parts.iter_mut() {
+            // A second after assignment, so that the fetch response's end is this assignment's
+            // and not one librdkafka kept from an earlier one.
+            if state.stop_fixed || state.since.is_none_or(|t| t.elapsed() < Duration::from_secs(1)) {
+                continue;
+            }
+            if let Some(hi) = self.source.cached_high_watermark(topic, *p) {
+                state.stop = Some(state.stop.map_or(hi, |s| s.max(hi)));
+                state.stop_fixed = true;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tp() -> TopicPartition {
+        ("t".to_string(), 0)
+    }
+
+    fn part(start: Option<i64>, next: Option<i64>, stop: i64) -> PartState {
+        PartState { start, next, stop: Some(stop), stop_fixed: true, ..Default::default() }
+    }
+
+    #[test]
+    fn once_is_done_only_when_committed_to_the_end() {
+        // Read to the end but not committed: reached, not done.
+        let s = part(Some(10), Some(20), 20);
+        assert!(s.reached_stop(None) && !s.committed_to_stop(None));
+        // Committed to the end.
+        let s = part(Some(20), None, 20);
+        assert!(s.reached_stop(None) && s.committed_to_stop(None));
+        // Short of the end.
+        let s = part(Some(15), Some(19), 20);
+        assert!(!s.reached_stop(None) && !s.committed_to_stop(None));
+        // An end not yet confirmed by a fetch response never counts.
+        let mut s = part(Some(20), None, 20);
+        s.stop_fixed = false;
+        assert!(!s.reached_stop(None) && !s.committed_to_stop(None));
+        // Stored beyond the end: suspect (a replaced log, or a stale end), never done.
+        let s = part(Some(5_000), None, 50);
+        assert!(!s.committed_to_stop(None));
+        // Nothing stored: an empty partition, or one whose records all expired, is at its log start.
+        let s = part(None, None, 7);
+        assert!(s.committed_to_stop(Some(7)) && !s.committed_to_stop(Some(3)) && !s.committed_to_stop(None));
+    }
+
+    /// Transaction markers (and aborted records) are never delivered: the last data message is
+    /// below the log end, and only the consumer's position says the rest holds no data. tansu
+    /// 0.6 refuses EndTxn, so this is the test of that path; it is not exercised end to end.
+    #[test]
+    fn transaction_markers_move_the_offset_to_the_log_end() {
+        // Data 0..=97 taken, a commit marker at 98, aborted records 99..=101 and their marker at
+        // 102: the consumer stands at 103, the log end.
+        let mut s = part(Some(50), Some(98), 103);
+        assert!(!s.reached_stop(None));
+        assert!(s.skip_to(103));
+        assert!(s.reached_stop(None) && s.has_progress());
+        // The commit stores 103; the next run starts there, not behind the markers.
+        s.start = s.next.take();
+        assert!(s.committed_to_stop(None));
+        // A position at or behind the batch (a seek back, a message in flight) changes nothing.
+        assert!(!s.skip_to(103) && !s.skip_to(60));
+        assert_eq!(s.position(), Some(103));
+    }
+
+    #[test]
+    fn a_stored_offset_outside_the_log_is_named_with_both_offsets() {
+        let s = part(Some(40), None, 100);
+        assert!(s.out_of_log(&tp(), Some(0), Some(100)).is_none());
+        assert!(s.out_of_log(&tp(), Some(40), Some(40)).is_none(), "at the end exactly is fine");
+        let below = s.out_of_log(&tp(), Some(60), Some(100)).unwrap();
+        assert!(below.contains("t/0") && below.contains("40 is below the log start 60"), "{below}");
+        let past = s.out_of_log(&tp(), Some(0), Some(30)).unwrap();
+        assert!(past.contains("t/0") && past.contains("40 is past the log end 30") && past.contains("--source-name"), "{past}");
+        // Nothing stored: nothing to compare.
+        assert!(part(None, None, 0).out_of_log(&tp(), Some(60), Some(30)).is_none());
+    }
+
+    #[test]
+    fn another_members_partition_is_done_when_the_lake_reaches_its_end() {
+        let o = |listed, stored| OtherPart { listed, stored };
+        assert!(o(Some((0, 50)), Some(50)).done());
+        assert!(!o(Some((0, 50)), Some(49)).done());
+        assert!(!o(Some((0, 50)), None).done());
+        // Empty, or every record expired, and never ingested: nothing to do.
+        assert!(o(Some((50, 50)), None).done());
+        // The broker did not list it: not known to be done.
+        assert!(!o(None, Some(1_000)).done());
+    }
+}
+

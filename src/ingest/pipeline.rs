@@ -1,0 +1,252 @@
+//! The loop: poll, take, commit, and the `--once` decision; the assignment from the source.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use super::batch::{DecodedBatch, MsgRef};
+use super::partitions::{OtherPart, PartState};
+use super::source::{Polled, Source};
+use super::{shutdown_signal, IngestError, IngestOptions, IngestSummary, LakeStarts};
+use crate::config::Config;
+use crate::decode::pool::DecodePool;
+use crate::lake::dead_letters::DeadLetterTable;
+use crate::lake::upsert::TopicTable;
+use crate::metrics::Metrics;
+use crate::source::{SourceError, StartLoader, TopicPartition};
+use crate::FastMap;
+
+pub(super) struct Pipeline<'c> {
+    pub(super) cfg: &'c Config,
+    pub(super) progress: crate::progress::Progress,
+    pub(super) metrics: Arc<Metrics>,
+    pub(super) opts: IngestOptions,
+    pub(super) source: Source,
+    pub(super) loader: Arc<LakeStarts>,
+    pub(super) tables: BTreeMap<String, TopicTable>,
+    /// Decodes each poll's messages in the background.
+    pub(super) pool: DecodePool,
+    /// The open batch, decoded: kept across retries of its commit.
+    pub(super) decoded: Option<DecodedBatch>,
+    pub(super) dead: DeadLetterTable,
+    pub(super) parts: FastMap<TopicPartition, PartState>,
+    pub(super) generation: u64,
+    pub(super) assigned: bool,
+    /// `--once`: the partitions of the topics that other members hold, with the log start and
+    /// end each had when this run first looked, and the lake's offset at the last look.
+    pub(super) others: BTreeMap<TopicPartition, OtherPart>,
+    pub(super) pending: FastMap<String, Vec<MsgRef>>,
+    /// The partition of the last message taken (see [`Pipeline::take`]).
+    pub(super) last_tp: Option<TopicPartition>,
+    pub(super) pending_records: usize,
+    pub(super) pending_bytes: usize,
+    /// Messages read while a batch was committing: the next batch's first messages. Taken as
+    /// soon as the commit ends, before any later message, so that no offset is skipped.
+    pub(super) stash: Vec<MsgRef>,
+    pub(super) opened: Instant,
+    pub(super) summary: IngestSummary,
+}
+
+impl Pipeline<'_> {
+    pub(super) async fn run(&mut self) -> Result<IngestSummary, IngestError> {
+        let result = self.run_inner().await;
+        // A stored offset outside the broker's log is reported by librdkafka without the
+        // partition: name it, with both offsets, from the lake and the broker.
+        match result {
+            Err(IngestError::Source(SourceError::OutOfRange { brokers, reason })) => {
+                let tps: Vec<TopicPartition> = self.parts.keys().cloned().collect();
+                let named = self.explain_out_of_range(&tps);
+                let reason = if named.is_empty() { reason } else { format!("{reason}: {}", named.join("; ")) };
+                Err(IngestError::Source(SourceError::OutOfRange { brokers, reason }))
+            }
+            other => other,
+        }
+    }
+
+    pub(super) async fn run_inner(&mut self) -> Result<IngestSummary, IngestError> {
+        let trigger = self.cfg.trigger();
+        let once_timeout = self.cfg.once_timeout();
+        // `--once`: the last time a partition moved toward its end (or partitions were given).
+        let mut last_progress = Instant::now();
+        let mut last_positions = 0i64;
+        let mut last_stall_check = Instant::now();
+        let mut last_lag_report = Instant::now();
+        let mut last_others_check = Instant::now() - Duration::from_secs(60);
+        let mut shutdown = Box::pin(shutdown_signal());
+        loop {
+            // Messages taken from the stash of the last commit may have found a gap.
+            self.apply_rewinds()?;
+            let mut wait = trigger.saturating_sub(self.opened.elapsed()).max(Duration::from_millis(10));
+            if self.opts.once {
+                wait = wait.min(Duration::from_millis(200));
+            }
+            // A full batch (the stash of the last commit can fill one) is committed first.
+            let event = if self.is_full() {
+                Polled::Nothing
+            } else {
+                tokio::select! {
+                    _ = &mut shutdown => {
+                        tracing::info!("shutdown requested; committing the open batch");
+                        if !self.flush_with_retry().await? {
+                            tracing::warn!("the open batch was dropped: another writer owns its partitions");
+                        }
+                        break;
+                    }
+                    r = self.source.next(wait, self.cfg.max_batch_records - self.pending_records) => r?,
+                }
+            };
+            if self.sync_assignment().await? {
+                // What this poll returned may predate the new assignment; every partition was
+                // sought to the lake's offset, so it comes again.
+                if self.assigned && !self.parts.is_empty() {
+                    last_progress = Instant::now();
+                }
+                continue;
+            }
+            if let Polled::Messages(batch) = event {
+                for r in MsgRef::all(self.pool.submit(batch)) {
+                    self.take(r);
+                }
+                self.apply_rewinds()?;
+            }
+            if last_stall_check.elapsed() >= Duration::from_millis(500) {
+                last_stall_check = Instant::now();
+                self.fix_stops();
+                self.skip_markers();
+                self.check_offsets()?;
+                self.rewind_stalled()?;
+                self.update_lag();
+                self.show_progress();
+            }
+            let progress = self.parts.values().any(|s| s.has_progress());
+            if !progress {
+                self.opened = Instant::now();
+            }
+            if progress && (self.is_full() || self.opened.elapsed() >= trigger) {
+                self.flush_with_retry().await?;
+            }
+            if !self.opts.once {
+                continue;
+            }
+            // `--once`: done when every partition of the topics is committed up to the end it
+            // had at the start, this member's by this member, the others' by whichever member
+            // holds them; failed when none has moved for `once_timeout`.
+            let assigned = self.assigned && !self.parts.is_empty();
+            let mut positions: i64 = self.parts.values().filter_map(PartState::position).sum();
+            positions += self.others.values().filter_map(|o| o.stored).sum::<i64>();
+            if positions != last_positions {
+                last_positions = positions;
+                last_progress = Instant::now();
+            }
+            let own_done = if assigned && self.parts.iter().all(|(tp, s)| s.reached_stop(self.log_start(tp, s))) {
+                if !(self.flush_with_retry().await? && self.parts.iter().all(|(tp, s)| s.committed_to_stop(self.log_start(tp, s)))) {
+                    // Fenced, or a rebalance: the partitions restart at the lake's offsets.
+                    last_progress = Instant::now();
+                    continue;
+                }
+                true
+            } else {
+                // An empty assignment may only be a step of a rebalance (dead members keep
+                // partitions until their session times out): the others decide.
+                !assigned && self.generation > 0
+            };
+            if own_done && last_others_check.elapsed() >= Duration::from_secs(2) {
+                last_others_check = Instant::now();
+                if self.others_done().await? {
+                    break;
+                }
+            }
+            if last_progress.elapsed() >= once_timeout {
+                // Keep what was read: a later run continues from there.
+                self.flush_with_retry().await?;
+                return Err(IngestError::Incomplete(self.describe_lag(assigned, once_timeout)));
+            }
+            if last_lag_report.elapsed() >= Duration::from_secs(30) && last_progress.elapsed() >= Duration::from_secs(10) {
+                last_lag_report = Instant::now();
+                tracing::warn!(waiting = %self.describe_lag(assigned, last_progress.elapsed()), "--once is waiting for data it has not received yet");
+            }
+        }
+        self.progress.finish();
+        Ok(self.summary.clone())
+    }
+
+    /// Adopt a new assignment from the rebalance callback: drop the open batch and the stash,
+    /// read each partition's offsets from the lake again, and seek every partition there
+    /// before anything is taken. The callback's own reading can predate a commit that was in
+    /// flight when it ran, and the consumer may already have delivered messages past it.
+    /// Returns whether the assignment changed.
+    pub(super) async fn sync_assignment(&mut self) -> Result<bool, IngestError> {
+        let (generation, assigned, partitions) = {
+            let state = self.source.assignment().lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(e) = &state.error {
+                return Err(IngestError::Rebalance(e.clone()));
+            }
+            if state.generation == self.generation {
+                return Ok(false);
+            }
+            (state.generation, state.assigned, state.partitions.keys().cloned().collect::<Vec<TopicPartition>>())
+        };
+        self.generation = generation;
+        self.assigned = assigned;
+        self.metrics.set_ready(assigned);
+        if self.pending_records > 0 || !self.stash.is_empty() {
+            tracing::info!(dropped = self.pending_records + self.stash.len(), "rebalance: dropping the uncommitted batch; it is re-read from the lake's offsets");
+        }
+        self.clear_pending();
+        self.stash.clear();
+        let starts = if partitions.is_empty() { HashMap::new() } else { self.loader.load(&partitions).await.map_err(IngestError::Rebalance)? };
+        let seeks: Vec<(TopicPartition, Option<i64>)> = partitions.iter().map(|tp| (tp.clone(), starts.get(tp).and_then(|s| s.data))).collect();
+        if !seeks.is_empty() {
+            self.source.seek(&seeks)?;
+        }
+        let listed = self.source.listed_watermarks(&partitions, self.cfg.connect());
+        self.parts = partitions
+            .iter()
+            .map(|tp| {
+                let s = starts.get(tp).cloned().unwrap_or_default();
+                let listed = listed.get(tp).copied();
+                let state = PartState {
+                    start: s.data,
+                    dead: s.dead,
+                    since: Some(Instant::now()),
+                    origin: s.data,
+                    listed,
+                    stop: listed.map(|(_, hi)| hi),
+                    ..Default::default()
+                };
+                (tp.clone(), state)
+            })
+            .collect();
+        Ok(true)
+    }
+
+    /// `--once`: messages read since assignment, of those up to each partition's stop offset.
+    pub(super) fn show_progress(&self) {
+        let mut done = 0u64;
+        let mut total = Some(0u64);
+        for s in self.parts.values() {
+            let origin = s.origin.unwrap_or(0);
+            done += (s.position().unwrap_or(origin) - origin).max(0) as u64;
+            total = match (total, s.stop) {
+                (Some(t), Some(stop)) => Some(t + (stop - origin).max(0) as u64),
+                _ => None,
+            };
+        }
+        self.progress.set(done, total);
+    }
+
+    /// Publish committed offsets and lag (high watermark from fetch responses).
+    pub(super) fn update_lag(&self) {
+        for ((topic, p), s) in &self.parts {
+            let part = p.to_string();
+            if let Some(c) = s.start {
+                self.metrics.committed_offset.with_label_values(&[topic.as_str(), part.as_str()]).set(c);
+            }
+            if let Some(h) = self.source.cached_high_watermark(topic, *p) {
+                let lag = (h - s.start.unwrap_or(0)).max(0);
+                self.metrics.consumer_lag.with_label_values(&[topic.as_str(), part.as_str()]).set(lag);
+            }
+        }
+    }
+}
