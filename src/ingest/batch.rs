@@ -63,6 +63,7 @@ impl Pipeline<'_> {
             self.last_tp = Some((topic.to_string(), partition));
         }
         let kafka = matches!(self.source, Source::Kafka(_));
+        let once = self.opts.once;
         let Some(tp) = &self.last_tp else { return false };
         let Some(state) = self.parts.get_mut(tp) else { return false };
         if state.rewind_pending {
@@ -82,6 +83,12 @@ impl Pipeline<'_> {
         }
         if state.position().is_some_and(|n| offset < n) {
             return false; // already committed or already in this batch
+        }
+        // `--once` owes the data up to the end it fixed at the start, and no more: what a
+        // producer writes meanwhile is the next run's. Taking it would move the stored offset
+        // past that end, where the run never counts as done.
+        if once && state.beyond_stop(offset) {
+            return false;
         }
         state.next = Some(offset + 1);
         state.got_message = true;

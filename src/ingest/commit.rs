@@ -13,7 +13,7 @@ use crate::config::Config;
 use crate::enrich::Provenance;
 use crate::lake::commit::{OffsetKey, OffsetRange};
 use crate::lake::LakeError;
-use crate::source::{StartLoader, TopicPartition};
+use crate::source::{SourceError, StartLoader, TopicPartition};
 
 pub(super) fn offset_key(cfg: &Config, topic: &str, partition: i32) -> OffsetKey {
     OffsetKey { source: cfg.source_name.clone(), group: cfg.group.clone(), topic: topic.to_string(), partition }
@@ -201,5 +201,18 @@ impl Pipeline<'_> {
         });
         self.take_stash();
         Ok(false)
+    }
+
+    /// Stop on `e`; when it says offsets are outside the broker's log, commit what was read
+    /// first: the broker may no longer hold those rows (retention moved its log start past the
+    /// lake's offset while they sat in the open batch), and the next run stops at the same gap.
+    pub(super) async fn keep_reads(&mut self, e: IngestError) -> IngestError {
+        if matches!(e, IngestError::Source(SourceError::OutOfRange { .. })) {
+            match self.flush_with_retry().await {
+                Ok(_) => tracing::info!("committed what was read before stopping on offsets outside the log"),
+                Err(f) => tracing::warn!(error = %f, "could not commit what was read before stopping"),
+            }
+        }
+        e
     }
 }

@@ -63,6 +63,10 @@ pub enum IngestError {
     /// was read is committed, and a later run continues from there.
     #[error("--once did not reach the end of every partition: {0}")]
     Incomplete(String),
+    /// `--once` was stopped by SIGTERM or SIGINT before every partition reached its end; what
+    /// was read is committed, and a later run continues from there.
+    #[error("--once was interrupted (SIGTERM or SIGINT) before every partition reached its end; what was read is committed and the next run continues from there: {0}")]
+    Interrupted(String),
 }
 
 impl IngestError {
@@ -72,7 +76,7 @@ impl IngestError {
             IngestError::Config(e) => e.is_retryable(),
             IngestError::Source(e) => e.is_retryable(),
             IngestError::Lake(e) => e.is_retryable(),
-            IngestError::Rebalance(_) | IngestError::Incomplete(_) => true,
+            IngestError::Rebalance(_) | IngestError::Incomplete(_) | IngestError::Interrupted(_) => true,
             IngestError::Internal(_) => false,
         }
     }

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use super::pipeline::Pipeline;
 use super::source::Source;
-use super::IngestError;
+use super::{IngestError, IngestSummary};
 use crate::source::{SourceError, StartLoader, TopicPartition};
 
 /// `--once`: a partition of the selected topics that another member of the group holds.
@@ -95,6 +95,11 @@ impl PartState {
         !self.has_progress() && self.stop_fixed && self.stop.is_some_and(|stop| at >= stop && self.start.is_none_or(|s| s <= stop))
     }
 
+    /// `--once`: `offset` is at or past the end this run owes, once that end is fixed.
+    pub(super) fn beyond_stop(&self, offset: i64) -> bool {
+        self.stop_fixed && self.stop.is_some_and(|stop| offset >= stop)
+    }
+
     /// The consumer has moved past offsets that carried no data for the application (transaction
     /// markers, aborted records): take `position` as the next offset, so that the commit covers
     /// them and the stored offset reaches the log end. Only valid when every message below
@@ -113,9 +118,12 @@ impl PartState {
     /// stop on, naming both offsets.
     pub(super) fn out_of_log(&self, tp: &TopicPartition, log_start: Option<i64>, end: Option<i64>) -> Option<String> {
         let stored = self.start?;
-        if let Some(lo) = log_start.filter(|lo| stored < *lo) {
+        // Rows read into the open batch are not lost: they are committed before the run stops
+        // on a gap. What counts is where reading stands.
+        let read_to = self.next.map_or(stored, |n| n.max(stored));
+        if let Some(lo) = log_start.filter(|lo| read_to < *lo) {
             return Some(format!(
-                "{}/{}: the lake's offset {stored} is below the log start {lo}: offsets {stored}..{lo} were deleted (retention, DeleteRecords) before they were ingested",
+                "{}/{}: the lake's offset {stored} (read to {read_to}) is below the log start {lo}: offsets {read_to}..{lo} were deleted (retention, DeleteRecords) before they were ingested",
                 tp.0, tp.1
             ));
         }
@@ -161,6 +169,30 @@ impl Pipeline<'_> {
         Ok(self.others.values().all(OtherPart::done))
     }
 
+    /// `--once` stopped by a signal, after its last commit: a success only when every
+    /// partition of the topics is committed to its end (this member's and the others', as the
+    /// loop decides it); otherwise [`IngestError::Interrupted`], naming what is left.
+    pub(super) async fn interrupted(&mut self) -> Result<IngestSummary, IngestError> {
+        let assigned = self.assigned && !self.parts.is_empty();
+        let own_done = if assigned {
+            self.parts.iter().all(|(tp, s)| s.committed_to_stop(self.log_start(tp, s)))
+        } else {
+            self.generation > 0
+        };
+        if own_done && self.others_done().await? {
+            self.progress.finish();
+            return Ok(self.summary.clone());
+        }
+        let behind = self.behind();
+        Err(IngestError::Interrupted(if !assigned && self.generation == 0 {
+            "the group had not assigned this member any partitions yet".to_string()
+        } else if behind.is_empty() {
+            "the ends of the partitions were not known yet".to_string()
+        } else {
+            behind.join(", ")
+        }))
+    }
+
     /// The first existing offset of a partition, as listed or fetched.
     pub(super) fn log_start(&self, tp: &TopicPartition, s: &PartState) -> Option<i64> {
         log_bounds(s.listed, self.source.cached_watermarks(&tp.0, tp.1)).0
@@ -174,6 +206,12 @@ impl Pipeline<'_> {
                 "the group coordinator assigned this member no partitions for {quiet_for:?} (other members may hold them, or the coordinator is still rebalancing)"
             );
         }
+        format!("no progress for {quiet_for:?}; {}", self.behind().join(", "))
+    }
+
+    /// Each partition (this member's or another's) not yet committed to its end, with its
+    /// committed offset, its end and its lag.
+    pub(super) fn behind(&self) -> Vec<String> {
         let mut behind: Vec<String> = self
             .parts
             .iter()
@@ -194,7 +232,7 @@ impl Pipeline<'_> {
             }
         }));
         behind.sort();
-        format!("no progress for {quiet_for:?}; {}", behind.join(", "))
+        behind
     }
 
     /// Each of `tps` whose stored offset is outside the broker's log, by a fresh listing and
@@ -267,8 +305,15 @@ impl Pipeline<'_> {
         if !self.stash.is_empty() {
             return;
         }
+        let once = self.opts.once;
         for (tp, position) in self.source.positions() {
             if let Some(s) = self.parts.get_mut(&tp) {
+                // `--once` leaves the messages past its end untaken (see `take`): the position
+                // may be beyond them, and only the offsets below the end were all taken.
+                let position = match s.stop.filter(|_| once && s.stop_fixed) {
+                    Some(stop) => position.min(stop),
+                    None => position,
+                };
                 if s.skip_to(position) {
                     tracing::debug!(topic = %tp.0, partition = tp.1, position, "moved past offsets without data (transaction markers)");
                 }
@@ -302,6 +347,17 @@ mod tests {
 
     fn part(start: Option<i64>, next: Option<i64>, stop: i64) -> PartState {
         PartState { start, next, stop: Some(stop), stop_fixed: true, ..Default::default() }
+    }
+
+    #[test]
+    fn once_owes_nothing_past_its_fixed_end() {
+        let s = part(Some(10), Some(20), 30);
+        assert!(!s.beyond_stop(29));
+        assert!(s.beyond_stop(30));
+        assert!(s.beyond_stop(31));
+        // Before the end is fixed, the listed end may be low (tansu): nothing is refused.
+        let unfixed = PartState { stop_fixed: false, ..s };
+        assert!(!unfixed.beyond_stop(31));
     }
 
     #[test]
@@ -352,7 +408,12 @@ mod tests {
         assert!(s.out_of_log(&tp(), Some(0), Some(100)).is_none());
         assert!(s.out_of_log(&tp(), Some(40), Some(40)).is_none(), "at the end exactly is fine");
         let below = s.out_of_log(&tp(), Some(60), Some(100)).unwrap();
-        assert!(below.contains("t/0") && below.contains("40 is below the log start 60"), "{below}");
+        assert!(below.contains("t/0") && below.contains("40 (read to 40) is below the log start 60"), "{below}");
+        // Rows read past the new log start are in the batch, not lost: no verdict on them.
+        let read = part(Some(40), Some(70), 100);
+        assert!(read.out_of_log(&tp(), Some(60), Some(100)).is_none());
+        let gap = read.out_of_log(&tp(), Some(80), Some(100)).unwrap();
+        assert!(gap.contains("offsets 70..80 were deleted"), "{gap}");
         let past = s.out_of_log(&tp(), Some(0), Some(30)).unwrap();
         assert!(past.contains("t/0") && past.contains("40 is past the log end 30") && past.contains("--source-name"), "{past}");
         // Nothing stored: nothing to compare.

@@ -91,9 +91,15 @@ impl Pipeline<'_> {
                         if !self.flush_with_retry().await? {
                             tracing::warn!("the open batch was dropped: another writer owns its partitions");
                         }
+                        if self.opts.once {
+                            return self.interrupted().await;
+                        }
                         break;
                     }
-                    r = self.source.next(wait, self.cfg.max_batch_records - self.pending_records) => r?,
+                    r = self.source.next(wait, self.cfg.max_batch_records - self.pending_records) => match r {
+                        Ok(polled) => polled,
+                        Err(e) => return Err(self.keep_reads(e).await),
+                    },
                 }
             };
             if self.sync_assignment().await? {
@@ -114,7 +120,9 @@ impl Pipeline<'_> {
                 last_stall_check = Instant::now();
                 self.fix_stops();
                 self.skip_markers();
-                self.check_offsets()?;
+                if let Err(e) = self.check_offsets() {
+                    return Err(self.keep_reads(e).await);
+                }
                 self.rewind_stalled()?;
                 self.update_lag();
                 self.show_progress();

@@ -180,13 +180,18 @@ pub async fn produce_to_partition(topic: &str, partition: i32, msgs: &[Msg]) {
 
 /// [`produce_to_partition`] on another broker.
 pub async fn produce_to_partition_on(brokers: &str, topic: &str, partition: i32, msgs: &[Msg]) {
-    use rdkafka::producer::{FutureProducer, FutureRecord};
-    let p: FutureProducer = rdkafka::ClientConfig::new()
+    let p: rdkafka::producer::FutureProducer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .create()
         .unwrap();
+    send_with(&p, topic, partition, msgs).await;
+}
+
+/// Send `msgs` to a partition through an existing producer and wait for every acknowledgement.
+pub async fn send_with(p: &rdkafka::producer::FutureProducer, topic: &str, partition: i32, msgs: &[Msg]) {
+    use rdkafka::producer::FutureRecord;
     let sends = msgs.iter().map(|(k, v)| {
         let mut r: FutureRecord<'_, String, String> = FutureRecord::to(topic).partition(partition);
         if let Some(k) = k {

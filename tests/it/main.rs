@@ -6,6 +6,7 @@ mod failures;
 mod faults;
 mod harness;
 mod kill;
+mod once;
 mod operate;
 mod publish;
 mod reliability;
