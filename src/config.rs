@@ -73,6 +73,12 @@ pub struct Config {
     /// long (nothing assigned, a broker that delivers nothing), it commits what it read and
     /// exits non-zero, naming each partition and its lag.
     pub once_timeout: String,
+    /// `--once` on Kafka: when the group has given this member no partitions and nothing in
+    /// the topics has moved for this long (a group coordinator that assigns nothing, members
+    /// that hold partitions but are gone), the run leaves the group and reads every partition
+    /// of its topics itself, from the lake's offsets. The lake's offset fences keep that
+    /// exactly once beside any member that is still writing. Below `once_timeout` to matter.
+    pub once_group_wait: String,
     /// How long to wait for the broker and the bucket to answer at start.
     pub connect_timeout: String,
     /// Write a Delta checkpoint every this many commits (in tables lakepipe creates).
@@ -121,6 +127,7 @@ impl Default for Config {
             max_batch_bytes: 64 << 20,
             max_message_bytes: 1 << 20,
             once_timeout: "5m".into(),
+            once_group_wait: "30s".into(),
             connect_timeout: "15s".into(),
             checkpoint_interval: 10,
             min_vacuum_retention_hours: 168,
@@ -285,6 +292,7 @@ impl Config {
         for (key, value) in [
             ("trigger_interval", &self.trigger_interval),
             ("once_timeout", &self.once_timeout),
+            ("once_group_wait", &self.once_group_wait),
             ("connect_timeout", &self.connect_timeout),
             ("query_timeout", &self.query_timeout),
             ("publish_timeout", &self.publish_timeout),
@@ -364,6 +372,11 @@ impl Config {
     /// How long `--once` may see no progress before it fails.
     pub fn once_timeout(&self) -> Duration {
         parse_duration(&self.once_timeout).unwrap_or(Duration::from_secs(300))
+    }
+
+    /// How long `--once` waits for the group before it reads every partition itself.
+    pub fn once_group_wait(&self) -> Duration {
+        parse_duration(&self.once_group_wait).unwrap_or(Duration::from_secs(30))
     }
 
     /// The start-up connection timeout.

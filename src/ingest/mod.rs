@@ -199,6 +199,7 @@ pub async fn run(cfg: &Config, opts: IngestOptions) -> Result<IngestSummary, Ing
         parts: FastMap::default(),
         generation: 0,
         assigned: false,
+        direct: false,
         others: BTreeMap::new(),
         pending: FastMap::default(),
         last_tp: None,

@@ -33,6 +33,9 @@ pub(super) struct Pipeline<'c> {
     pub(super) parts: FastMap<TopicPartition, PartState>,
     pub(super) generation: u64,
     pub(super) assigned: bool,
+    /// `--once` left the group and reads every partition itself (see
+    /// [`Pipeline::read_directly`]).
+    pub(super) direct: bool,
     /// `--once`: the partitions of the topics that other members hold, with the log start and
     /// end each had when this run first looked, and the lake's offset at the last look.
     pub(super) others: BTreeMap<TopicPartition, OtherPart>,
@@ -67,6 +70,7 @@ impl Pipeline<'_> {
     pub(super) async fn run_inner(&mut self) -> Result<IngestSummary, IngestError> {
         let trigger = self.cfg.trigger();
         let once_timeout = self.cfg.once_timeout();
+        let group_wait = self.cfg.once_group_wait();
         // `--once`: the last time a partition moved toward its end (or partitions were given).
         let mut last_progress = Instant::now();
         let mut last_positions = 0i64;
@@ -146,6 +150,12 @@ impl Pipeline<'_> {
             if positions != last_positions {
                 last_positions = positions;
                 last_progress = Instant::now();
+            }
+            // The group gave this member nothing and nothing moves: a coordinator that assigns
+            // nothing, or members that hold partitions and are gone. Read them itself.
+            if !assigned && !self.direct && last_progress.elapsed() >= group_wait && self.read_directly(last_progress.elapsed()).await? {
+                last_progress = Instant::now();
+                continue;
             }
             let own_done = if assigned && self.parts.iter().all(|(tp, s)| s.reached_stop(self.log_start(tp, s))) {
                 if !(self.flush_with_retry().await? && self.parts.iter().all(|(tp, s)| s.committed_to_stop(self.log_start(tp, s)))) {

@@ -15,7 +15,7 @@ use super::partitions::STALL_AFTER;
 use super::pipeline::Pipeline;
 use super::IngestError;
 use crate::source::kafka::{consumer_fault, ConsumerFault, KafkaSource};
-use crate::source::{RawMessage, SourceError, TopicPartition};
+use crate::source::{RawMessage, SourceError, StartLoader, TopicPartition};
 
 /// One poll of the consumer, owned.
 pub(super) enum Polled {
@@ -238,5 +238,32 @@ impl Pipeline<'_> {
             self.source.seek(&stalled)?;
         }
         Ok(())
+    }
+
+    /// `--once` on Kafka, when the group has given this member no partitions and nothing has
+    /// moved for `waited`: leave the group and read every partition of the topics directly,
+    /// from the lake's offsets. Exactly-once does not rest on the coordinator: the lake's
+    /// offset fences stop this run, or any member still writing, from committing a range twice.
+    /// Returns whether it did (not on Iggy, whose reader holds every partition already).
+    pub(super) async fn read_directly(&mut self, waited: Duration) -> Result<bool, IngestError> {
+        let Source::Kafka(k) = &self.source else { return Ok(false) };
+        let all = k.all_partitions(self.cfg.connect())?;
+        if all.is_empty() {
+            return Ok(false);
+        }
+        let starts = self.loader.load(&all).await.map_err(IngestError::Rebalance)?;
+        let seeks: Vec<(TopicPartition, Option<i64>)> = all.iter().map(|tp| (tp.clone(), starts.get(tp).and_then(|s| s.data))).collect();
+        tracing::warn!(
+            partitions = all.len(),
+            ?waited,
+            "--once: the group assigned this member no partitions and nothing moved; leaving the group and reading every partition directly (the lake's offset fences keep this exactly once)"
+        );
+        let topics: Vec<String> = self.tables.keys().cloned().collect();
+        let direct = KafkaSource::direct(&self.cfg.brokers, &self.cfg.group, &topics, &self.cfg.kafka, self.loader.clone(), &seeks, self.generation + 1)?;
+        // Dropping the member leaves the group (a blocking close).
+        let member = std::mem::replace(&mut self.source, Source::Kafka(direct));
+        tokio::task::block_in_place(|| drop(member));
+        self.direct = true;
+        Ok(true)
     }
 }

@@ -159,40 +159,7 @@ impl KafkaSource {
         loader: Arc<dyn StartLoader>,
         timeout: Duration,
     ) -> Result<Self, SourceError> {
-        let mut cfg = client_config(brokers, &std::collections::BTreeMap::new());
-        cfg.set("group.id", group)
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "error")
-            .set("enable.partition.eof", "true")
-            .set("session.timeout.ms", "10000")
-            .set("heartbeat.interval.ms", "1000")
-            .set("max.poll.interval.ms", "600000")
-            // A short fetch wait: lower latency on real Kafka (which answers at once when data is
-            // there), and tansu 0.6 holds every fetch for this long, which capped the throughput
-            // at 4.3 s per 500,000 records with 100 ms. Override under `[kafka]`.
-            .set("fetch.wait.max.ms", "10")
-            // While a batch commits, the local queue fills; past `queued.min.messages` (100,000
-            // by default) librdkafka pauses fetching for `fetch.queue.backoff.ms` (1 s), which
-            // left the consumer idle after every commit. Keep fetching up to the byte bound.
-            .set("queued.min.messages", "1000000")
-            // The consumer's own stash holds up to a batch while a commit runs: a smaller
-            // prefetch than librdkafka's 64 MB keeps the two within the memory budget.
-            .set("queued.max.messages.kbytes", "32768")
-            .set("fetch.queue.backoff.ms", "20")
-            .set("partition.assignment.strategy", "range")
-            // Records of aborted transactions never reach the lake (librdkafka's default, made
-            // explicit); transaction markers are skipped through the consumer's position.
-            .set("isolation.level", "read_committed");
-        for (k, v) in extra {
-            if k == "partition.assignment.strategy" && v.contains("cooperative") {
-                return Err(SourceError::Config { reason: "cooperative rebalancing is not supported; use range or roundrobin".into() });
-            }
-            if k == "enable.auto.commit" || k == "auto.offset.reset" || k == "group.id" || k == "isolation.level" {
-                return Err(SourceError::Config { reason: format!("`{k}` is managed by lakepipe and cannot be overridden") });
-            }
-            cfg.set(k, v);
-        }
+        let cfg = consumer_config(brokers, group, extra)?;
         let assignment = Arc::new(Mutex::new(Assignment::default()));
         let ctx = LakeOffsetsContext { loader, runtime: tokio::runtime::Handle::current(), assignment: assignment.clone() };
         let consumer: StreamConsumer<LakeOffsetsContext> =
@@ -203,11 +170,82 @@ impl KafkaSource {
         Ok(KafkaSource { consumer, assignment, brokers: brokers.to_string(), topics: topics.to_vec() })
     }
 
+    /// A consumer outside the group protocol that reads `starts` itself, each partition from
+    /// the given offset (`None`: the log start), as assignment `generation`. For `--once` when
+    /// the group coordinator assigns nothing: exactly-once does not need the coordinator, since
+    /// the lake's offset fences stop any other writer of the same partitions. No rebalance
+    /// ever changes this assignment.
+    pub fn direct(
+        brokers: &str,
+        group: &str,
+        topics: &[String],
+        extra: &std::collections::BTreeMap<String, String>,
+        loader: Arc<dyn StartLoader>,
+        starts: &[(TopicPartition, Option<i64>)],
+        generation: u64,
+    ) -> Result<Self, SourceError> {
+        let cfg = consumer_config(brokers, group, extra)?;
+        let partitions = starts.iter().map(|(tp, o)| (tp.clone(), PartitionStarts { data: *o, dead: None })).collect();
+        let assignment = Arc::new(Mutex::new(Assignment { generation, partitions, assigned: true, error: None }));
+        let ctx = LakeOffsetsContext { loader, runtime: tokio::runtime::Handle::current(), assignment: assignment.clone() };
+        let consumer: StreamConsumer<LakeOffsetsContext> =
+            cfg.create_with_context(ctx).map_err(|e| SourceError::Config { reason: e.to_string() })?;
+        let mut tpl = TopicPartitionList::new();
+        for ((t, p), o) in starts {
+            tpl.add_partition_offset(t, *p, o.map(Offset::Offset).unwrap_or(Offset::Beginning))
+                .map_err(|e| SourceError::Broker { brokers: brokers.to_string(), reason: format!("{t}/{p}: {e}") })?;
+        }
+        consumer.assign(&tpl).map_err(|e| SourceError::Broker { brokers: brokers.to_string(), reason: format!("assign: {e}") })?;
+        Ok(KafkaSource { consumer, assignment, brokers: brokers.to_string(), topics: topics.to_vec() })
+    }
+
     /// The bootstrap servers.
     pub fn brokers(&self) -> &str {
         &self.brokers
     }
+}
 
+/// The consumer's settings: lakepipe's, then the user's `[kafka]` overrides, except those
+/// lakepipe manages.
+fn consumer_config(brokers: &str, group: &str, extra: &std::collections::BTreeMap<String, String>) -> Result<ClientConfig, SourceError> {
+    let mut cfg = client_config(brokers, &std::collections::BTreeMap::new());
+    cfg.set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "error")
+        .set("enable.partition.eof", "true")
+        .set("session.timeout.ms", "10000")
+        .set("heartbeat.interval.ms", "1000")
+        .set("max.poll.interval.ms", "600000")
+        // A short fetch wait: lower latency on real Kafka (which answers at once when data is
+        // there), and tansu 0.6 holds every fetch for this long, which capped the throughput
+        // at 4.3 s per 500,000 records with 100 ms. Override under `[kafka]`.
+        .set("fetch.wait.max.ms", "10")
+        // While a batch commits, the local queue fills; past `queued.min.messages` (100,000
+        // by default) librdkafka pauses fetching for `fetch.queue.backoff.ms` (1 s), which
+        // left the consumer idle after every commit. Keep fetching up to the byte bound.
+        .set("queued.min.messages", "1000000")
+        // The consumer's own stash holds up to a batch while a commit runs: a smaller
+        // prefetch than librdkafka's 64 MB keeps the two within the memory budget.
+        .set("queued.max.messages.kbytes", "32768")
+        .set("fetch.queue.backoff.ms", "20")
+        .set("partition.assignment.strategy", "range")
+        // Records of aborted transactions never reach the lake (librdkafka's default, made
+        // explicit); transaction markers are skipped through the consumer's position.
+        .set("isolation.level", "read_committed");
+    for (k, v) in extra {
+        if k == "partition.assignment.strategy" && v.contains("cooperative") {
+            return Err(SourceError::Config { reason: "cooperative rebalancing is not supported; use range or roundrobin".into() });
+        }
+        if k == "enable.auto.commit" || k == "auto.offset.reset" || k == "group.id" || k == "isolation.level" {
+            return Err(SourceError::Config { reason: format!("`{k}` is managed by lakepipe and cannot be overridden") });
+        }
+        cfg.set(k, v);
+    }
+    Ok(cfg)
+}
+
+impl KafkaSource {
     /// Every partition of the subscribed topics, assigned to this member or not.
     pub fn all_partitions(&self, timeout: Duration) -> Result<Vec<TopicPartition>, SourceError> {
         let md = tokio::task::block_in_place(|| self.consumer.fetch_metadata(None, timeout))

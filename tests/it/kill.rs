@@ -107,6 +107,21 @@ pub async fn converge(fx: &Fixture, model: &Model, log: &std::path::Path, within
     }
 }
 
+/// `kill -9` a continuous ingest `times` times, each after 0.2–2.5 s (a random seed, printed),
+/// without waiting for it to own partitions.
+pub async fn kill_randomly(fx: &Fixture, log: &std::path::Path, times: usize) {
+    use rand::{Rng, SeedableRng};
+    let seed: u64 = rand::random();
+    eprintln!("random kills: seed {seed}, log {}", log.display());
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    for _ in 0..times {
+        let mut child = spawn_ingest(fx, log);
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(200..2500))).await;
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+}
+
 pub fn spawn_ingest(fx: &Fixture, log: &std::path::Path) -> crate::harness::Reaped {
     let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
     fx.cmd("ingest")

@@ -9,7 +9,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::harness::{send_with, Fixture, LakeKind, Reaped};
-use crate::kill::{assert_matches, partition_messages_from, produce_model, KAFKA_CONFIG};
+use crate::kill::{
+    assert_matches, kill_randomly, partition_messages_from, produce_model, spawn_ingest,
+    KAFKA_CONFIG,
+};
 
 /// The keys of the rows in the fixture's table now.
 fn keys_in_lake(fx: &Fixture) -> BTreeSet<String> {
@@ -17,6 +20,41 @@ fn keys_in_lake(fx: &Fixture) -> BTreeSet<String> {
         .iter()
         .map(|r| r["transaction_id"].as_str().unwrap().to_string())
         .collect()
+}
+
+/// Wait up to 90 s for `needle` in the log; fail with `what` (and the log's path) otherwise.
+async fn wait_for_line(log: &std::path::Path, needle: &str, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while !std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .contains(needle)
+    {
+        assert!(Instant::now() < deadline, "{what} (log {})", log.display());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// `--once` with `once_group_wait = wait`: it must succeed; says whether it left the group.
+fn once_with_group_wait(fx: &Fixture, wait: &str, args: &[&str]) {
+    let out = fx
+        .cmd("ingest")
+        .arg("--once")
+        .args(args)
+        .env("LAKEPIPE_ONCE_GROUP_WAIT", wait)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "--once (once_group_wait {wait}) failed:\n{err}"
+    );
+    if err.contains("reading every partition directly") {
+        eprintln!(
+            "the group gave --once nothing; it left the group and read every partition itself"
+        );
+    } else {
+        eprintln!("the group gave --once its partitions");
+    }
 }
 
 /// Wait for the child with a bound; kill it and fail if the bound passes.
@@ -117,18 +155,7 @@ async fn once_interrupted_by_sigterm_exits_non_zero() {
         .map(Reaped::new)
         .unwrap();
     // The run has started and joins the group: all of its data is still unread.
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while !std::fs::read_to_string(&log)
-        .unwrap_or_default()
-        .contains("ingest started")
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the ingest never started (log {})",
-            log.display()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_line(&log, "ingest started", "the ingest never started").await;
     // SAFETY: a plain kill(2) of our own child.
     assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
     let out = tokio::task::spawn_blocking(move || {
@@ -153,5 +180,47 @@ async fn once_interrupted_by_sigterm_exits_non_zero() {
         );
     }
     fx.ingest_once();
+    assert_matches(&fx, &model);
+}
+
+/// The kill sequence that left tansu 0.6's coordinator assigning nothing for 300 s: a
+/// continuous ingest `kill -9`ed 12 times at random moments, then `--once` at once. The dead
+/// members hold partitions until their sessions time out, and the coordinator may assign
+/// nothing for minutes. `--once` must not depend on it: after `once_group_wait` with nothing
+/// assigned and nothing moving, it reads every partition itself from the lake's offsets, and
+/// the table equals the model.
+#[tokio::test(flavor = "multi_thread")]
+async fn once_reads_every_partition_itself_when_the_group_assigns_nothing() {
+    let fx = Fixture::new(LakeKind::Local, "transactions", 2, KAFKA_CONFIG).await;
+    let model = produce_model(&fx, 2, 500).await;
+    let log = std::env::temp_dir().join(format!("{}.log", fx.topic));
+    kill_randomly(&fx, &log, 12).await;
+    once_with_group_wait(
+        &fx,
+        "5s",
+        &["--trigger-interval", "500ms", "--once-timeout", "60s"],
+    );
+    assert_matches(&fx, &model);
+}
+
+/// The path above, beside a live member: a continuous member holds the topic's one partition
+/// (the range assignor usually keeps it there when `--once` joins), and with
+/// `once_group_wait = 0s` a `--once` that is given nothing leaves the group at once and reads
+/// the partition itself while the member reads and commits it too. The lake's fences must
+/// keep the result exact.
+#[tokio::test(flavor = "multi_thread")]
+async fn once_outside_the_group_beside_a_member_is_exact() {
+    let fx = Fixture::new(LakeKind::Local, "transactions", 1, KAFKA_CONFIG).await;
+    let model = produce_model(&fx, 1, 3000).await;
+    let log = std::env::temp_dir().join(format!("{}.log", fx.topic));
+    let member = spawn_ingest(&fx, &log);
+    wait_for_line(&log, "assigned;", "the member was never assigned").await;
+    once_with_group_wait(
+        &fx,
+        "0s",
+        &["--trigger-interval", "200ms", "--max-batch-records", "250"],
+    );
+    assert_matches(&fx, &model);
+    drop(member);
     assert_matches(&fx, &model);
 }

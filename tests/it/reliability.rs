@@ -10,10 +10,9 @@ use lakepipe::enrich::Provenance;
 use lakepipe::lake::commit::{OffsetKey, OffsetRange};
 use lakepipe::lake::upsert::TopicTable;
 use lakepipe::lake::Lake;
-use rand::{Rng, SeedableRng};
 
 use crate::harness::{brokers, python, Fixture, LakeKind};
-use crate::kill::{assert_matches, produce_model, spawn_ingest, KAFKA_CONFIG};
+use crate::kill::{assert_matches, kill_randomly, produce_model, spawn_ingest, KAFKA_CONFIG};
 
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).to_string()
@@ -188,15 +187,7 @@ async fn once_after_random_kills_reads_everything() {
     let fx = Fixture::new(LakeKind::Local, "transactions", 4, KAFKA_CONFIG).await;
     let model = produce_model(&fx, 4, 1500).await;
     let log = std::env::temp_dir().join(format!("{}.log", fx.topic));
-    let seed: u64 = rand::random();
-    eprintln!("random kills: seed {seed}, log {}", log.display());
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    for _ in 0..8 {
-        let mut child = spawn_ingest(&fx, &log);
-        tokio::time::sleep(Duration::from_millis(rng.gen_range(200..2500))).await;
-        child.kill().unwrap();
-        child.wait().unwrap();
-    }
+    kill_randomly(&fx, &log, 8).await;
     let out = fx
         .cmd("ingest")
         .arg("--once")
