@@ -282,7 +282,53 @@ impl KafkaSource {
     /// partitions it answered within `timeout`. tansu 0.6 lists the last batch's base offset
     /// plus one as the end, below the true end: combine it with
     /// [`KafkaSource::cached_watermarks`].
+    ///
+    /// Two requests per partition leader in all (one for the starts, one for the ends), not
+    /// two per partition one after another: the assignment blocks the poll loop while it
+    /// lists, and with many partitions and a slow leader that used to outlast
+    /// `max.poll.interval.ms`. With `read_committed` the end is the last stable offset.
     pub fn listed_watermarks(&self, partitions: &[TopicPartition], timeout: Duration) -> HashMap<TopicPartition, (i64, i64)> {
+        if partitions.is_empty() {
+            return HashMap::new();
+        }
+        match (self.list_offsets(partitions, Offset::Beginning, timeout), self.list_offsets(partitions, Offset::End, timeout)) {
+            (Ok(starts), Ok(ends)) => {
+                let out: HashMap<TopicPartition, (i64, i64)> =
+                    partitions.iter().filter_map(|tp| Some((tp.clone(), (*starts.get(tp)?, *ends.get(tp)?)))).collect();
+                if out.len() < partitions.len() {
+                    tracing::warn!(unlisted = partitions.len() - out.len(), "the broker did not list some partitions' offsets; relying on fetch responses for them");
+                }
+                out
+            }
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::warn!(error = %e, "cannot list offsets in one request; listing each partition");
+                self.listed_one_by_one(partitions, timeout)
+            }
+        }
+    }
+
+    /// ListOffsets at `at` (the log start or end) for every partition, one request per leader;
+    /// the partitions the broker answered without an error.
+    fn list_offsets(&self, partitions: &[TopicPartition], at: Offset, timeout: Duration) -> Result<HashMap<TopicPartition, i64>, KafkaError> {
+        let mut tpl = TopicPartitionList::new();
+        for (t, p) in partitions {
+            tpl.add_partition_offset(t, *p, at)?;
+        }
+        let listed = tokio::task::block_in_place(|| self.consumer.offsets_for_times(tpl, timeout))?;
+        Ok(listed
+            .elements()
+            .iter()
+            .filter(|e| e.error().is_ok())
+            .filter_map(|e| match e.offset() {
+                Offset::Offset(o) => Some(((e.topic().to_string(), e.partition()), o)),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// [`KafkaSource::listed_watermarks`] one partition at a time, for a broker that refuses
+    /// the batched form.
+    fn listed_one_by_one(&self, partitions: &[TopicPartition], timeout: Duration) -> HashMap<TopicPartition, (i64, i64)> {
         let mut out = HashMap::new();
         for (t, p) in partitions {
             match tokio::task::block_in_place(|| self.consumer.fetch_watermarks(t, *p, timeout)) {
