@@ -84,10 +84,14 @@ impl Pipeline<'_> {
         if state.position().is_some_and(|n| offset < n) {
             return false; // already committed or already in this batch
         }
+        if first && state.position().is_some_and(|n| offset > n) {
+            state.gap_taken = true;
+        }
         // `--once` owes the data up to the end it fixed at the start, and no more: what a
         // producer writes meanwhile is the next run's. Taking it would move the stored offset
         // past that end, where the run never counts as done.
         if once && state.beyond_stop(offset) {
+            state.got_message = true; // the partition delivers: no stall to re-read for
             return false;
         }
         state.next = Some(offset + 1);

@@ -190,6 +190,13 @@ impl Pipeline<'_> {
             let s = starts.get(tp).cloned().unwrap_or_default();
             // The end `--once` works toward stays; only the offsets start again.
             let (listed, stop, stop_fixed) = self.parts.get(tp).map_or((None, None, false), |o| (o.listed, o.stop, o.stop_fixed));
+            // Another writer committed past this run's end (a member beside a direct
+            // `--once`, an overlapping run): it read those offsets, so the log reaches them,
+            // and the end is at least there. Otherwise the run could never count as done.
+            let stop = match (stop, s.data) {
+                (Some(stop), Some(start)) => Some(stop.max(start)),
+                (stop, _) => stop,
+            };
             let state = PartState { start: s.data, dead: s.dead, since: Some(Instant::now()), origin: s.data, listed, stop, stop_fixed, ..Default::default() };
             self.parts.insert(tp.clone(), state);
         }

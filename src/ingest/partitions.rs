@@ -65,6 +65,9 @@ pub(super) struct PartState {
     pub(super) gap_checked: bool,
     /// A gap was found: drop this partition's messages until it is read from the log start.
     pub(super) rewind_pending: bool,
+    /// The first message taken after the last seek came after a gap that was accepted (see
+    /// [`Pipeline::take`]): the batch does not run on from the lake's offset.
+    pub(super) gap_taken: bool,
 }
 
 impl PartState {
@@ -120,7 +123,7 @@ impl PartState {
         let stored = self.start?;
         // Rows read into the open batch are not lost: they are committed before the run stops
         // on a gap. What counts is where reading stands.
-        let read_to = self.next.map_or(stored, |n| n.max(stored));
+        let read_to = if self.gap_taken { stored } else { self.next.map_or(stored, |n| n.max(stored)) };
         if let Some(lo) = log_start.filter(|lo| read_to < *lo) {
             return Some(format!(
                 "{}/{}: the lake's offset {stored} (read to {read_to}) is below the log start {lo}: offsets {read_to}..{lo} were deleted (retention, DeleteRecords) before they were ingested",
@@ -414,6 +417,9 @@ mod tests {
         assert!(read.out_of_log(&tp(), Some(60), Some(100)).is_none());
         let gap = read.out_of_log(&tp(), Some(80), Some(100)).unwrap();
         assert!(gap.contains("offsets 70..80 were deleted"), "{gap}");
+        // A batch that began after an accepted gap does not cover 40..60: judged from 40.
+        let after_gap = PartState { gap_taken: true, ..part(Some(40), Some(70), 100) };
+        assert!(after_gap.out_of_log(&tp(), Some(60), Some(100)).unwrap().contains("offsets 40..60 were deleted"));
         let past = s.out_of_log(&tp(), Some(0), Some(30)).unwrap();
         assert!(past.contains("t/0") && past.contains("40 is past the log end 30") && past.contains("--source-name"), "{past}");
         // Nothing stored: nothing to compare.

@@ -291,8 +291,8 @@ impl KafkaSource {
         if partitions.is_empty() {
             return HashMap::new();
         }
-        match (self.list_offsets(partitions, Offset::Beginning, timeout), self.list_offsets(partitions, Offset::End, timeout)) {
-            (Ok(starts), Ok(ends)) => {
+        match self.list_offsets(partitions, Offset::Beginning, timeout).and_then(|starts| Ok((starts, self.list_offsets(partitions, Offset::End, timeout)?))) {
+            Ok((starts, ends)) => {
                 let out: HashMap<TopicPartition, (i64, i64)> =
                     partitions.iter().filter_map(|tp| Some((tp.clone(), (*starts.get(tp)?, *ends.get(tp)?)))).collect();
                 if out.len() < partitions.len() {
@@ -300,7 +300,7 @@ impl KafkaSource {
                 }
                 out
             }
-            (Err(e), _) | (_, Err(e)) => {
+            Err(e) => {
                 tracing::warn!(error = %e, "cannot list offsets in one request; listing each partition");
                 self.listed_one_by_one(partitions, timeout)
             }
