@@ -16,8 +16,9 @@
 //!
 //! * [`publish`]: the producers' write path: generated records, file loads and HTTP ingest go
 //!   through a router over Kafka and Iggy brokers, each behind a circuit breaker.
-//! * [`source`]: a consumer-group member that starts every partition at the offset stored in
-//!   the lake's Delta `txn` actions, never at Kafka's committed offset.
+//! * [`source`]: what the ingest loop reads, behind the [`source::Source`] trait: a Kafka
+//!   consumer-group member or an Iggy reader, each starting every partition at the offset
+//!   stored in the lake's Delta `txn` actions, never at the broker's committed offset.
 //! * [`decode`]: validates each message against its topic's [`spec`]; a failure becomes a
 //!   dead letter with a reason, never a crash.
 //! * [`enrich`] and [`batch`]: provenance columns and the `date` partition; one winner per key.

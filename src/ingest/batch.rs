@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::pipeline::Pipeline;
-use super::source::Source;
 use super::IngestError;
 use crate::decode::pool::Chunk;
 use crate::lake::dead_letters::DeadLetter;
@@ -62,7 +61,7 @@ impl Pipeline<'_> {
         if !matches!(&self.last_tp, Some((t, p)) if t == topic && *p == partition) {
             self.last_tp = Some((topic.to_string(), partition));
         }
-        let kafka = matches!(self.source, Source::Kafka(_));
+        let inexact = self.source.inexact_seeks();
         let once = self.opts.once;
         let Some(tp) = &self.last_tp else { return false };
         let Some(state) = self.parts.get_mut(tp) else { return false };
@@ -75,7 +74,7 @@ impl Pipeline<'_> {
         // from the log start once; one that is still there is real (compaction, transaction
         // markers) and is taken.
         let first = !std::mem::replace(&mut state.delivered, true);
-        if first && kafka && !state.gap_checked && state.position().is_some_and(|n| offset > n) {
+        if first && inexact && !state.gap_checked && state.position().is_some_and(|n| offset > n) {
             tracing::warn!(topic = %tp.0, partition = tp.1, expected = state.position(), got = offset, "the broker skipped offsets after a seek; reading the partition again from its start");
             state.rewind_pending = true;
             state.gap_checked = true;

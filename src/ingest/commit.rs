@@ -7,13 +7,12 @@ use std::time::{Duration, Instant};
 use super::batch::{DecodedBatch, MsgRef};
 use super::partitions::PartState;
 use super::pipeline::Pipeline;
-use super::source::Polled;
 use super::IngestError;
 use crate::config::Config;
 use crate::enrich::Provenance;
 use crate::lake::commit::{OffsetKey, OffsetRange};
 use crate::lake::LakeError;
-use crate::source::{SourceError, StartLoader, TopicPartition};
+use crate::source::{Polled, SourceError, StartLoader, TopicPartition};
 
 pub(super) fn offset_key(cfg: &Config, topic: &str, partition: i32) -> OffsetKey {
     OffsetKey { source: cfg.source_name.clone(), group: cfg.group.clone(), topic: topic.to_string(), partition }
@@ -168,7 +167,7 @@ impl Pipeline<'_> {
             return self.refence(Some(&fenced)).await;
         }
         if let Some(e) = read_error {
-            return Err(e);
+            return Err(e.into());
         }
         self.clear_pending();
         self.take_stash();

@@ -12,7 +12,7 @@
 //! | `partitions.rs` | each partition's offsets, log bounds, the `--once` rules, offsets outside the log |
 //! | `batch.rs` | the open batch, the stash and the message references |
 //! | `commit.rs` | the two-step commit (dead letters, then tables), its retries, fences |
-//! | `source.rs` | Kafka or Iggy as the loop sees them, and the tansu rewinds |
+//! | `source.rs` | the rewinds for inexact fetches (tansu), and `--once`'s direct read |
 
 mod batch;
 mod commit;
@@ -36,10 +36,9 @@ use crate::lake::upsert::{TopicTable, UpsertOutcome};
 use crate::lake::{Lake, LakeError};
 use crate::metrics::Metrics;
 use crate::source::kafka::KafkaSource;
-use crate::source::{PartitionStarts, SourceError, StartLoader, TopicPartition};
+use crate::source::{PartitionStarts, Source, SourceError, StartLoader, TopicPartition};
 use crate::FastMap;
 use pipeline::Pipeline;
-use source::Source;
 
 /// Errors that stop the ingest.
 #[derive(Debug, thiserror::Error)]
@@ -165,11 +164,11 @@ pub async fn run(cfg: &Config, opts: IngestOptions) -> Result<IngestSummary, Ing
     let loader = Arc::new(LakeStarts { lake: lake.clone(), source: cfg.source_name.clone(), group: cfg.group.clone() });
     let topics: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
     // Check the broker and the topics before creating any table.
-    let source = if cfg.iggy.trim().is_empty() {
-        Source::Kafka(KafkaSource::connect(&cfg.brokers, &cfg.group, &topics, &cfg.kafka, loader.clone(), cfg.connect()).await?)
+    let source: Box<dyn Source> = if cfg.iggy.trim().is_empty() {
+        Box::new(KafkaSource::connect(&cfg.brokers, &cfg.group, &topics, &cfg.kafka, loader.clone(), cfg.connect()).await?)
     } else {
         let address = crate::source::iggy::IggyAddress::parse(&cfg.iggy).map_err(|message| ConfigError::Invalid { origin: Some("iggy".into()), message })?;
-        Source::Iggy(crate::source::iggy::IggySource::connect(address, &topics, loader.clone()).await?)
+        Box::new(crate::source::iggy::IggySource::connect(address, &topics, loader.clone()).await?)
     };
     let mut tables = BTreeMap::new();
     let mut decoders = HashMap::new();

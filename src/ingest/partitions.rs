@@ -5,7 +5,6 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use super::pipeline::Pipeline;
-use super::source::Source;
 use super::{IngestError, IngestSummary};
 use crate::source::{SourceError, StartLoader, TopicPartition};
 
@@ -293,11 +292,7 @@ impl Pipeline<'_> {
             }
             return Ok(());
         }
-        let brokers = match &self.source {
-            Source::Kafka(k) => k.brokers().to_string(),
-            Source::Iggy(i) => i.display(),
-        };
-        Err(IngestError::Source(SourceError::OutOfRange { brokers, reason: bad.join("; ") }))
+        Err(IngestError::Source(SourceError::OutOfRange { brokers: self.source.describe(), reason: bad.join("; ") }))
     }
 
     /// Move each partition past offsets the consumer skipped without handing over a message

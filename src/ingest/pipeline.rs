@@ -7,14 +7,13 @@ use std::sync::Arc;
 
 use super::batch::{DecodedBatch, MsgRef};
 use super::partitions::{OtherPart, PartState};
-use super::source::{Polled, Source};
 use super::{shutdown_signal, IngestError, IngestOptions, IngestSummary, LakeStarts};
 use crate::config::Config;
 use crate::decode::pool::DecodePool;
 use crate::lake::dead_letters::DeadLetterTable;
 use crate::lake::upsert::TopicTable;
 use crate::metrics::Metrics;
-use crate::source::{SourceError, StartLoader, TopicPartition};
+use crate::source::{Polled, Source, SourceError, StartLoader, TopicPartition};
 use crate::FastMap;
 
 pub(super) struct Pipeline<'c> {
@@ -22,7 +21,7 @@ pub(super) struct Pipeline<'c> {
     pub(super) progress: crate::progress::Progress,
     pub(super) metrics: Arc<Metrics>,
     pub(super) opts: IngestOptions,
-    pub(super) source: Source,
+    pub(super) source: Box<dyn Source>,
     pub(super) loader: Arc<LakeStarts>,
     pub(super) tables: BTreeMap<String, TopicTable>,
     /// Decodes each poll's messages in the background.
@@ -102,7 +101,7 @@ impl Pipeline<'_> {
                     }
                     r = self.source.next(wait, self.cfg.max_batch_records - self.pending_records) => match r {
                         Ok(polled) => polled,
-                        Err(e) => return Err(self.keep_reads(e).await),
+                        Err(e) => return Err(self.keep_reads(e.into()).await),
                     },
                 }
             };
@@ -195,16 +194,8 @@ impl Pipeline<'_> {
     /// flight when it ran, and the consumer may already have delivered messages past it.
     /// Returns whether the assignment changed.
     pub(super) async fn sync_assignment(&mut self) -> Result<bool, IngestError> {
-        let (generation, assigned, partitions) = {
-            let state = self.source.assignment().lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(e) = &state.error {
-                return Err(IngestError::Rebalance(e.clone()));
-            }
-            if state.generation == self.generation {
-                return Ok(false);
-            }
-            (state.generation, state.assigned, state.partitions.keys().cloned().collect::<Vec<TopicPartition>>())
-        };
+        let Some(change) = self.source.assignment_change(self.generation).map_err(IngestError::Rebalance)? else { return Ok(false) };
+        let (generation, assigned, partitions) = (change.generation, change.assigned, change.partitions);
         self.generation = generation;
         self.assigned = assigned;
         self.metrics.set_ready(assigned);

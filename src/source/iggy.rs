@@ -196,18 +196,18 @@ impl IggyProducer {
     }
 }
 
-/// One polled message with its topic.
-pub type Polled = (String, crate::source::RawMessage);
+/// One message read ahead, with its topic.
+type Queued = (String, crate::source::RawMessage);
 
 /// Reads Iggy partitions from the lake's offsets.
 pub struct IggySource {
     address: IggyAddress,
     client: IggyClient,
     /// The (static) assignment: every partition of every topic.
-    pub assignment: Arc<std::sync::Mutex<crate::source::kafka::Assignment>>,
+    pub assignment: Arc<std::sync::Mutex<crate::source::Assignment>>,
     next: std::sync::Mutex<BTreeMap<crate::source::TopicPartition, u64>>,
     ends: std::sync::Mutex<HashMap<crate::source::TopicPartition, i64>>,
-    buffer: std::sync::Mutex<std::collections::VecDeque<Polled>>,
+    buffer: std::sync::Mutex<std::collections::VecDeque<Queued>>,
     cursor: std::sync::Mutex<usize>,
 }
 
@@ -235,7 +235,7 @@ impl IggySource {
             }
         }
         let starts = loader.load(&partitions).await.map_err(|e| source_err(&address, format!("cannot read stored offsets from the lake: {e}")))?;
-        let mut assignment = crate::source::kafka::Assignment { generation: 1, assigned: true, ..Default::default() };
+        let mut assignment = crate::source::Assignment { generation: 1, assigned: true, ..Default::default() };
         let mut next = BTreeMap::new();
         for tp in partitions {
             let s = starts.get(&tp).cloned().unwrap_or_default();
@@ -260,7 +260,7 @@ impl IggySource {
     }
 
     /// The next message, polling partitions in turn; `None` when nothing arrived in `wait`.
-    pub async fn recv(&self, wait: Duration, max: u32) -> Result<Option<Polled>, crate::source::SourceError> {
+    pub async fn recv(&self, wait: Duration, max: u32) -> Result<Option<Queued>, crate::source::SourceError> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             if let Some(m) = self.buffer.lock().ok().and_then(|mut b| b.pop_front()) {
@@ -354,6 +354,47 @@ impl IggySource {
     /// The address, for messages.
     pub fn display(&self) -> String {
         self.address.display()
+    }
+}
+
+
+impl crate::source::Source for IggySource {
+    fn kind(&self) -> &'static str {
+        "iggy"
+    }
+
+    fn describe(&self) -> String {
+        self.display()
+    }
+
+    /// One message per poll; a failed poll that may pass is logged and retried after a pause.
+    fn next(&self, wait: Duration, max: usize) -> futures::future::BoxFuture<'_, Result<crate::source::Polled, crate::source::SourceError>> {
+        use crate::source::Polled;
+        Box::pin(async move {
+            match self.recv(wait, max.min(10_000) as u32).await {
+                Ok(Some((topic, m))) => Ok(Polled::Messages(vec![(topic.into(), m)])),
+                Ok(None) => Ok(Polled::Nothing),
+                Err(e) if e.is_retryable() => {
+                    tracing::warn!(error = %e, "Iggy poll failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    Ok(Polled::Nothing)
+                }
+                Err(e) => Err(e),
+            }
+        })
+    }
+
+    fn assignment_change(&self, seen: u64) -> Result<Option<crate::source::AssignmentChange>, String> {
+        self.assignment.lock().unwrap_or_else(|p| p.into_inner()).change_since(seen)
+    }
+
+    fn seek(&self, starts: &[(crate::source::TopicPartition, Option<i64>)]) -> Result<(), crate::source::SourceError> {
+        IggySource::seek(self, starts);
+        Ok(())
+    }
+
+    fn cached_watermarks(&self, topic: &str, partition: i32) -> Option<(Option<i64>, i64)> {
+        self.end_offset(topic, partition).map(|end| (None, end))
     }
 }
 

@@ -10,29 +10,19 @@ use std::ffi::CString;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::KafkaError;
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::{RDKafkaErrorCode, RDKafkaRespErr};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
-use super::{PartitionStarts, SourceError, StartLoader, TopicPartition};
+use super::{Assignment, PartitionStarts, SourceError, StartLoader, TopicPartition};
 
-/// What the rebalance callback hands to the ingest loop.
-#[derive(Debug, Default)]
-pub struct Assignment {
-    /// Bumped on every assignment change.
-    pub generation: u64,
-    /// Currently assigned partitions and where each started.
-    pub partitions: HashMap<TopicPartition, PartitionStarts>,
-    /// Whether partitions are currently assigned (false between a revoke and the next assign).
-    pub assigned: bool,
-    /// Set when stored offsets could not be read: the loop must stop without committing.
-    pub error: Option<String>,
-}
+mod poll;
+mod produce;
+
+pub use poll::{consumer_fault, ConsumerFault};
+pub use produce::{ensure_topics, KafkaProducer};
 
 /// Consumer context that assigns partitions at the lake's offsets.
 pub struct LakeOffsetsContext {
@@ -117,16 +107,6 @@ fn client_config(brokers: &str, extra: &std::collections::BTreeMap<String, Strin
     c
 }
 
-/// The `[kafka]` properties an admin client accepts: the connection and security ones, not a
-/// producer's or a consumer's (librdkafka warns about those on an admin client).
-fn admin_properties(extra: &std::collections::BTreeMap<String, String>) -> std::collections::BTreeMap<String, String> {
-    extra
-        .iter()
-        .filter(|(k, _)| ["security.", "ssl.", "ssl_", "sasl.", "client.", "socket.", "broker.", "metadata.", "enable.ssl"].iter().any(|p| k.starts_with(p)))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect()
-}
-
 /// A consumer-group member for the given topics.
 pub struct KafkaSource {
     /// The consumer.
@@ -136,6 +116,11 @@ pub struct KafkaSource {
     brokers: String,
     /// The subscribed topics.
     topics: Vec<String>,
+    /// The group, the `[kafka]` properties and the lake's offsets: what a direct reader of
+    /// the same topics needs (see [`KafkaSource::direct`]).
+    group: String,
+    extra: std::collections::BTreeMap<String, String>,
+    loader: Arc<dyn StartLoader>,
 }
 
 impl Drop for KafkaSource {
@@ -161,13 +146,13 @@ impl KafkaSource {
     ) -> Result<Self, SourceError> {
         let cfg = consumer_config(brokers, group, extra)?;
         let assignment = Arc::new(Mutex::new(Assignment::default()));
-        let ctx = LakeOffsetsContext { loader, runtime: tokio::runtime::Handle::current(), assignment: assignment.clone() };
+        let ctx = LakeOffsetsContext { loader: loader.clone(), runtime: tokio::runtime::Handle::current(), assignment: assignment.clone() };
         let consumer: StreamConsumer<LakeOffsetsContext> =
             cfg.create_with_context(ctx).map_err(|e| SourceError::Config { reason: e.to_string() })?;
         check_topics(consumer.client(), brokers, topics, timeout).await?;
         let names: Vec<&str> = topics.iter().map(|s| s.as_str()).collect();
         consumer.subscribe(&names).map_err(|e| SourceError::Broker { brokers: brokers.to_string(), reason: e.to_string() })?;
-        Ok(KafkaSource { consumer, assignment, brokers: brokers.to_string(), topics: topics.to_vec() })
+        Ok(KafkaSource { consumer, assignment, brokers: brokers.to_string(), topics: topics.to_vec(), group: group.to_string(), extra: extra.clone(), loader })
     }
 
     /// A consumer outside the group protocol that reads `starts` itself, each partition from
@@ -187,7 +172,7 @@ impl KafkaSource {
         let cfg = consumer_config(brokers, group, extra)?;
         let partitions = starts.iter().map(|(tp, o)| (tp.clone(), PartitionStarts { data: *o, dead: None })).collect();
         let assignment = Arc::new(Mutex::new(Assignment { generation, partitions, assigned: true, error: None }));
-        let ctx = LakeOffsetsContext { loader, runtime: tokio::runtime::Handle::current(), assignment: assignment.clone() };
+        let ctx = LakeOffsetsContext { loader: loader.clone(), runtime: tokio::runtime::Handle::current(), assignment: assignment.clone() };
         let consumer: StreamConsumer<LakeOffsetsContext> =
             cfg.create_with_context(ctx).map_err(|e| SourceError::Config { reason: e.to_string() })?;
         let mut tpl = TopicPartitionList::new();
@@ -196,7 +181,7 @@ impl KafkaSource {
                 .map_err(|e| SourceError::Broker { brokers: brokers.to_string(), reason: format!("{t}/{p}: {e}") })?;
         }
         consumer.assign(&tpl).map_err(|e| SourceError::Broker { brokers: brokers.to_string(), reason: format!("assign: {e}") })?;
-        Ok(KafkaSource { consumer, assignment, brokers: brokers.to_string(), topics: topics.to_vec() })
+        Ok(KafkaSource { consumer, assignment, brokers: brokers.to_string(), topics: topics.to_vec(), group: group.to_string(), extra: extra.clone(), loader })
     }
 
     /// The bootstrap servers.
@@ -388,42 +373,6 @@ fn cached_watermarks<C: ClientContext>(client: &rdkafka::client::Client<C>, topi
     (err == RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR && hi >= 0).then_some(((lo >= 0).then_some(lo), hi))
 }
 
-/// What a consumer error means for the partition it came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ConsumerFault {
-    /// The client retries by itself (connections, leadership moves, timeouts): log and go on.
-    Transient,
-    /// The stored offset is outside the broker's log: messages were deleted before they were
-    /// ingested, or the log was replaced. Never skipped silently.
-    OutOfRange,
-    /// The partition cannot advance past this error without a change by the user (a codec
-    /// the build lacks, a corrupt or oversized batch, a missing permission).
-    Stuck,
-}
-
-/// Classify an error that librdkafka reports on the consumer queue. Codes not named here are
-/// taken as transient: librdkafka reports many passing conditions this way, and a partition
-/// that really stops is still caught, by `--once`'s deadline or the lag.
-pub fn consumer_fault(code: RDKafkaErrorCode) -> ConsumerFault {
-    use RDKafkaErrorCode as C;
-    match code {
-        C::OffsetOutOfRange | C::AutoOffsetReset => ConsumerFault::OutOfRange,
-        C::NotImplemented
-        | C::BadCompression
-        | C::BadMessage
-        | C::InvalidMessage
-        | C::InvalidRecord
-        | C::UnsupportedCompressionType
-        | C::MessageSizeTooLarge
-        | C::TopicAuthorizationFailed
-        | C::GroupAuthorizationFailed
-        | C::ClusterAuthorizationFailed
-        | C::SaslAuthenticationFailed
-        | C::Authentication => ConsumerFault::Stuck,
-        _ => ConsumerFault::Transient,
-    }
-}
-
 /// Fail clearly when the brokers cannot be reached or a topic does not exist.
 async fn check_topics<C: ClientContext>(client: &rdkafka::client::Client<C>, brokers: &str, topics: &[String], timeout: Duration) -> Result<(), SourceError> {
     let md = tokio::task::block_in_place(|| client.fetch_metadata(None, timeout)).map_err(|e| SourceError::Unreachable {
@@ -440,102 +389,6 @@ async fn check_topics<C: ClientContext>(client: &rdkafka::client::Client<C>, bro
     Ok(())
 }
 
-/// Create the topics that are missing (used by `generate` and the demo), with the `[kafka]`
-/// properties (TLS, SASL) of the cluster.
-pub async fn ensure_topics(
-    brokers: &str,
-    extra: &std::collections::BTreeMap<String, String>,
-    topics: &[String],
-    partitions: i32,
-    timeout: Duration,
-) -> Result<(), SourceError> {
-    let admin: AdminClient<DefaultClientContext> = client_config(brokers, &admin_properties(extra))
-        .create()
-        .map_err(|e| SourceError::Config { reason: e.to_string() })?;
-    let md = tokio::task::block_in_place(|| admin.inner().fetch_metadata(None, timeout))
-        .map_err(|e| SourceError::Unreachable { brokers: brokers.to_string(), reason: e.to_string() })?;
-    let missing: Vec<&String> = topics.iter().filter(|t| !md.topics().iter().any(|m| m.name() == t.as_str() && !m.partitions().is_empty())).collect();
-    if missing.is_empty() {
-        return Ok(());
-    }
-    let new: Vec<NewTopic> = missing.iter().map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1))).collect();
-    let results = admin
-        .create_topics(&new, &AdminOptions::new().operation_timeout(Some(timeout)))
-        .await
-        .map_err(|e| SourceError::Broker { brokers: brokers.to_string(), reason: e.to_string() })?;
-    for r in results {
-        match r {
-            Ok(_) => {}
-            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((t, code)) => return Err(SourceError::Broker { brokers: brokers.to_string(), reason: format!("create topic {t}: {code}") }),
-        }
-    }
-    // Wait until the new topics show up in metadata.
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        let md = tokio::task::block_in_place(|| admin.inner().fetch_metadata(None, Duration::from_secs(5)))
-            .map_err(|e| SourceError::Unreachable { brokers: brokers.to_string(), reason: e.to_string() })?;
-        if missing.iter().all(|t| md.topics().iter().any(|m| m.name() == t.as_str() && !m.partitions().is_empty())) {
-            return Ok(());
-        }
-        if tokio::time::Instant::now() > deadline {
-            return Err(SourceError::Broker { brokers: brokers.to_string(), reason: "created topics did not appear in metadata".into() });
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// An idempotent producer with `acks=all`.
-pub struct KafkaProducer {
-    producer: FutureProducer,
-    brokers: String,
-}
-
-impl KafkaProducer {
-    /// Create a producer.
-    pub fn new(brokers: &str, extra: &std::collections::BTreeMap<String, String>) -> Result<Self, SourceError> {
-        let mut cfg = client_config(brokers, &Default::default());
-        cfg.set("enable.idempotence", "true").set("acks", "all").set("linger.ms", "5").set("message.timeout.ms", "30000");
-        for (k, v) in extra {
-            cfg.set(k, v);
-        }
-        let producer = cfg.create().map_err(|e| SourceError::Config { reason: e.to_string() })?;
-        Ok(KafkaProducer { producer, brokers: brokers.to_string() })
-    }
-
-    /// Send many messages and wait until the broker acknowledged each one.
-    pub async fn send_all(&self, topic: &str, messages: impl IntoIterator<Item = (Option<Vec<u8>>, Option<Vec<u8>>)>) -> Result<usize, SourceError> {
-        let mut pending = futures::stream::FuturesOrdered::new();
-        let mut sent = 0;
-        use futures::StreamExt;
-        for (key, payload) in messages {
-            let producer = self.producer.clone();
-            let topic = topic.to_string();
-            pending.push_back(async move {
-                let mut rec: FutureRecord<'_, Vec<u8>, Vec<u8>> = FutureRecord::to(&topic);
-                if let Some(k) = key.as_ref() {
-                    rec = rec.key(k);
-                }
-                if let Some(p) = payload.as_ref() {
-                    rec = rec.payload(p);
-                }
-                producer.send(rec, Duration::from_secs(30)).await.map(|_| ()).map_err(|(e, _)| e)
-            });
-            if pending.len() >= 10_000 {
-                if let Some(r) = pending.next().await {
-                    r.map_err(|e: KafkaError| SourceError::Broker { brokers: self.brokers.clone(), reason: e.to_string() })?;
-                    sent += 1;
-                }
-            }
-        }
-        while let Some(r) = pending.next().await {
-            r.map_err(|e: KafkaError| SourceError::Broker { brokers: self.brokers.clone(), reason: e.to_string() })?;
-            sent += 1;
-        }
-        Ok(sent)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -550,20 +403,6 @@ mod tests {
         let have: Vec<&str> = features.split(',').collect();
         for want in ["gzip", "snappy", "lz4", "zstd", "ssl", "sasl_plain", "sasl_scram", "sasl_oauthbearer"] {
             assert!(have.contains(&want), "librdkafka lacks {want}: {features}");
-        }
-    }
-
-    #[test]
-    fn consumer_errors_are_classified() {
-        use RDKafkaErrorCode as C;
-        for code in [C::NotImplemented, C::BadCompression, C::UnsupportedCompressionType, C::TopicAuthorizationFailed, C::MessageSizeTooLarge] {
-            assert_eq!(consumer_fault(code), ConsumerFault::Stuck, "{code:?}");
-        }
-        for code in [C::OffsetOutOfRange, C::AutoOffsetReset] {
-            assert_eq!(consumer_fault(code), ConsumerFault::OutOfRange, "{code:?}");
-        }
-        for code in [C::BrokerTransportFailure, C::AllBrokersDown, C::NotLeaderForPartition, C::RequestTimedOut] {
-            assert_eq!(consumer_fault(code), ConsumerFault::Transient, "{code:?}");
         }
     }
 }
