@@ -23,7 +23,8 @@
 //!   dead letter with a reason, never a crash.
 //! * [`enrich`] and [`batch`]: provenance columns and the `date` partition; one winner per key.
 //! * [`lake`]: upserts into the topic's table and appends to `dead_letters`, each commit
-//!   carrying the source offsets it covers, fenced against other writers.
+//!   carrying the source offsets it covers, fenced against other writers; the ingest loop
+//!   sees it through the [`lake::tables::Tables`] trait.
 //! * [`ingest`]: the micro-batch loop that ties them together.
 //! * [`query`]: SQL over the lake on DataFusion or embedded DuckDB, with `as_of`, `history`,
 //!   `changes` and `freshness()`.

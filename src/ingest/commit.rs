@@ -9,10 +9,10 @@ use super::partitions::PartState;
 use super::pipeline::Pipeline;
 use super::IngestError;
 use crate::config::Config;
-use crate::enrich::Provenance;
 use crate::lake::commit::{OffsetKey, OffsetRange};
+use crate::lake::tables::{TableResult, TopicBatch};
 use crate::lake::LakeError;
-use crate::source::{Polled, SourceError, StartLoader, TopicPartition};
+use crate::source::{Polled, SourceError, TopicPartition};
 
 pub(super) fn offset_key(cfg: &Config, topic: &str, partition: i32) -> OffsetKey {
     OffsetKey { source: cfg.source_name.clone(), group: cfg.group.clone(), topic: topic.to_string(), partition }
@@ -65,7 +65,7 @@ impl Pipeline<'_> {
             })
             .collect();
         if !dead_ranges.is_empty() {
-            match self.dead.append(letters, &dead_ranges, &self.cfg.source_name).await {
+            match self.tables.append_dead_letters(letters, &dead_ranges, &self.cfg.source_name).await {
                 Ok(_) => {
                     for r in &dead_ranges {
                         if let Some(s) = self.parts.get_mut(&(r.key.topic.clone(), r.key.partition)) {
@@ -94,21 +94,14 @@ impl Pipeline<'_> {
             }
         }
         let source_kind = self.source.kind();
-        let empty = Vec::new();
-        let futures = self.tables.iter_mut().filter_map(|(name, table)| {
-            let ranges = work.get(name)?;
-            let recs = records.get(name).unwrap_or(&empty);
-            Some(async move {
-                let prov = Provenance::now(source_kind, name);
-                let t0 = Instant::now();
-                let result = table.upsert(recs, ranges, &prov).await;
-                (name.clone(), ranges, recs.len(), result, t0.elapsed().as_secs_f64())
-            })
-        });
+        let batches: Vec<TopicBatch<'_>> = work
+            .iter()
+            .map(|(topic, ranges)| TopicBatch { topic, records: records.get(topic).map_or(&[][..], |r| r.as_slice()), ranges })
+            .collect();
         // Keep reading while the tables commit: the broker's next messages go to the stash.
         let mut read_error = None;
         let results = {
-            let mut all = std::pin::pin!(futures::future::join_all(futures));
+            let mut all = self.tables.upsert(batches, source_kind);
             loop {
                 let room = self.cfg.max_batch_records.saturating_sub(self.stash.len());
                 tokio::select! {
@@ -124,7 +117,9 @@ impl Pipeline<'_> {
         let mut first_error = None;
         let mut fenced = Vec::new();
         let mut committed = Vec::new();
-        for (name, ranges, valid, result, seconds) in results {
+        for TableResult { topic: name, result, seconds } in results {
+            let ranges = work.get(&name).map_or(&[][..], |r| r.as_slice());
+            let valid = records.get(&name).map_or(0, |r| r.len());
             match result {
                 Ok(out) => {
                     self.summary.add(&out);

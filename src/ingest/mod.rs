@@ -24,19 +24,17 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Instant;
 
-use futures::future::BoxFuture;
 use serde::Serialize;
 
 use crate::config::{Config, ConfigError};
 use crate::decode::pool::DecodePool;
 use crate::decode::Decoder;
-use crate::lake::commit::OffsetKey;
-use crate::lake::dead_letters::{DeadLetterTable, TABLE as DEAD_LETTERS};
-use crate::lake::upsert::{TopicTable, UpsertOutcome};
-use crate::lake::{Lake, LakeError};
+use crate::lake::tables::{DeltaTables, LakeStarts, Tables};
+use crate::lake::upsert::UpsertOutcome;
+use crate::lake::LakeError;
 use crate::metrics::Metrics;
 use crate::source::kafka::KafkaSource;
-use crate::source::{PartitionStarts, Source, SourceError, StartLoader, TopicPartition};
+use crate::source::{Source, SourceError};
 use crate::FastMap;
 use pipeline::Pipeline;
 
@@ -114,37 +112,6 @@ impl IngestSummary {
     }
 }
 
-/// Reads start offsets from the lake (fresh table loads, as another writer may have moved them).
-struct LakeStarts {
-    lake: Lake,
-    source: String,
-    group: String,
-}
-
-impl StartLoader for LakeStarts {
-    fn load<'a>(&'a self, partitions: &'a [TopicPartition]) -> BoxFuture<'a, Result<HashMap<TopicPartition, PartitionStarts>, String>> {
-        Box::pin(async move {
-            let mut out = HashMap::new();
-            let dead = self.lake.open(DEAD_LETTERS).await.map_err(|e| e.to_string())?;
-            let mut tables = HashMap::new();
-            for (topic, partition) in partitions {
-                if !tables.contains_key(topic) {
-                    tables.insert(topic.clone(), self.lake.open(topic).await.map_err(|e| e.to_string())?);
-                }
-                let key = OffsetKey { source: self.source.clone(), group: self.group.clone(), topic: topic.clone(), partition: *partition };
-                let mut starts = PartitionStarts::default();
-                if let Some(Some(t)) = tables.get(topic) {
-                    starts.data = crate::lake::commit::stored_offset(t, topic, &key).await.map_err(|e| e.to_string())?;
-                }
-                if let Some(d) = &dead {
-                    starts.dead = crate::lake::commit::stored_offset(d, DEAD_LETTERS, &key).await.map_err(|e| e.to_string())?;
-                }
-                out.insert((topic.clone(), *partition), starts);
-            }
-            Ok(out)
-        })
-    }
-}
 /// Options of one run.
 #[derive(Clone, Default)]
 pub struct IngestOptions {
@@ -161,22 +128,20 @@ pub async fn run(cfg: &Config, opts: IngestOptions) -> Result<IngestSummary, Ing
     let specs = cfg.selected_specs()?;
     let lake = cfg.lake()?;
     lake.check(cfg.connect()).await?;
-    let loader = Arc::new(LakeStarts { lake: lake.clone(), source: cfg.source_name.clone(), group: cfg.group.clone() });
+    let starts = Arc::new(LakeStarts::new(lake.clone(), &cfg.source_name, &cfg.group));
     let topics: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
     // Check the broker and the topics before creating any table.
     let source: Box<dyn Source> = if cfg.iggy.trim().is_empty() {
-        Box::new(KafkaSource::connect(&cfg.brokers, &cfg.group, &topics, &cfg.kafka, loader.clone(), cfg.connect()).await?)
+        Box::new(KafkaSource::connect(&cfg.brokers, &cfg.group, &topics, &cfg.kafka, starts.clone(), cfg.connect()).await?)
     } else {
         let address = crate::source::iggy::IggyAddress::parse(&cfg.iggy).map_err(|message| ConfigError::Invalid { origin: Some("iggy".into()), message })?;
-        Box::new(crate::source::iggy::IggySource::connect(address, &topics, loader.clone()).await?)
+        Box::new(crate::source::iggy::IggySource::connect(address, &topics, starts.clone()).await?)
     };
-    let mut tables = BTreeMap::new();
     let mut decoders = HashMap::new();
     for spec in &specs {
         decoders.insert(spec.name.clone(), Decoder::new(spec.clone(), cfg.max_message_bytes).map_err(ConfigError::from)?);
-        tables.insert(spec.name.clone(), TopicTable::open(&lake, spec.clone()).await?);
     }
-    let dead = DeadLetterTable::open(&lake).await?;
+    let tables: Box<dyn Tables> = Box::new(DeltaTables::open(&lake, &specs, starts).await?);
     tracing::info!(brokers = %cfg.brokers, lake = %lake.root(), group = %cfg.group, topics = ?topics, once = opts.once, "ingest started");
     let metrics = match &opts.metrics {
         Some(m) => m.clone(),
@@ -189,12 +154,11 @@ pub async fn run(cfg: &Config, opts: IngestOptions) -> Result<IngestSummary, Ing
         metrics,
         opts,
         source,
-        loader,
+        loader: tables.starts(),
         tables,
         pool: DecodePool::new(decoders, std::thread::available_parallelism().map_or(1, |n| n.get()))
             .map_err(|e| IngestError::Internal(format!("cannot start the decoder threads: {e}")))?,
         decoded: None,
-        dead,
         parts: FastMap::default(),
         generation: 0,
         assigned: false,

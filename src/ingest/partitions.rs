@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use super::pipeline::Pipeline;
 use super::{IngestError, IngestSummary};
-use crate::source::{SourceError, StartLoader, TopicPartition};
+use crate::source::{SourceError, TopicPartition};
 
 /// `--once`: a partition of the selected topics that another member of the group holds.
 #[derive(Debug, Clone, Copy)]

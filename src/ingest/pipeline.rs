@@ -7,11 +7,10 @@ use std::sync::Arc;
 
 use super::batch::{DecodedBatch, MsgRef};
 use super::partitions::{OtherPart, PartState};
-use super::{shutdown_signal, IngestError, IngestOptions, IngestSummary, LakeStarts};
+use super::{shutdown_signal, IngestError, IngestOptions, IngestSummary};
 use crate::config::Config;
 use crate::decode::pool::DecodePool;
-use crate::lake::dead_letters::DeadLetterTable;
-use crate::lake::upsert::TopicTable;
+use crate::lake::tables::Tables;
 use crate::metrics::Metrics;
 use crate::source::{Polled, Source, SourceError, StartLoader, TopicPartition};
 use crate::FastMap;
@@ -22,13 +21,13 @@ pub(super) struct Pipeline<'c> {
     pub(super) metrics: Arc<Metrics>,
     pub(super) opts: IngestOptions,
     pub(super) source: Box<dyn Source>,
-    pub(super) loader: Arc<LakeStarts>,
-    pub(super) tables: BTreeMap<String, TopicTable>,
+    /// Each partition's stored offsets (from [`Tables::starts`]).
+    pub(super) loader: Arc<dyn StartLoader>,
+    pub(super) tables: Box<dyn Tables>,
     /// Decodes each poll's messages in the background.
     pub(super) pool: DecodePool,
     /// The open batch, decoded: kept across retries of its commit.
     pub(super) decoded: Option<DecodedBatch>,
-    pub(super) dead: DeadLetterTable,
     pub(super) parts: FastMap<TopicPartition, PartState>,
     pub(super) generation: u64,
     pub(super) assigned: bool,

@@ -6,7 +6,7 @@ use std::time::Duration;
 use super::partitions::STALL_AFTER;
 use super::pipeline::Pipeline;
 use super::IngestError;
-use crate::source::{StartLoader, TopicPartition};
+use crate::source::TopicPartition;
 
 impl Pipeline<'_> {
     /// Seek the partitions whose first message after a seek came after a gap (see

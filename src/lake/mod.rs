@@ -8,6 +8,7 @@ pub mod commit;
 pub mod dead_letters;
 pub mod index;
 pub mod log;
+pub mod tables;
 pub mod upsert;
 
 use std::collections::HashMap;

@@ -178,10 +178,12 @@ impl TopicTable {
         let store = self.table.object_store();
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         // (Spawned lazily: `buffer_unordered` pulls the next read only when one finishes.)
-        let mut contents = futures::stream::iter(by_file.keys())
+        // Owned paths: a closure over borrowed ones makes this future not provably `Send`.
+        let paths: Vec<Arc<str>> = by_file.keys().cloned().collect();
+        let mut contents = futures::stream::iter(paths)
             .map(|path| {
-                let file = &live[path];
-                let (store, object, size, path) = (store.clone(), file.object_store_path(), file.size().max(0) as u64, path.clone());
+                let file = &live[&path];
+                let (store, object, size) = (store.clone(), file.object_store_path(), file.size().max(0) as u64);
                 let day = file_day(&file.partition_values_map());
                 tokio::spawn(async move { (path, day, read_file(store, object, size, None).await) })
             })
