@@ -91,6 +91,13 @@ impl DecodePool {
         Ok(DecodePool { jobs, decoders })
     }
 
+    /// A pool without threads: each chunk is decoded on the caller's thread as it is submitted
+    /// (the loop's model tests use it, so that a case runs the same way every time).
+    pub fn inline(decoders: HashMap<String, Decoder>) -> Self {
+        let (jobs, _) = channel::<Arc<Chunk>>();
+        DecodePool { jobs, decoders: Arc::new(decoders) }
+    }
+
     /// Queue messages for decoding; the chunk is returned at once.
     pub fn submit(&self, msgs: Vec<(Arc<str>, RawMessage)>) -> Arc<Chunk> {
         let chunk = Arc::new(Chunk { msgs, results: Mutex::new(None), done: tokio::sync::Semaphore::new(0) });

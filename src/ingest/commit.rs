@@ -2,7 +2,9 @@
 //! the restart of partitions whose offsets another writer moved.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use super::batch::{DecodedBatch, MsgRef};
 use super::partitions::PartState;

@@ -13,16 +13,20 @@
 //! | `batch.rs` | the open batch, the stash and the message references |
 //! | `commit.rs` | the two-step commit (dead letters, then tables), its retries, fences |
 //! | `source.rs` | the rewinds for inexact fetches (tansu), and `--once`'s direct read |
+//! | `fakes.rs`, `tests.rs` | (tests) an in-memory broker and lake, and the loop's scenarios on them |
 
 mod batch;
 mod commit;
 mod partitions;
 mod pipeline;
 mod source;
+#[cfg(test)]
+mod fakes;
+#[cfg(test)]
+mod tests;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
 
 use serde::Serialize;
 
@@ -35,7 +39,6 @@ use crate::lake::LakeError;
 use crate::metrics::Metrics;
 use crate::source::kafka::KafkaSource;
 use crate::source::{Source, SourceError};
-use crate::FastMap;
 use pipeline::Pipeline;
 
 /// Errors that stop the ingest.
@@ -147,31 +150,9 @@ pub async fn run(cfg: &Config, opts: IngestOptions) -> Result<IngestSummary, Ing
         Some(m) => m.clone(),
         None => Metrics::new().map_err(|e| IngestError::Rebalance(e.to_string()))?,
     };
-    let progress = crate::progress::Progress::new(opts.once && opts.progress, "messages");
-    let mut pipe = Pipeline {
-        cfg,
-        progress,
-        metrics,
-        opts,
-        source,
-        loader: tables.starts(),
-        tables,
-        pool: DecodePool::new(decoders, std::thread::available_parallelism().map_or(1, |n| n.get()))
-            .map_err(|e| IngestError::Internal(format!("cannot start the decoder threads: {e}")))?,
-        decoded: None,
-        parts: FastMap::default(),
-        generation: 0,
-        assigned: false,
-        direct: false,
-        others: BTreeMap::new(),
-        pending: FastMap::default(),
-        last_tp: None,
-        pending_records: 0,
-        pending_bytes: 0,
-        stash: Vec::new(),
-        opened: Instant::now(),
-        summary: IngestSummary::default(),
-    };
+    let pool = DecodePool::new(decoders, std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .map_err(|e| IngestError::Internal(format!("cannot start the decoder threads: {e}")))?;
+    let mut pipe = Pipeline::new(cfg, opts, source, tables, pool, metrics, Box::pin(shutdown_signal()));
     pipe.run().await
 }
 

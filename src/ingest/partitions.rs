@@ -2,7 +2,9 @@
 //! it is reached, the partitions other members hold, and stored offsets outside the log.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use super::pipeline::Pipeline;
 use super::{IngestError, IngestSummary};

@@ -1,13 +1,15 @@
 //! The loop: poll, take, commit, and the `--once` decision; the assignment from the source.
 
-use std::collections::HashMap;
-use std::time::{Duration, Instant};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use tokio::time::Instant;
 
 use super::batch::{DecodedBatch, MsgRef};
 use super::partitions::{OtherPart, PartState};
-use super::{shutdown_signal, IngestError, IngestOptions, IngestSummary};
+use super::{IngestError, IngestOptions, IngestSummary};
 use crate::config::Config;
 use crate::decode::pool::DecodePool;
 use crate::lake::tables::Tables;
@@ -47,9 +49,47 @@ pub(super) struct Pipeline<'c> {
     pub(super) stash: Vec<MsgRef>,
     pub(super) opened: Instant,
     pub(super) summary: IngestSummary,
+    /// Resolves when the run is asked to stop (SIGTERM, SIGINT).
+    pub(super) shutdown: BoxFuture<'static, ()>,
 }
 
-impl Pipeline<'_> {
+impl<'c> Pipeline<'c> {
+    /// A loop over `source` and `tables` that decodes in `pool`, before any assignment.
+    pub(super) fn new(
+        cfg: &'c Config,
+        opts: IngestOptions,
+        source: Box<dyn Source>,
+        tables: Box<dyn Tables>,
+        pool: DecodePool,
+        metrics: Arc<Metrics>,
+        shutdown: BoxFuture<'static, ()>,
+    ) -> Self {
+        Pipeline {
+            shutdown,
+            cfg,
+            progress: crate::progress::Progress::new(opts.once && opts.progress, "messages"),
+            metrics,
+            opts,
+            source,
+            loader: tables.starts(),
+            tables,
+            pool,
+            decoded: None,
+            parts: FastMap::default(),
+            generation: 0,
+            assigned: false,
+            direct: false,
+            others: BTreeMap::new(),
+            pending: FastMap::default(),
+            last_tp: None,
+            pending_records: 0,
+            pending_bytes: 0,
+            stash: Vec::new(),
+            opened: Instant::now(),
+            summary: IngestSummary::default(),
+        }
+    }
+
     pub(super) async fn run(&mut self) -> Result<IngestSummary, IngestError> {
         let result = self.run_inner().await;
         // A stored offset outside the broker's log is reported by librdkafka without the
@@ -74,8 +114,7 @@ impl Pipeline<'_> {
         let mut last_positions = 0i64;
         let mut last_stall_check = Instant::now();
         let mut last_lag_report = Instant::now();
-        let mut last_others_check = Instant::now() - Duration::from_secs(60);
-        let mut shutdown = Box::pin(shutdown_signal());
+        let mut last_others_check = Instant::now().checked_sub(Duration::from_secs(60)).unwrap_or_else(Instant::now);
         loop {
             // Messages taken from the stash of the last commit may have found a gap.
             self.apply_rewinds()?;
@@ -88,7 +127,7 @@ impl Pipeline<'_> {
                 Polled::Nothing
             } else {
                 tokio::select! {
-                    _ = &mut shutdown => {
+                    _ = &mut self.shutdown => {
                         tracing::info!("shutdown requested; committing the open batch");
                         if !self.flush_with_retry().await? {
                             tracing::warn!("the open batch was dropped: another writer owns its partitions");

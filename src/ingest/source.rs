@@ -76,7 +76,11 @@ impl Pipeline<'_> {
         );
         // Dropping the member leaves the group (a blocking close).
         let member = std::mem::replace(&mut self.source, direct);
-        tokio::task::block_in_place(|| drop(member));
+        if tokio::runtime::Handle::current().runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread {
+            tokio::task::block_in_place(|| drop(member));
+        } else {
+            drop(member);
+        }
         self.direct = true;
         Ok(true)
     }

@@ -100,9 +100,9 @@ pub enum LakeError {
     Delta {
         /// Table name.
         table: String,
-        /// Underlying error.
+        /// Underlying error (boxed: it is large, and every `Result` of the lake carries it).
         #[source]
-        source: DeltaTableError,
+        source: Box<DeltaTableError>,
     },
     /// Arrow or Parquet error while building or reading files.
     #[error("data error in `{table}`: {reason}")]
@@ -139,7 +139,7 @@ impl LakeError {
             DeltaTableError::ObjectStore { source: e @ deltalake::ObjectStoreError::Generic { .. } } => {
                 LakeError::Storage { table: table.to_string(), reason: e.to_string() }
             }
-            source => LakeError::Delta { table: table.to_string(), source },
+            source => LakeError::Delta { table: table.to_string(), source: Box::new(source) },
         }
     }
 

@@ -227,7 +227,7 @@ pub async fn changes(lake: &Lake, name: &str, from: u64, to: Option<u64>) -> Res
                         batches.push(conform(&b, &schema, day).map_err(|e| e.to_string())?);
                     }
                 }
-                Ok::<RecordBatch, String>(concat_batches(&schema, &batches).map_err(|e| e.to_string())?)
+                concat_batches(&schema, &batches).map_err(|e| e.to_string())
             }
         };
         let removed = read(c.removes.clone()).await.map_err(|e| LakeError::data(name, e))?;

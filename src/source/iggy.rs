@@ -120,10 +120,13 @@ pub const KEY_HEADER: &str = "key";
 /// The tombstone header.
 pub const TOMBSTONE_HEADER: &str = "tombstone";
 
+/// A connected client, with each topic's partition ids.
+type Connected = (Arc<IggyClient>, HashMap<String, Vec<u32>>);
+
 /// Publishes to one Iggy server; connects on first use and again after a failure.
 pub struct IggyProducer {
     address: IggyAddress,
-    state: Mutex<Option<(Arc<IggyClient>, HashMap<String, Vec<u32>>)>>,
+    state: Mutex<Option<Connected>>,
 }
 
 impl IggyProducer {

@@ -89,7 +89,8 @@ pub trait Source: Send + Sync {
     /// The broker's address, for messages (never a secret).
     fn describe(&self) -> String;
 
-    /// The next messages (at most `max`), or [`Polled::Nothing`] within `wait`.
+    /// The next messages (at most `max`), or [`Polled::Nothing`] within `wait`. Cancel safe:
+    /// the loop drops a poll that has not finished, and no message may be lost with it.
     fn next(&self, wait: Duration, max: usize) -> BoxFuture<'_, Result<Polled, SourceError>>;
 
     /// The assignment, when its generation is not `seen` (see [`Assignment::change_since`]).

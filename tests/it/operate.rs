@@ -74,8 +74,8 @@ async fn metrics_match_what_was_produced() {
 
     let mut second: Vec<Msg> = (0..5).map(|i| txn(&format!("k{i}"), 2000, "completed")).collect();
     second.push(txn("k5", 500, "failed")); // stale
-    second.push((Some("k6".into()), Some(format!(r#"{{"transaction_id":"k6","timestamp":3000,"_deleted":true}}"#))));
-    second.push((Some("k7".into()), Some(format!(r#"{{"transaction_id":"k7","timestamp":3000,"_deleted":true}}"#))));
+    second.push((Some("k6".into()), Some(r#"{"transaction_id":"k6","timestamp":3000,"_deleted":true}"#.to_string())));
+    second.push((Some("k7".into()), Some(r#"{"transaction_id":"k7","timestamp":3000,"_deleted":true}"#.to_string())));
     produce_to_partition(&t, 0, &second).await;
     let body = wait_for_metric(port, "lakepipe_rows_deleted_total", &format!("topic=\"{t}\""), 2.0).await;
 

@@ -1,0 +1,459 @@
+//! In-memory fakes of a broker ([`FakeSource`]) and of the lake ([`FakeTables`]), for the
+//! loop's unit and model tests: partitions as vectors, assignments that change at any moment,
+//! injected broker errors, transaction markers and retention gaps; tables with stored offsets,
+//! fences, conflicts, failures, lost replies and hangs. The real I/O paths are tested against
+//! tansu and LocalStack; these test the logic between them.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+
+use crate::lake::commit::OffsetRange;
+use crate::lake::dead_letters::DeadLetter;
+use crate::lake::tables::{TableResult, Tables, TopicBatch};
+use crate::lake::upsert::UpsertOutcome;
+use crate::lake::LakeError;
+use crate::source::{Assignment, AssignmentChange, PartitionStarts, Polled, RawMessage, Source, SourceError, StartLoader, TopicPartition};
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// One offset of a fake partition's log.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum Entry {
+    /// A message (`payload` `None`: a tombstone).
+    Message { key: Option<Vec<u8>>, payload: Option<Vec<u8>> },
+    /// A transaction marker: it takes an offset and is never delivered.
+    Marker,
+}
+
+/// The broker's side: the logs, their log starts, and errors to return.
+#[derive(Debug, Default)]
+pub(super) struct Logs {
+    /// Every partition's log, from offset 0.
+    pub(super) logs: BTreeMap<TopicPartition, Vec<Entry>>,
+    /// The first offset retention kept (0 when absent).
+    pub(super) log_start: HashMap<TopicPartition, i64>,
+    /// What the next polls return instead of messages, in order.
+    pub(super) errors: VecDeque<SourceError>,
+    /// Where each producer batch begins (each [`FakeBroker::produce`] writes one).
+    pub(super) batches: BTreeMap<TopicPartition, std::collections::BTreeSet<i64>>,
+    /// How a fetch that starts inside a batch is answered.
+    pub(super) fetch: Fetch,
+    /// The loop checks fetches as inexact even when they are exact, as it does on every Kafka
+    /// broker (see [`Source::inexact_seeks`]).
+    pub(super) checks: bool,
+}
+
+/// How the fake broker answers a fetch that starts inside a producer batch.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) enum Fetch {
+    /// From the offset asked for (Kafka).
+    #[default]
+    Exact,
+    /// From the next batch (tansu 0.6): the rest of the first batch is skipped.
+    NextBatch,
+    /// With nothing, for as long as the fetch starts there (tansu 0.6).
+    Nothing,
+}
+
+impl Logs {
+    fn start(&self, tp: &TopicPartition) -> i64 {
+        self.log_start.get(tp).copied().unwrap_or(0)
+    }
+
+    fn end(&self, tp: &TopicPartition) -> i64 {
+        self.logs.get(tp).map_or(0, |l| l.len() as i64)
+    }
+}
+
+/// A broker with partitions held in memory; cheap to clone, every clone sees the same logs.
+#[derive(Debug, Clone, Default)]
+pub(super) struct FakeBroker(pub(super) Arc<Mutex<Logs>>);
+
+impl FakeBroker {
+    /// A broker with these partitions, empty.
+    pub(super) fn new(partitions: &[TopicPartition]) -> Self {
+        let b = FakeBroker::default();
+        lock(&b.0).logs = partitions.iter().map(|tp| (tp.clone(), Vec::new())).collect();
+        b
+    }
+
+    /// Append entries to a partition's log.
+    pub(super) fn produce(&self, tp: &TopicPartition, entries: impl IntoIterator<Item = Entry>) {
+        let mut logs = lock(&self.0);
+        let log = logs.logs.entry(tp.clone()).or_default();
+        let first = log.len() as i64;
+        log.extend(entries);
+        if log.len() as i64 > first {
+            logs.batches.entry(tp.clone()).or_default().insert(first);
+        }
+    }
+
+    /// Answer fetches that start inside a batch this way from now on; `checks`: the loop
+    /// checks them as inexact even when they are exact.
+    pub(super) fn fetch(&self, fetch: Fetch, checks: bool) {
+        let mut logs = lock(&self.0);
+        logs.fetch = fetch;
+        logs.checks = checks;
+    }
+
+    /// Retention: the log now starts at `start`.
+    pub(super) fn expire(&self, tp: &TopicPartition, start: i64) {
+        lock(&self.0).log_start.insert(tp.clone(), start);
+    }
+
+    /// The next poll of any member fails with `e`.
+    pub(super) fn fail_next_poll(&self, e: SourceError) {
+        lock(&self.0).errors.push_back(e);
+    }
+
+    /// A member of the group with nothing assigned yet.
+    pub(super) fn member(&self) -> FakeSource {
+        FakeSource { broker: self.clone(), reader: Arc::new(Mutex::new(Reader::default())), direct_allowed: true }
+    }
+
+    /// The entries of a partition's log.
+    pub(super) fn log(&self, tp: &TopicPartition) -> Vec<Entry> {
+        lock(&self.0).logs.get(tp).cloned().unwrap_or_default()
+    }
+
+    /// Every partition.
+    pub(super) fn partitions(&self) -> Vec<TopicPartition> {
+        lock(&self.0).logs.keys().cloned().collect()
+    }
+}
+
+/// A member's side: its assignment and where it reads.
+#[derive(Debug, Default)]
+pub(super) struct Reader {
+    pub(super) assignment: Assignment,
+    /// The next offset each assigned partition delivers.
+    pub(super) positions: BTreeMap<TopicPartition, i64>,
+    /// Polls that returned messages.
+    pub(super) polls: u64,
+    /// Partitions not fetched since they were sought (or assigned).
+    pub(super) sought: std::collections::BTreeSet<TopicPartition>,
+}
+
+/// One member reading a [`FakeBroker`]. Clones share the member: a test keeps one to change
+/// the assignment while the loop holds another.
+#[derive(Debug, Clone)]
+pub(super) struct FakeSource {
+    broker: FakeBroker,
+    pub(super) reader: Arc<Mutex<Reader>>,
+    /// Whether [`Source::direct`] gives a reader outside the group.
+    pub(super) direct_allowed: bool,
+}
+
+impl FakeSource {
+    /// A rebalance: the member now holds `partitions` (none: a revoke), read from the log
+    /// start until the loop seeks them to the lake's offsets, as a new generation.
+    pub(super) fn assign(&self, partitions: &[TopicPartition]) {
+        // Locks in one order everywhere: the broker's, then the member's.
+        let logs = lock(&self.broker.0);
+        let mut r = lock(&self.reader);
+        r.assignment.generation += 1;
+        r.assignment.assigned = !partitions.is_empty();
+        r.assignment.partitions = partitions.iter().map(|tp| (tp.clone(), PartitionStarts::default())).collect();
+        r.positions = partitions.iter().map(|tp| (tp.clone(), logs.start(tp))).collect();
+        r.sought = partitions.iter().cloned().collect();
+    }
+
+    /// The partitions and positions, polled in turn from the lowest.
+    fn take(&self, max: usize) -> Result<Vec<(Arc<str>, RawMessage)>, SourceError> {
+        let mut logs = lock(&self.broker.0);
+        if let Some(e) = logs.errors.pop_front() {
+            return Err(e);
+        }
+        let mut r = lock(&self.reader);
+        let mut out = Vec::new();
+        let tps: Vec<TopicPartition> = r.positions.keys().cloned().collect();
+        for tp in tps {
+            let mut at = r.positions[&tp];
+            let start = logs.start(&tp);
+            if at < start {
+                // `auto.offset.reset=error`, as the Kafka source sets it.
+                return Err(SourceError::OutOfRange { brokers: "fake".into(), reason: format!("{}/{}: offset {at} is below the log start {start}", tp.0, tp.1) });
+            }
+            let log = logs.logs.get(&tp).map(Vec::as_slice).unwrap_or_default();
+            let topic: Arc<str> = Arc::from(tp.0.as_str());
+            // A fetch from inside a producer batch, on a broker that cannot start there.
+            let inside = (at as usize) < log.len() && at > start && !logs.batches.get(&tp).is_some_and(|b| b.contains(&at));
+            if inside && r.sought.contains(&tp) {
+                match logs.fetch {
+                    Fetch::Exact => {}
+                    Fetch::Nothing => continue,
+                    Fetch::NextBatch => at = logs.batches.get(&tp).and_then(|b| b.range(at..).next().copied()).unwrap_or(log.len() as i64),
+                }
+            }
+            r.sought.remove(&tp);
+            while out.len() < max && (at as usize) < log.len() {
+                if let Entry::Message { key, payload } = &log[at as usize] {
+                    out.push((topic.clone(), RawMessage { partition: tp.1, offset: at, key: key.clone(), payload: payload.clone(), timestamp_ms: Some(0) }));
+                }
+                at += 1;
+            }
+            r.positions.insert(tp, at);
+        }
+        if !out.is_empty() {
+            r.polls += 1;
+        }
+        drop(logs);
+        Ok(out)
+    }
+}
+
+impl Source for FakeSource {
+    fn kind(&self) -> &'static str {
+        "fake"
+    }
+
+    fn describe(&self) -> String {
+        "fake".into()
+    }
+
+    fn next(&self, wait: Duration, max: usize) -> BoxFuture<'_, Result<Polled, SourceError>> {
+        Box::pin(async move {
+            // A real poll yields to the runtime, so that other tasks can run. Before taking:
+            // the loop drops a poll that has not finished (cancel safety), and messages taken
+            // must be handed over in the same step, as the Kafka consumer's are.
+            tokio::task::yield_now().await;
+            let got = self.take(max.max(1))?;
+            if !got.is_empty() {
+                return Ok(Polled::Messages(got));
+            }
+            tokio::time::sleep(wait).await;
+            Ok(Polled::Nothing)
+        })
+    }
+
+    fn assignment_change(&self, seen: u64) -> Result<Option<AssignmentChange>, String> {
+        lock(&self.reader).assignment.change_since(seen)
+    }
+
+    fn seek(&self, starts: &[(TopicPartition, Option<i64>)]) -> Result<(), SourceError> {
+        let logs = lock(&self.broker.0);
+        let mut r = lock(&self.reader);
+        for (tp, o) in starts {
+            r.positions.insert(tp.clone(), o.unwrap_or_else(|| logs.start(tp)));
+            r.sought.insert(tp.clone());
+        }
+        Ok(())
+    }
+
+    fn cached_watermarks(&self, topic: &str, partition: i32) -> Option<(Option<i64>, i64)> {
+        let logs = lock(&self.broker.0);
+        let tp = (topic.to_string(), partition);
+        logs.logs.contains_key(&tp).then(|| (Some(logs.start(&tp)), logs.end(&tp)))
+    }
+
+    fn listed_watermarks(&self, partitions: &[TopicPartition], _timeout: Duration) -> HashMap<TopicPartition, (i64, i64)> {
+        let logs = lock(&self.broker.0);
+        partitions.iter().filter(|tp| logs.logs.contains_key(*tp)).map(|tp| (tp.clone(), (logs.start(tp), logs.end(tp)))).collect()
+    }
+
+    fn all_partitions(&self, _timeout: Duration) -> Result<Vec<TopicPartition>, SourceError> {
+        Ok(self.broker.partitions())
+    }
+
+    fn inexact_seeks(&self) -> bool {
+        let logs = lock(&self.broker.0);
+        logs.fetch != Fetch::Exact || logs.checks
+    }
+
+    fn positions(&self) -> Vec<(TopicPartition, i64)> {
+        lock(&self.reader).positions.iter().map(|(tp, o)| (tp.clone(), *o)).collect()
+    }
+
+    fn direct(&self, starts: &[(TopicPartition, Option<i64>)], generation: u64) -> Result<Option<Box<dyn Source>>, SourceError> {
+        if !self.direct_allowed {
+            return Ok(None);
+        }
+        let direct = FakeSource { broker: self.broker.clone(), reader: Arc::new(Mutex::new(Reader::default())), direct_allowed: false };
+        {
+            let logs = lock(&self.broker.0);
+            let mut r = lock(&direct.reader);
+            r.assignment = Assignment { generation, assigned: true, error: None, partitions: starts.iter().map(|(tp, _)| (tp.clone(), PartitionStarts::default())).collect() };
+            r.positions = starts.iter().map(|(tp, o)| (tp.clone(), o.unwrap_or_else(|| logs.start(tp)))).collect();
+            r.sought = starts.iter().map(|(tp, _)| tp.clone()).collect();
+        }
+        Ok(Some(Box::new(direct)))
+    }
+}
+
+/// What a fake commit does instead of succeeding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Fault {
+    /// Conflicts with a concurrent commit once, then commits (as the Delta retry loop does).
+    Conflict,
+    /// Fails before committing; retryable (a storage error) or not.
+    Fail { retryable: bool },
+    /// Commits, then reports a retryable failure (the reply was lost).
+    LostReply,
+    /// Commits after this long.
+    Delay(Duration),
+    /// Never returns.
+    Hang,
+}
+
+/// One row the fake lake holds, as its commit wrote it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Row {
+    pub(super) partition: i32,
+    pub(super) offset: i64,
+    pub(super) key: String,
+    pub(super) deleted: bool,
+}
+
+/// The lake's side: rows, dead letters, stored offsets, and faults for the next commits.
+#[derive(Debug, Default)]
+pub(super) struct Store {
+    /// Each topic's rows, in commit order.
+    pub(super) rows: BTreeMap<String, Vec<Row>>,
+    /// Dead letters: partition and offset.
+    pub(super) dead: Vec<(TopicPartition, i64)>,
+    /// The topic tables' stored offsets.
+    pub(super) offsets: HashMap<TopicPartition, i64>,
+    /// `dead_letters`' stored offsets.
+    pub(super) dead_offsets: HashMap<TopicPartition, i64>,
+    /// Faults of the next commits (dead letters and upserts), in order.
+    pub(super) faults: VecDeque<Fault>,
+    /// Commits made.
+    pub(super) commits: u64,
+    /// Commits refused by the fence.
+    pub(super) fenced: u64,
+}
+
+impl Store {
+    /// Every range starts at the stored offset (`None`: nothing stored), or the commit is fenced.
+    fn fence(stored: &HashMap<TopicPartition, i64>, table: &str, ranges: &[OffsetRange]) -> Result<(), LakeError> {
+        for r in ranges {
+            let tp = (r.key.topic.clone(), r.key.partition);
+            if stored.get(&tp).copied() != r.start {
+                return Err(LakeError::Fenced { table: table.to_string(), partition: tp.1, expected: r.start, found: stored.get(&tp).copied() });
+            }
+        }
+        Ok(())
+    }
+
+    fn advance(stored: &mut HashMap<TopicPartition, i64>, ranges: &[OffsetRange]) {
+        for r in ranges {
+            stored.insert((r.key.topic.clone(), r.key.partition), r.end);
+        }
+    }
+
+    /// Another writer commits `tp` up to `end`, with these rows (a member of the same group).
+    pub(super) fn commit_as_other(&mut self, tp: &TopicPartition, rows: Vec<Row>, end: i64) {
+        self.rows.entry(tp.0.clone()).or_default().extend(rows);
+        self.offsets.insert(tp.clone(), end);
+        self.commits += 1;
+    }
+}
+
+/// The lake in memory; clones share it.
+#[derive(Debug, Clone, Default)]
+pub(super) struct FakeTables(pub(super) Arc<Mutex<Store>>);
+
+impl FakeTables {
+    /// The next commits meet these faults, in order.
+    pub(super) fn inject(&self, faults: impl IntoIterator<Item = Fault>) {
+        lock(&self.0).faults.extend(faults);
+    }
+
+    fn fault(&self) -> Option<Fault> {
+        lock(&self.0).faults.pop_front()
+    }
+}
+
+/// Fails, hangs, or returns the attempts a commit took (1, or 2 after a conflict), and whether
+/// to report a lost reply after committing.
+async fn meet(fault: Option<Fault>, table: &str) -> Result<(u32, bool), LakeError> {
+    match fault {
+        None => Ok((1, false)),
+        Some(Fault::Conflict) => Ok((2, false)),
+        Some(Fault::Delay(d)) => {
+            tokio::time::sleep(d).await;
+            Ok((1, false))
+        }
+        Some(Fault::LostReply) => Ok((1, true)),
+        Some(Fault::Fail { retryable: true }) => Err(LakeError::Storage { table: table.into(), reason: "injected storage failure".into() }),
+        Some(Fault::Fail { retryable: false }) => Err(LakeError::Data { table: table.into(), reason: "injected fatal failure".into() }),
+        Some(Fault::Hang) => std::future::pending().await,
+    }
+}
+
+fn lost_reply(table: &str) -> LakeError {
+    LakeError::Storage { table: table.into(), reason: "injected: committed, but the reply was lost".into() }
+}
+
+impl StartLoader for FakeTables {
+    fn load<'a>(&'a self, partitions: &'a [TopicPartition]) -> BoxFuture<'a, Result<HashMap<TopicPartition, PartitionStarts>, String>> {
+        Box::pin(async move {
+            tokio::task::yield_now().await;
+            let s = lock(&self.0);
+            Ok(partitions.iter().map(|tp| (tp.clone(), PartitionStarts { data: s.offsets.get(tp).copied(), dead: s.dead_offsets.get(tp).copied() })).collect())
+        })
+    }
+}
+
+impl Tables for FakeTables {
+    fn starts(&self) -> Arc<dyn StartLoader> {
+        Arc::new(self.clone())
+    }
+
+    fn append_dead_letters<'a>(&'a mut self, letters: &'a [DeadLetter], ranges: &'a [OffsetRange], _source_name: &'a str) -> BoxFuture<'a, Result<(), LakeError>> {
+        Box::pin(async move {
+            let fault = self.fault();
+            tokio::task::yield_now().await;
+            let (_, lost) = meet(fault, "dead_letters").await?;
+            let mut s = lock(&self.0);
+            Store::fence(&s.dead_offsets, "dead_letters", ranges)?;
+            s.dead.extend(letters.iter().map(|d| ((d.topic.clone(), d.partition), d.offset)));
+            Store::advance(&mut s.dead_offsets, ranges);
+            s.commits += 1;
+            if lost {
+                return Err(lost_reply("dead_letters"));
+            }
+            Ok(())
+        })
+    }
+
+    fn upsert<'a>(&'a mut self, work: Vec<TopicBatch<'a>>, _source_kind: &'static str) -> BoxFuture<'a, Vec<TableResult>> {
+        Box::pin(async move {
+            let mut out = Vec::new();
+            for b in work {
+                let fault = self.fault();
+                tokio::task::yield_now().await;
+                let result = match meet(fault, b.topic).await {
+                    Err(e) => Err(e),
+                    Ok((attempts, lost)) => {
+                        let mut s = lock(&self.0);
+                        match Store::fence(&s.offsets, b.topic, b.ranges) {
+                            Err(e) => {
+                                s.fenced += 1;
+                                Err(e)
+                            }
+                            Ok(()) => {
+                                let rows = b.records.iter().map(|r| Row { partition: r.partition, offset: r.offset, key: r.key.clone(), deleted: r.deleted });
+                                s.rows.entry(b.topic.to_string()).or_default().extend(rows);
+                                Store::advance(&mut s.offsets, b.ranges);
+                                s.commits += 1;
+                                if lost {
+                                    Err(lost_reply(b.topic))
+                                } else {
+                                    Ok(UpsertOutcome { inserted: b.records.len() as u64, attempts, ..Default::default() })
+                                }
+                            }
+                        }
+                    }
+                };
+                out.push(TableResult { topic: b.topic.to_string(), result, seconds: 0.0 });
+            }
+            out
+        })
+    }
+}

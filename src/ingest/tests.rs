@@ -1,0 +1,276 @@
+//! The loop on in-memory fakes ([`super::fakes`]): scenarios that used to be reached only
+//! through a real broker, run on a paused clock so that each is exact and fast.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use super::fakes::{Entry, Fault, FakeBroker, FakeSource, FakeTables, Fetch, Row};
+use super::pipeline::Pipeline;
+use super::{IngestError, IngestOptions, IngestSummary};
+use crate::config::Config;
+use crate::decode::pool::DecodePool;
+use crate::decode::Decoder;
+use crate::metrics::Metrics;
+use crate::source::TopicPartition;
+
+pub(super) const TOPIC: &str = "user_events";
+
+pub(super) fn tp(p: i32) -> TopicPartition {
+    (TOPIC.to_string(), p)
+}
+
+/// A valid `user_events` record with this key.
+pub(super) fn valid(key: &str) -> Entry {
+    let payload = format!(r#"{{"event_id":"{key}","user_id":"u","event_type":"click","timestamp":"2026-01-01T00:00:00Z"}}"#);
+    Entry::Message { key: Some(key.as_bytes().to_vec()), payload: Some(payload.into_bytes()) }
+}
+
+/// A message that fails validation (a dead letter).
+pub(super) fn invalid() -> Entry {
+    Entry::Message { key: None, payload: Some(b"{not json".to_vec()) }
+}
+
+/// `n` entries: mostly valid records over a few keys, some dead letters, transaction markers.
+pub(super) fn mixed(p: i32, n: usize) -> Vec<Entry> {
+    (0..n)
+        .map(|i| match i % 17 {
+            5 => invalid(),
+            11 => Entry::Marker,
+            _ => valid(&format!("k{p}-{}", i % 40)),
+        })
+        .collect()
+}
+
+pub(super) fn config(max_batch_records: usize) -> Config {
+    Config {
+        topics: vec![TOPIC.to_string()],
+        trigger_interval: "100ms".into(),
+        max_batch_records,
+        once_timeout: "60s".into(),
+        ..Default::default()
+    }
+}
+
+pub(super) fn pipeline<'c>(cfg: &'c Config, once: bool, source: &FakeSource, tables: &FakeTables) -> Pipeline<'c> {
+    let specs = cfg.selected_specs().expect("specs");
+    let decoders: HashMap<String, Decoder> = specs.iter().map(|s| (s.name.clone(), Decoder::new(s.clone(), cfg.max_message_bytes).expect("decoder"))).collect();
+    let metrics = Metrics::new().expect("metrics");
+    let opts = IngestOptions { once, ..Default::default() };
+    Pipeline::new(cfg, opts, Box::new(source.clone()), Box::new(tables.clone()), DecodePool::inline(decoders), metrics, Box::pin(std::future::pending()))
+}
+
+pub(super) async fn run_once(cfg: &Config, source: &FakeSource, tables: &FakeTables) -> Result<IngestSummary, IngestError> {
+    pipeline(cfg, true, source, tables).run().await
+}
+
+/// The contract: each partition's data offsets from its log start, every one exactly once,
+/// either as a row or as a dead letter, and the stored offsets at each log's end.
+pub(super) fn assert_exact(broker: &FakeBroker, tables: &FakeTables) {
+    let store = tables.0.lock().unwrap_or_else(|p| p.into_inner());
+    for tp in broker.partitions() {
+        let log = broker.log(&tp);
+        let start = broker.0.lock().unwrap_or_else(|p| p.into_inner()).log_start.get(&tp).copied().unwrap_or(0);
+        let want: Vec<i64> = log
+            .iter()
+            .enumerate()
+            .filter(|(o, e)| *o as i64 >= start && matches!(e, Entry::Message { .. }))
+            .map(|(o, _)| o as i64)
+            .collect();
+        let rows = store.rows.get(&tp.0).map(Vec::as_slice).unwrap_or_default();
+        let mut got: Vec<i64> = rows.iter().filter(|r| r.partition == tp.1).map(|r| r.offset).collect();
+        got.extend(store.dead.iter().filter(|(t, _)| *t == tp).map(|(_, o)| *o));
+        got.sort_unstable();
+        assert_eq!(got, want, "{}/{}: the rows and dead letters in the lake are not the log's messages exactly once", tp.0, tp.1);
+        let end = log.len() as i64;
+        let stored = store.offsets.get(&tp).copied();
+        assert!(stored == Some(end) || (end == start && stored.is_none()), "{}/{}: stored offset {stored:?}, log end {end}", tp.0, tp.1);
+    }
+}
+
+/// The rows another writer commits for `tp`'s messages in `range`.
+pub(super) fn rows_of(broker: &FakeBroker, tp: &TopicPartition, range: std::ops::Range<i64>) -> Vec<Row> {
+    broker
+        .log(tp)
+        .iter()
+        .enumerate()
+        .filter(|(o, e)| range.contains(&(*o as i64)) && matches!(e, Entry::Message { payload: Some(p), .. } if p.starts_with(b"{\"")))
+        .map(|(o, _)| Row { partition: tp.1, offset: o as i64, key: String::new(), deleted: false })
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn once_reads_every_partition_exactly_once() {
+    let broker = FakeBroker::new(&[tp(0), tp(1)]);
+    broker.produce(&tp(0), mixed(0, 300));
+    broker.produce(&tp(1), mixed(1, 120));
+    let (member, tables) = (broker.member(), FakeTables::default());
+    member.assign(&[tp(0), tp(1)]);
+    let summary = run_once(&config(50), &member, &tables).await.expect("--once");
+    assert_exact(&broker, &tables);
+    let markers = [300, 120].iter().map(|n| (0..*n).filter(|i| i % 17 == 11).count() as u64).sum::<u64>();
+    assert_eq!(summary.consumed, 420 - markers, "markers are not messages");
+    // A second run finds nothing to do.
+    let again = run_once(&config(50), &member, &tables).await.expect("--once again");
+    assert_eq!(again.consumed, 0);
+    assert_exact(&broker, &tables);
+}
+
+/// Ported from the rebalance storm (`tests/it/faults.rs`): while a commit is in flight, the
+/// member loses a partition to another member and keeps the other; the loop must drop what it
+/// read during the commit, seek to the lake's offsets, and the two members together must
+/// leave every message in the lake exactly once, whichever commit the fence refused.
+#[tokio::test(start_paused = true)]
+async fn a_rebalance_during_a_commit_loses_and_duplicates_nothing() {
+    let broker = FakeBroker::new(&[tp(0), tp(1)]);
+    // Valid records only: the first commit is the upsert, which reads on while it runs.
+    broker.produce(&tp(0), (0..30).map(|i| valid(&format!("a{i}"))));
+    broker.produce(&tp(1), (0..400).map(|i| valid(&format!("b{i}"))));
+    let tables = FakeTables::default();
+    let (a, b) = (broker.member(), broker.member());
+    a.assign(&[tp(0), tp(1)]);
+    // The first batch holds both partitions and its commit takes 2 s; 1 s into it, partition
+    // 1 moves to the other member, which commits it first: the fence refuses the rest.
+    tables.inject([Fault::Delay(Duration::from_secs(2))]);
+    let cfg = config(60);
+    let rebalance = async {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        a.assign(&[tp(0)]);
+        b.assign(&[tp(1)]);
+    };
+    let (ra, rb, ()) = tokio::join!(run_once(&cfg, &a, &tables), run_once(&cfg, &b, &tables), rebalance);
+    ra.expect("member a");
+    rb.expect("member b");
+    assert_exact(&broker, &tables);
+    assert!(tables.0.lock().unwrap().fenced > 0, "the fence never refused a commit: the scenario did not happen");
+}
+
+/// Ported from `once_beside_other_members_succeeds_only_with_the_whole_topic_in_the_lake`:
+/// the group gives `--once` nothing and another member holds the partition. `--once` must not
+/// succeed before the whole topic is in the lake, and must succeed once it is.
+#[tokio::test(start_paused = true)]
+async fn once_with_another_members_partitions_waits_for_the_lake() {
+    let broker = FakeBroker::new(&[tp(0)]);
+    broker.produce(&tp(0), (0..200).map(|i| valid(&format!("k{i}"))));
+    let tables = FakeTables::default();
+    let mut member = broker.member();
+    member.direct_allowed = false;
+    member.assign(&[]);
+    let started = tokio::time::Instant::now();
+    let other = async {
+        // The other member commits half, then the rest.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let rows = rows_of(&broker, &tp(0), 0..100);
+        tables.0.lock().unwrap().commit_as_other(&tp(0), rows, 100);
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let rows = rows_of(&broker, &tp(0), 100..200);
+        tables.0.lock().unwrap().commit_as_other(&tp(0), rows, 200);
+    };
+    let cfg = config(50);
+    let (r, ()) = tokio::join!(run_once(&cfg, &member, &tables), other);
+    r.expect("--once succeeds once the other member committed the topic");
+    assert!(started.elapsed() >= Duration::from_secs(10), "--once returned after {:?}, before the topic was in the lake", started.elapsed());
+    assert_exact(&broker, &tables);
+}
+
+/// Hole 8: the group assigns nothing and nothing moves: after `once_group_wait`, `--once`
+/// reads every partition itself, exactly once.
+#[tokio::test(start_paused = true)]
+async fn once_reads_directly_when_the_group_assigns_nothing() {
+    let broker = FakeBroker::new(&[tp(0), tp(1)]);
+    broker.produce(&tp(0), mixed(0, 90));
+    broker.produce(&tp(1), mixed(1, 90));
+    let tables = FakeTables::default();
+    let member = broker.member();
+    member.assign(&[]);
+    let started = tokio::time::Instant::now();
+    run_once(&config(50), &member, &tables).await.expect("--once reads directly");
+    assert!(started.elapsed() >= Duration::from_secs(30), "went direct after {:?}", started.elapsed());
+    assert_exact(&broker, &tables);
+}
+
+/// Commits that conflict, fail (retryably) or lose their reply are retried without losing or
+/// duplicating a row: a lost reply's retry meets the fence and restarts from the lake.
+#[tokio::test(start_paused = true)]
+async fn commit_failures_and_lost_replies_lose_and_duplicate_nothing() {
+    let broker = FakeBroker::new(&[tp(0)]);
+    broker.produce(&tp(0), mixed(0, 500));
+    let tables = FakeTables::default();
+    tables.inject([Fault::Conflict, Fault::Fail { retryable: true }, Fault::LostReply, Fault::LostReply, Fault::Fail { retryable: true }]);
+    let member = broker.member();
+    member.assign(&[tp(0)]);
+    run_once(&config(40), &member, &tables).await.expect("--once");
+    assert_exact(&broker, &tables);
+}
+
+/// Run `--once` until it stops committing: the second commit hangs and the run is dropped
+/// (a kill), leaving the stored offset at the first batch's end.
+async fn commit_one_batch_then_die(cfg: &Config, member: &FakeSource, tables: &FakeTables) {
+    tables.inject([Fault::Delay(Duration::ZERO), Fault::Hang]);
+    let killed = tokio::time::timeout(Duration::from_secs(10), run_once(cfg, member, tables)).await;
+    assert!(killed.is_err(), "the run should hang in its second commit: {killed:?}");
+    tables.0.lock().unwrap().faults.clear();
+}
+
+/// tansu 0.6 answers a fetch that starts inside a producer batch with the next batch, or with
+/// nothing: the first message after the seek is past the stored offset, or none comes while
+/// the log has more. Either way the partition is read again from its log start, and what is
+/// below the stored offset is skipped.
+#[tokio::test(start_paused = true)]
+async fn a_fetch_from_inside_a_batch_is_read_again_from_the_log_start() {
+    for fetch in [Fetch::NextBatch, Fetch::Nothing] {
+        let broker = FakeBroker::new(&[tp(0)]);
+        broker.produce(&tp(0), (0..100).map(|i| valid(&format!("k{i}"))));
+        broker.produce(&tp(0), (100..150).map(|i| valid(&format!("k{i}"))));
+        let tables = FakeTables::default();
+        let member = broker.member();
+        member.assign(&[tp(0)]);
+        let cfg = config(30);
+        commit_one_batch_then_die(&cfg, &member, &tables).await;
+        assert_eq!(tables.0.lock().unwrap().offsets.get(&tp(0)), Some(&30), "{fetch:?}: stored inside the first batch");
+        broker.fetch(fetch, true);
+        member.assign(&[tp(0)]);
+        run_once(&cfg, &member, &tables).await.unwrap_or_else(|e| panic!("{fetch:?}: {e}"));
+        assert_exact(&broker, &tables);
+    }
+}
+
+/// Hole 3: retention moves the log start past the rows held in the open batch. They are
+/// committed first (the broker no longer has them), then the run stops, naming the gap.
+#[tokio::test(start_paused = true)]
+async fn rows_read_before_a_retention_gap_are_committed_then_the_run_stops() {
+    let broker = FakeBroker::new(&[tp(0)]);
+    broker.produce(&tp(0), (0..100).map(|i| valid(&format!("k{i}"))));
+    let tables = FakeTables::default();
+    let member = broker.member();
+    member.assign(&[tp(0)]);
+    let cfg = Config { trigger_interval: "10s".into(), ..config(1_000) };
+    let retention = async {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        broker.produce(&tp(0), (100..200).map(|i| valid(&format!("k{i}"))));
+        broker.expire(&tp(0), 150);
+    };
+    let mut pipe = pipeline(&cfg, false, &member, &tables);
+    let (r, ()) = tokio::join!(pipe.run(), retention);
+    match r {
+        Err(IngestError::Source(crate::source::SourceError::OutOfRange { reason, .. })) => assert!(reason.contains("100"), "{reason}"),
+        other => panic!("the run must stop on the gap: {other:?}"),
+    }
+    let store = tables.0.lock().unwrap();
+    assert_eq!(store.offsets.get(&tp(0)), Some(&100), "the rows read before the gap are committed");
+    assert_eq!(store.rows[TOPIC].len(), 100);
+}
+
+/// A partition the client cannot read past (a codec, an ACL) stops the run with that error;
+/// nothing is committed for what was not read.
+#[tokio::test(start_paused = true)]
+async fn a_stuck_partition_stops_the_run() {
+    let broker = FakeBroker::new(&[tp(0)]);
+    broker.produce(&tp(0), (0..10).map(|i| valid(&format!("k{i}"))));
+    broker.fail_next_poll(crate::source::SourceError::Stuck { brokers: "fake".into(), reason: "unsupported codec".into() });
+    let tables = FakeTables::default();
+    let member = broker.member();
+    member.assign(&[tp(0)]);
+    let r = run_once(&config(50), &member, &tables).await;
+    assert!(matches!(r, Err(IngestError::Source(crate::source::SourceError::Stuck { .. }))), "{r:?}");
+    assert!(tables.0.lock().unwrap().offsets.is_empty());
+}
