@@ -54,7 +54,8 @@ pub(super) enum Fetch {
     /// From the offset asked for (Kafka).
     #[default]
     Exact,
-    /// From the next batch (tansu 0.6): the rest of the first batch is skipped.
+    /// From the next batch (tansu 0.6): the rest of the first batch is skipped; nothing while
+    /// there is no next batch.
     NextBatch,
     /// With nothing, for as long as the fetch starts there (tansu 0.6).
     Nothing,
@@ -157,6 +158,7 @@ impl FakeSource {
         let logs = lock(&self.broker.0);
         let mut r = lock(&self.reader);
         r.assignment.generation += 1;
+        tracing::debug!(generation = r.assignment.generation, ?partitions, "fake: assign");
         r.assignment.assigned = !partitions.is_empty();
         r.assignment.partitions = partitions.iter().map(|tp| (tp.clone(), PartitionStarts::default())).collect();
         r.positions = partitions.iter().map(|tp| (tp.clone(), logs.start(tp))).collect();
@@ -173,6 +175,11 @@ impl FakeSource {
         let mut out = Vec::new();
         let tps: Vec<TopicPartition> = r.positions.keys().cloned().collect();
         for tp in tps {
+            // A partition this poll has no room for is not fetched at all: its position and
+            // its pending seek stay as they are.
+            if out.len() >= max {
+                break;
+            }
             let mut at = r.positions[&tp];
             let start = logs.start(&tp);
             if at < start {
@@ -187,16 +194,22 @@ impl FakeSource {
                 match logs.fetch {
                     Fetch::Exact => {}
                     Fetch::Nothing => continue,
-                    Fetch::NextBatch => at = logs.batches.get(&tp).and_then(|b| b.range(at..).next().copied()).unwrap_or(log.len() as i64),
+                    // Nothing until a later batch exists: the client's position stays.
+                    Fetch::NextBatch => match logs.batches.get(&tp).and_then(|b| b.range(at..).next().copied()) {
+                        Some(next) => at = next,
+                        None => continue,
+                    },
                 }
             }
             r.sought.remove(&tp);
+            let from = at;
             while out.len() < max && (at as usize) < log.len() {
                 if let Entry::Message { key, payload } = &log[at as usize] {
                     out.push((topic.clone(), RawMessage { partition: tp.1, offset: at, key: key.clone(), payload: payload.clone(), timestamp_ms: Some(0) }));
                 }
                 at += 1;
             }
+            tracing::debug!(?tp, from, to = at, "fake: fetched");
             r.positions.insert(tp, at);
         }
         if !out.is_empty() {
@@ -239,6 +252,7 @@ impl Source for FakeSource {
         let logs = lock(&self.broker.0);
         let mut r = lock(&self.reader);
         for (tp, o) in starts {
+            tracing::debug!(?tp, ?o, "fake: seek");
             r.positions.insert(tp.clone(), o.unwrap_or_else(|| logs.start(tp)));
             r.sought.insert(tp.clone());
         }

@@ -14,6 +14,7 @@
 //! | `commit.rs` | the two-step commit (dead letters, then tables), its retries, fences |
 //! | `source.rs` | the rewinds for inexact fetches (tansu), and `--once`'s direct read |
 //! | `fakes.rs`, `tests.rs` | (tests) an in-memory broker and lake, and the loop's scenarios on them |
+//! | `model.rs` | (tests) the model-based property test of exactly-once on the fakes |
 
 mod batch;
 mod commit;
@@ -22,6 +23,8 @@ mod pipeline;
 mod source;
 #[cfg(test)]
 mod fakes;
+#[cfg(test)]
+mod model;
 #[cfg(test)]
 mod tests;
 

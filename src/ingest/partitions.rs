@@ -107,10 +107,13 @@ impl PartState {
     /// The consumer has moved past offsets that carried no data for the application (transaction
     /// markers, aborted records): take `position` as the next offset, so that the commit covers
     /// them and the stored offset reaches the log end. Only valid when every message below
-    /// `position` has been taken, i.e. with no messages waiting outside the batch.
+    /// `position` has been taken, i.e. with no messages waiting outside the batch. With nothing
+    /// stored or read, the partition was read from `log_start`, and the markers count from
+    /// there (a partition that holds only markers, such as one aborted transaction, must reach
+    /// its end too).
     #[must_use]
-    pub(super) fn skip_to(&mut self, position: i64) -> bool {
-        if self.position().is_some_and(|p| position > p) {
+    pub(super) fn skip_to(&mut self, position: i64, log_start: Option<i64>) -> bool {
+        if self.position().or(log_start).is_some_and(|p| position > p) {
             self.next = Some(position);
             self.got_message = true;
             return true;
@@ -307,6 +310,7 @@ impl Pipeline<'_> {
         }
         let once = self.opts.once;
         for (tp, position) in self.source.positions() {
+            let log_start = self.parts.get(&tp).and_then(|s| self.log_start(&tp, s));
             if let Some(s) = self.parts.get_mut(&tp) {
                 // `--once` leaves the messages past its end untaken (see `take`): the position
                 // may be beyond them, and only the offsets below the end were all taken.
@@ -314,7 +318,7 @@ impl Pipeline<'_> {
                     Some(stop) => position.min(stop),
                     None => position,
                 };
-                if s.skip_to(position) {
+                if s.skip_to(position, log_start) {
                     tracing::debug!(topic = %tp.0, partition = tp.1, position, "moved past offsets without data (transaction markers)");
                 }
             }
@@ -392,13 +396,17 @@ mod tests {
         // 102: the consumer stands at 103, the log end.
         let mut s = part(Some(50), Some(98), 103);
         assert!(!s.reached_stop(None));
-        assert!(s.skip_to(103));
+        assert!(s.skip_to(103, None));
         assert!(s.reached_stop(None) && s.has_progress());
         // The commit stores 103; the next run starts there, not behind the markers.
         s.start = s.next.take();
         assert!(s.committed_to_stop(None));
         // A position at or behind the batch (a seek back, a message in flight) changes nothing.
-        assert!(!s.skip_to(103) && !s.skip_to(60));
+        assert!(!s.skip_to(103, None) && !s.skip_to(60, None));
+        // Nothing stored or read, and only markers from the log start: they are skipped too.
+        let mut only_markers = part(None, None, 2);
+        assert!(!only_markers.skip_to(2, None), "without the log start there is no verdict");
+        assert!(only_markers.skip_to(2, Some(0)) && only_markers.reached_stop(Some(0)));
         assert_eq!(s.position(), Some(103));
     }
 

@@ -274,3 +274,17 @@ async fn a_stuck_partition_stops_the_run() {
     assert!(matches!(r, Err(IngestError::Source(crate::source::SourceError::Stuck { .. }))), "{r:?}");
     assert!(tables.0.lock().unwrap().offsets.is_empty());
 }
+
+/// Found by the model test: a partition that holds only transaction markers (one aborted
+/// transaction) and has nothing stored never reached its end, so `--once` could not finish.
+#[tokio::test(start_paused = true)]
+async fn a_partition_of_only_markers_reaches_its_end() {
+    let broker = FakeBroker::new(&[tp(0), tp(1)]);
+    broker.produce(&tp(0), [Entry::Marker, Entry::Marker]);
+    broker.produce(&tp(1), (0..5).map(|i| valid(&format!("k{i}"))));
+    let tables = FakeTables::default();
+    let member = broker.member();
+    member.assign(&[tp(0), tp(1)]);
+    run_once(&config(50), &member, &tables).await.expect("--once ends");
+    assert_exact(&broker, &tables);
+}
