@@ -46,6 +46,8 @@ pub(super) struct Logs {
     /// The loop checks fetches as inexact even when they are exact, as it does on every Kafka
     /// broker (see [`Source::inexact_seeks`]).
     pub(super) checks: bool,
+    /// Direct readers (outside the group) created.
+    pub(super) directs: u64,
 }
 
 /// How the fake broker answers a fetch that starts inside a producer batch.
@@ -288,6 +290,7 @@ impl Source for FakeSource {
             return Ok(None);
         }
         let direct = FakeSource { broker: self.broker.clone(), reader: Arc::new(Mutex::new(Reader::default())), direct_allowed: false };
+        lock(&self.broker.0).directs += 1;
         {
             let logs = lock(&self.broker.0);
             let mut r = lock(&direct.reader);

@@ -206,9 +206,14 @@ impl<'c> Pipeline<'c> {
                 // partitions until their session times out): the others decide.
                 !assigned && self.generation > 0
             };
-            if own_done && last_others_check.elapsed() >= Duration::from_secs(2) {
+            // The others are watched also before the group has given this member anything:
+            // their commits count as progress, so that it does not read directly beside a group
+            // that is working. It is not done then, though: on tansu 0.6 the listed end of a
+            // partition never fetched is low, and only reading (or an assignment) makes it exact.
+            let watch_others = own_done || (!assigned && self.generation == 0);
+            if watch_others && last_others_check.elapsed() >= Duration::from_secs(2) {
                 last_others_check = Instant::now();
-                if self.others_done().await? {
+                if self.others_done().await? && own_done {
                     break;
                 }
             }

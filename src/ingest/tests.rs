@@ -288,3 +288,31 @@ async fn a_partition_of_only_markers_reaches_its_end() {
     run_once(&config(50), &member, &tables).await.expect("--once ends");
     assert_exact(&broker, &tables);
 }
+
+/// A `--once` member the group has not given anything yet (generation 0), beside members that
+/// are committing: their commits count as progress, so it does not read directly beside them
+/// (it did after `once_group_wait`, whatever the others were doing). Once they stop, it reads
+/// directly after `once_group_wait`, finds the lake at every end, and succeeds.
+#[tokio::test(start_paused = true)]
+async fn once_never_assigned_watches_a_working_group_instead_of_reading_directly() {
+    let broker = FakeBroker::new(&[tp(0)]);
+    broker.produce(&tp(0), (0..200).map(|i| valid(&format!("k{i}"))));
+    let tables = FakeTables::default();
+    let member = broker.member();
+    let started = tokio::time::Instant::now();
+    let others = async {
+        // 20 records every 5 s: 50 s in all, longer than once_group_wait (30 s).
+        for step in 0..10 {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            assert_eq!(broker.0.lock().unwrap().directs, 0, "read directly after {:?}, beside a group that was committing", started.elapsed());
+            let rows = rows_of(&broker, &tp(0), step * 20..(step + 1) * 20);
+            tables.0.lock().unwrap().commit_as_other(&tp(0), rows, (step + 1) * 20);
+        }
+    };
+    let cfg = config(50);
+    let (r, ()) = tokio::join!(run_once(&cfg, &member, &tables), others);
+    r.expect("--once succeeds once the topic is in the lake");
+    assert_eq!(broker.0.lock().unwrap().directs, 1);
+    assert!(started.elapsed() >= Duration::from_secs(80), "read directly after {:?}, before the group had been quiet for 30 s", started.elapsed());
+    assert_exact(&broker, &tables);
+}
