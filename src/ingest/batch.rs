@@ -61,7 +61,7 @@ impl Pipeline<'_> {
         if !matches!(&self.last_tp, Some((t, p)) if t == topic && *p == partition) {
             self.last_tp = Some((topic.to_string(), partition));
         }
-        let inexact = self.source.inexact_seeks();
+        let inexact = self.inexact_seeks;
         let once = self.opts.once;
         let Some(tp) = &self.last_tp else { return false };
         let Some(state) = self.parts.get_mut(tp) else { return false };

@@ -136,8 +136,6 @@ pub(super) struct Reader {
     pub(super) assignment: Assignment,
     /// The next offset each assigned partition delivers.
     pub(super) positions: BTreeMap<TopicPartition, i64>,
-    /// Polls that returned messages.
-    pub(super) polls: u64,
     /// Partitions not fetched since they were sought (or assigned).
     pub(super) sought: std::collections::BTreeSet<TopicPartition>,
 }
@@ -213,9 +211,6 @@ impl FakeSource {
             }
             tracing::debug!(?tp, from, to = at, "fake: fetched");
             r.positions.insert(tp, at);
-        }
-        if !out.is_empty() {
-            r.polls += 1;
         }
         drop(logs);
         Ok(out)

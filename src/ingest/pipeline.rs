@@ -23,6 +23,8 @@ pub(super) struct Pipeline<'c> {
     pub(super) metrics: Arc<Metrics>,
     pub(super) opts: IngestOptions,
     pub(super) source: Box<dyn Source>,
+    /// [`Source::inexact_seeks`], asked once: [`Pipeline::take`] reads it per message.
+    pub(super) inexact_seeks: bool,
     /// Each partition's stored offsets (from [`Tables::starts`]).
     pub(super) loader: Arc<dyn StartLoader>,
     pub(super) tables: Box<dyn Tables>,
@@ -70,6 +72,7 @@ impl<'c> Pipeline<'c> {
             progress: crate::progress::Progress::new(opts.once && opts.progress, "messages"),
             metrics,
             opts,
+            inexact_seeks: source.inexact_seeks(),
             source,
             loader: tables.starts(),
             tables,

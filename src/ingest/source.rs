@@ -31,7 +31,7 @@ impl Pipeline<'_> {
     /// the stored offset are skipped, so this costs time, never correctness.
     pub(super) fn rewind_stalled(&mut self) -> Result<(), IngestError> {
         // The workaround is for tansu's fetch; other sources read at exact offsets.
-        if !self.source.inexact_seeks() {
+        if !self.inexact_seeks {
             return Ok(());
         }
         let mut stalled = Vec::new();
@@ -76,6 +76,7 @@ impl Pipeline<'_> {
         );
         // Dropping the member leaves the group (a blocking close).
         let member = std::mem::replace(&mut self.source, direct);
+        self.inexact_seeks = self.source.inexact_seeks();
         if tokio::runtime::Handle::current().runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread {
             tokio::task::block_in_place(|| drop(member));
         } else {
