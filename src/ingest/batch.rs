@@ -70,15 +70,23 @@ impl Pipeline<'_> {
         }
         // The first message after a seek must be the one the seek asked for. tansu 0.6 answers a
         // fetch that starts inside a record batch with the next batch, which skipped the rest
-        // of the first (a whole range committed without its rows). A gap here is read again
-        // from the log start once; one that is still there is real (compaction, transaction
-        // markers) and is taken.
+        // of the first (a whole range committed without its rows). On Kafka a gap there is
+        // real (a compacted range, a transaction marker). Either way the partition is read
+        // again from a little below the offset sought, further each time, until a message at
+        // or below it comes (then what follows is exact) or the log start is reached (then a
+        // gap still there is real, and is taken); never from the log start at once, which
+        // re-read a whole compacted partition after every assignment.
         let first = !std::mem::replace(&mut state.delivered, true);
-        if first && inexact && !state.gap_checked && state.position().is_some_and(|n| offset > n) {
-            tracing::warn!(topic = %tp.0, partition = tp.1, expected = state.position(), got = offset, "the broker skipped offsets after a seek; reading the partition again from its start");
-            state.rewind_pending = true;
-            state.gap_checked = true;
-            return false;
+        if first && inexact && !state.gap_checked {
+            if let Some(sought) = state.position().filter(|n| offset > *n) {
+                let log_start = super::partitions::log_bounds(state.listed, self.source.cached_watermarks(&tp.0, tp.1)).0;
+                state.step_back(sought, log_start);
+                tracing::debug!(topic = %tp.0, partition = tp.1, sought, got = offset, from = ?state.rewind_to, "the broker skipped offsets after a seek; reading again from below them");
+                return false;
+            }
+        }
+        if first && state.step_back > 0 && state.position().is_some_and(|n| offset <= n) {
+            state.step_back = 0; // read from below the offset sought: what follows is exact
         }
         if state.position().is_some_and(|n| offset < n) {
             return false; // already committed or already in this batch

@@ -28,6 +28,8 @@ pub(super) enum Entry {
     Message { key: Option<Vec<u8>>, payload: Option<Vec<u8>> },
     /// A transaction marker: it takes an offset and is never delivered.
     Marker,
+    /// A message compaction removed: nothing is there any more.
+    Removed,
 }
 
 /// The broker's side: the logs, their log starts, and errors to return.
@@ -48,6 +50,11 @@ pub(super) struct Logs {
     pub(super) checks: bool,
     /// Direct readers (outside the group) created.
     pub(super) directs: u64,
+    /// The first offset of each partition's open transaction: the last stable offset, which
+    /// a `read_committed` reader does not read past.
+    pub(super) open: HashMap<TopicPartition, i64>,
+    /// Seeks to the log start (re-reads, or partitions with nothing stored).
+    pub(super) start_seeks: u64,
 }
 
 /// How the fake broker answers a fetch that starts inside a producer batch.
@@ -70,6 +77,10 @@ impl Logs {
 
     fn end(&self, tp: &TopicPartition) -> i64 {
         self.logs.get(tp).map_or(0, |l| l.len() as i64)
+    }
+
+    fn stable_end(&self, tp: &TopicPartition) -> i64 {
+        self.open.get(tp).copied().unwrap_or_else(|| self.end(tp))
     }
 }
 
@@ -96,12 +107,57 @@ impl FakeBroker {
         }
     }
 
+    /// Append entries in a transaction that stays open (until [`FakeBroker::end_transaction`]).
+    pub(super) fn produce_in_transaction(&self, tp: &TopicPartition, entries: impl IntoIterator<Item = Entry>) {
+        let end = lock(&self.0).end(tp);
+        lock(&self.0).open.entry(tp.clone()).or_insert(end);
+        self.produce(tp, entries);
+    }
+
+    /// Commit the open transaction: its marker is appended, and its records become readable.
+    pub(super) fn end_transaction(&self, tp: &TopicPartition) {
+        self.finish_transaction(tp, true);
+    }
+
+    /// End the open transaction, if any: committed, its records become readable; aborted,
+    /// they are never delivered (as markers are not). Every entry since the transaction
+    /// began belongs to it.
+    pub(super) fn finish_transaction(&self, tp: &TopicPartition, commit: bool) {
+        let Some(first) = lock(&self.0).open.remove(tp) else { return };
+        if !commit {
+            if let Some(log) = lock(&self.0).logs.get_mut(tp) {
+                for e in log.iter_mut().skip(first as usize) {
+                    *e = Entry::Marker;
+                }
+            }
+        }
+        self.produce(tp, [Entry::Marker]);
+    }
+
+    /// Whether a transaction is open on the partition.
+    pub(super) fn in_transaction(&self, tp: &TopicPartition) -> bool {
+        lock(&self.0).open.contains_key(tp)
+    }
+
     /// Answer fetches that start inside a batch this way from now on; `checks`: the loop
     /// checks them as inexact even when they are exact.
     pub(super) fn fetch(&self, fetch: Fetch, checks: bool) {
         let mut logs = lock(&self.0);
         logs.fetch = fetch;
         logs.checks = checks;
+    }
+
+    /// Compaction: the messages at these offsets are gone (the log's offsets stay; markers
+    /// stay too).
+    pub(super) fn compact(&self, tp: &TopicPartition, offsets: std::ops::Range<i64>) {
+        let mut logs = lock(&self.0);
+        if let Some(log) = logs.logs.get_mut(tp) {
+            for o in offsets {
+                if let Some(e @ Entry::Message { .. }) = log.get_mut(o as usize) {
+                    *e = Entry::Removed;
+                }
+            }
+        }
     }
 
     /// Retention: the log now starts at `start`.
@@ -203,7 +259,9 @@ impl FakeSource {
             }
             r.sought.remove(&tp);
             let from = at;
-            while out.len() < max && (at as usize) < log.len() {
+            // `read_committed`: nothing at or past an open transaction.
+            let stable = logs.stable_end(&tp) as usize;
+            while out.len() < max && (at as usize) < stable.min(log.len()) {
                 if let Entry::Message { key, payload } = &log[at as usize] {
                     out.push((topic.clone(), RawMessage { partition: tp.1, offset: at, key: key.clone(), payload: payload.clone(), timestamp_ms: Some(0) }));
                 }
@@ -246,10 +304,13 @@ impl Source for FakeSource {
     }
 
     fn seek(&self, starts: &[(TopicPartition, Option<i64>)]) -> Result<(), SourceError> {
-        let logs = lock(&self.broker.0);
+        let mut logs = lock(&self.broker.0);
         let mut r = lock(&self.reader);
         for (tp, o) in starts {
             tracing::debug!(?tp, ?o, "fake: seek");
+            if o.is_none() {
+                logs.start_seeks += 1;
+            }
             r.positions.insert(tp.clone(), o.unwrap_or_else(|| logs.start(tp)));
             r.sought.insert(tp.clone());
         }
@@ -262,9 +323,16 @@ impl Source for FakeSource {
         logs.logs.contains_key(&tp).then(|| (Some(logs.start(&tp)), logs.end(&tp)))
     }
 
+    fn cached_stable_end(&self, topic: &str, partition: i32) -> Option<i64> {
+        let logs = lock(&self.broker.0);
+        let tp = (topic.to_string(), partition);
+        logs.logs.contains_key(&tp).then(|| logs.stable_end(&tp))
+    }
+
+    /// `read_committed`: ListOffsets gives the last stable offset as the end.
     fn listed_watermarks(&self, partitions: &[TopicPartition], _timeout: Duration) -> HashMap<TopicPartition, (i64, i64)> {
         let logs = lock(&self.broker.0);
-        partitions.iter().filter(|tp| logs.logs.contains_key(*tp)).map(|tp| (tp.clone(), (logs.start(tp), logs.end(tp)))).collect()
+        partitions.iter().filter(|tp| logs.logs.contains_key(*tp)).map(|tp| (tp.clone(), (logs.start(tp), logs.stable_end(tp)))).collect()
     }
 
     fn all_partitions(&self, _timeout: Duration) -> Result<Vec<TopicPartition>, SourceError> {

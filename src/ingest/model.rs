@@ -99,6 +99,14 @@ enum Action {
     Crash(usize),
     /// The next commits meet these faults.
     Faults(Vec<FaultKind>),
+    /// Messages arrive in a transaction that stays open (brokers with transactions only);
+    /// later messages of the partition join it until it ends.
+    Transaction(usize, Vec<Kind>),
+    /// A partition's open transaction commits (`true`) or aborts.
+    EndTransaction(usize, bool),
+    /// Compaction removes up to this many messages from a point of a partition's log (Kafka:
+    /// brokers with exact fetches only), given as a fraction of the log in 1/256ths.
+    Compact(usize, u8, u8),
 }
 
 fn action(partitions: usize) -> impl Strategy<Value = Action> {
@@ -107,6 +115,9 @@ fn action(partitions: usize) -> impl Strategy<Value = Action> {
         2 => any::<u8>().prop_map(Action::Rebalance),
         2 => (0usize..2).prop_map(Action::Crash),
         3 => prop::collection::vec(fault(), 1..4).prop_map(Action::Faults),
+        1 => (0..partitions, prop::collection::vec(kind(), 1..20)).prop_map(|(p, k)| Action::Transaction(p, k)),
+        1 => (0..partitions, any::<bool>()).prop_map(|(p, c)| Action::EndTransaction(p, c)),
+        1 => (0..partitions, any::<u8>(), 1u8..20).prop_map(|(p, at, n)| Action::Compact(p, at, n)),
     ]
 }
 
@@ -202,6 +213,8 @@ impl<'a> World<'a> {
             let log = self.broker.log(&t);
             let stored = store.offsets.get(&t).copied().unwrap_or(0);
             let want: Vec<i64> = (0..stored).filter(|o| matches!(log.get(*o as usize), Some(Entry::Message { .. }))).collect();
+            // A message compaction removed may be in the lake (once), or not.
+            let removed = |o: &i64| matches!(log.get(*o as usize), Some(Entry::Removed));
             let rows: Vec<i64> = store.rows.get(&t.0).into_iter().flatten().filter(|r| r.partition == t.1).map(|r| r.offset).collect();
             if let Some(r) = rows.iter().find(|o| **o >= stored) {
                 return Err(TestCaseError::fail(format!("{t:?}: row at {r} beyond the stored offset {stored}")));
@@ -212,7 +225,7 @@ impl<'a> World<'a> {
             if let Some(w) = all.windows(2).find(|w| w[0] == w[1]) {
                 return Err(TestCaseError::fail(format!("{t:?}: offset {} is in the lake twice", w[0])));
             }
-            let below: Vec<i64> = all.into_iter().filter(|o| *o < stored).collect();
+            let below: Vec<i64> = all.into_iter().filter(|o| *o < stored && !removed(o)).collect();
             if below != want {
                 let missing: Vec<i64> = want.iter().filter(|o| !below.contains(o)).copied().collect();
                 return Err(TestCaseError::fail(format!("{t:?}: stored offset {stored}, but offsets {missing:?} are not in the lake")));
@@ -249,7 +262,20 @@ async fn run_plan(plan: &Plan) -> Result<(), TestCaseError> {
     for (gap, action) in &plan.steps {
         world.drive(Duration::from_millis(*gap as u64)).await?;
         match action {
+            Action::Produce(p, kinds) if broker.in_transaction(&tp(*p as i32)) => {
+                broker.produce_in_transaction(&tp(*p as i32), kinds.iter().map(|k| k.entry(markers)))
+            }
             Action::Produce(p, kinds) => broker.produce(&tp(*p as i32), kinds.iter().map(|k| k.entry(markers))),
+            // tansu 0.6 refuses transactions, and compacts nothing.
+            Action::Transaction(p, kinds) if markers => broker.produce_in_transaction(&tp(*p as i32), kinds.iter().map(|k| k.entry(markers))),
+            Action::Transaction(p, kinds) => broker.produce(&tp(*p as i32), kinds.iter().map(|k| k.entry(markers))),
+            Action::EndTransaction(p, commit) => broker.finish_transaction(&tp(*p as i32), *commit),
+            Action::Compact(p, at, n) if markers => {
+                let len = broker.log(&tp(*p as i32)).len() as i64;
+                let from = len * *at as i64 / 256;
+                broker.compact(&tp(*p as i32), from..(from + *n as i64).min(len));
+            }
+            Action::Compact(..) => {}
             Action::Rebalance(mask) => world.rebalance(*mask, partitions),
             Action::Crash(m) => {
                 let m = m % plan.members;
@@ -259,9 +285,12 @@ async fn run_plan(plan: &Plan) -> Result<(), TestCaseError> {
         }
         world.check_prefix()?;
     }
-    // Settle: no more faults; every member is restarted when nothing moves for 20 s (a hung
-    // commit), as a supervisor with a liveness check would.
+    // Settle: no more faults, and every transaction ends; every member is restarted when
+    // nothing moves for 20 s (a hung commit), as a supervisor with a liveness check would.
     tables.0.lock().unwrap_or_else(|p| p.into_inner()).faults.clear();
+    for p in 0..partitions {
+        broker.end_transaction(&tp(p as i32));
+    }
     let mut last = tables.0.lock().unwrap_or_else(|p| p.into_inner()).commits;
     let mut quiet = Duration::ZERO;
     for _ in 0..300 {

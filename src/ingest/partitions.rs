@@ -64,8 +64,13 @@ pub(super) struct PartState {
     pub(super) delivered: bool,
     /// A gap before the first message after a seek was checked by reading from the log start.
     pub(super) gap_checked: bool,
-    /// A gap was found: drop this partition's messages until it is read from the log start.
+    /// A gap was found: drop this partition's messages until it is read again from
+    /// `rewind_to`.
     pub(super) rewind_pending: bool,
+    /// Where the partition is read again from after a gap (`None`: the log start).
+    pub(super) rewind_to: Option<i64>,
+    /// How far below the offset sought the last re-read after a gap started (0: none).
+    pub(super) step_back: i64,
     /// The first message taken after the last seek came after a gap that was accepted (see
     /// [`Pipeline::take`]): the batch does not run on from the lake's offset.
     pub(super) gap_taken: bool,
@@ -82,6 +87,18 @@ impl PartState {
             (Some(_), None) => true,
             _ => false,
         }
+    }
+
+    /// A gap after a seek to `sought`: read again from further below it than the last time
+    /// ([`FIRST_STEP_BACK`], then four times as far each time), or from the log start once that
+    /// is as far; a gap still there after reading from the log start is real.
+    pub(super) fn step_back(&mut self, sought: i64, log_start: Option<i64>) {
+        self.step_back = if self.step_back == 0 { FIRST_STEP_BACK } else { self.step_back.saturating_mul(4) };
+        let from = sought.saturating_sub(self.step_back);
+        // Never below the log start: Kafka refuses that offset (`auto.offset.reset=error`).
+        self.rewind_to = log_start.filter(|lo| from > *lo && from > 0).map(|_| from);
+        self.gap_checked = self.rewind_to.is_none();
+        self.rewind_pending = true;
     }
 
     /// `--once`: the partition's position (or, with nothing read or stored, its log start)
@@ -143,6 +160,11 @@ impl PartState {
         None
     }
 }
+
+/// How far below the offset sought the first re-read after a gap starts (see
+/// [`PartState::step_back`]): a marker or a compacted range costs about this many messages
+/// read again, a tansu record batch a few such steps.
+pub(super) const FIRST_STEP_BACK: i64 = 1024;
 
 /// How long a partition with data beyond its offset may deliver nothing before it is re-read.
 pub(super) const STALL_AFTER: Duration = Duration::from_secs(4);
@@ -325,7 +347,8 @@ impl Pipeline<'_> {
         }
     }
 
-    /// `--once`: raise each partition's stop offset to the first end a fetch response gives.
+    /// `--once`: raise each partition's stop offset to the first end a fetch response gives:
+    /// the last stable offset, since a transaction still open past it may never end.
     pub(super) fn fix_stops(&mut self) {
         for ((topic, p), state) in self.parts.iter_mut() {
             // A second after assignment, so that the fetch response's end is this assignment's
@@ -333,7 +356,7 @@ impl Pipeline<'_> {
             if state.stop_fixed || state.since.is_none_or(|t| t.elapsed() < Duration::from_secs(1)) {
                 continue;
             }
-            if let Some(hi) = self.source.cached_high_watermark(topic, *p) {
+            if let Some(hi) = self.source.cached_stable_end(topic, *p) {
                 state.stop = Some(state.stop.map_or(hi, |s| s.max(hi)));
                 state.stop_fixed = true;
             }

@@ -142,6 +142,7 @@ impl<'c> Pipeline<'c> {
                     }
                     r = self.source.next(wait, self.cfg.max_batch_records - self.pending_records) => match r {
                         Ok(polled) => polled,
+                        Err(SourceError::OutOfRange { .. }) if self.step_backs_to_log_start() => continue,
                         Err(e) => return Err(self.keep_reads(e.into()).await),
                     },
                 }
@@ -291,14 +292,14 @@ impl<'c> Pipeline<'c> {
         self.progress.set(done, total);
     }
 
-    /// Publish committed offsets and lag (high watermark from fetch responses).
+    /// Publish committed offsets and lag (to the last stable offset of fetch responses).
     pub(super) fn update_lag(&self) {
         for ((topic, p), s) in &self.parts {
             let part = p.to_string();
             if let Some(c) = s.start {
                 self.metrics.committed_offset.with_label_values(&[topic.as_str(), part.as_str()]).set(c);
             }
-            if let Some(h) = self.source.cached_high_watermark(topic, *p) {
+            if let Some(h) = self.source.cached_stable_end(topic, *p) {
                 let lag = (h - s.start.unwrap_or(0)).max(0);
                 self.metrics.consumer_lag.with_label_values(&[topic.as_str(), part.as_str()]).set(lag);
             }

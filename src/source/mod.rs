@@ -107,6 +107,15 @@ pub trait Source: Send + Sync {
         self.cached_watermarks(topic, partition).map(|(_, hi)| hi)
     }
 
+    /// The end a reader of committed data can reach, from the last fetch: the last stable
+    /// offset, below the high watermark while a transaction is open (records of an open
+    /// transaction are not delivered to a `read_committed` consumer until it ends); `None`
+    /// while unknown. `--once` owes the data up to it, and a partition caught up to it is not
+    /// stalled.
+    fn cached_stable_end(&self, topic: &str, partition: i32) -> Option<i64> {
+        self.cached_high_watermark(topic, partition)
+    }
+
     /// The log start and end the broker lists now, for the partitions it answered (none when
     /// the broker has no such request).
     fn listed_watermarks(&self, _partitions: &[TopicPartition], _timeout: Duration) -> HashMap<TopicPartition, (i64, i64)> {

@@ -20,9 +20,11 @@ use super::{Assignment, PartitionStarts, SourceError, StartLoader, TopicPartitio
 
 mod poll;
 mod produce;
+mod stats;
 
 pub use poll::{consumer_fault, ConsumerFault};
 pub use produce::{ensure_topics, KafkaProducer};
+pub use stats::StableEnds;
 
 /// Consumer context that assigns partitions at the lake's offsets.
 pub struct LakeOffsetsContext {
@@ -30,6 +32,14 @@ pub struct LakeOffsetsContext {
     runtime: tokio::runtime::Handle,
     /// Shared with the ingest loop.
     pub assignment: Arc<Mutex<Assignment>>,
+    /// Each partition's last stable offset, from librdkafka's statistics.
+    pub stable: StableEnds,
+}
+
+impl LakeOffsetsContext {
+    fn new(loader: Arc<dyn StartLoader>, assignment: Arc<Mutex<Assignment>>) -> Self {
+        LakeOffsetsContext { loader, runtime: tokio::runtime::Handle::current(), assignment, stable: StableEnds::default() }
+    }
 }
 
 impl ClientContext for LakeOffsetsContext {
@@ -39,6 +49,10 @@ impl ClientContext for LakeOffsetsContext {
             KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF) => tracing::trace!(reason, "end of partition"),
             e => tracing::warn!(error = %e, reason, "librdkafka"),
         }
+    }
+
+    fn stats_raw(&self, statistics: &[u8]) {
+        self.stable.update(statistics);
     }
 }
 
@@ -146,7 +160,7 @@ impl KafkaSource {
     ) -> Result<Self, SourceError> {
         let cfg = consumer_config(brokers, group, extra)?;
         let assignment = Arc::new(Mutex::new(Assignment::default()));
-        let ctx = LakeOffsetsContext { loader: loader.clone(), runtime: tokio::runtime::Handle::current(), assignment: assignment.clone() };
+        let ctx = LakeOffsetsContext::new(loader.clone(), assignment.clone());
         let consumer: StreamConsumer<LakeOffsetsContext> =
             cfg.create_with_context(ctx).map_err(|e| SourceError::Config { reason: e.to_string() })?;
         check_topics(consumer.client(), brokers, topics, timeout).await?;
@@ -172,7 +186,7 @@ impl KafkaSource {
         let cfg = consumer_config(brokers, group, extra)?;
         let partitions = starts.iter().map(|(tp, o)| (tp.clone(), PartitionStarts { data: *o, dead: None })).collect();
         let assignment = Arc::new(Mutex::new(Assignment { generation, partitions, assigned: true, error: None }));
-        let ctx = LakeOffsetsContext { loader: loader.clone(), runtime: tokio::runtime::Handle::current(), assignment: assignment.clone() };
+        let ctx = LakeOffsetsContext::new(loader.clone(), assignment.clone());
         let consumer: StreamConsumer<LakeOffsetsContext> =
             cfg.create_with_context(ctx).map_err(|e| SourceError::Config { reason: e.to_string() })?;
         let mut tpl = TopicPartitionList::new();
@@ -217,12 +231,15 @@ fn consumer_config(brokers: &str, group: &str, extra: &std::collections::BTreeMa
         .set("partition.assignment.strategy", "range")
         // Records of aborted transactions never reach the lake (librdkafka's default, made
         // explicit); transaction markers are skipped through the consumer's position.
-        .set("isolation.level", "read_committed");
+        .set("isolation.level", "read_committed")
+        // The last stable offset of a fetch response reaches the application only through
+        // the statistics: `--once` ends there, not at a high watermark an open transaction holds.
+        .set("statistics.interval.ms", stats::INTERVAL_MS);
     for (k, v) in extra {
         if k == "partition.assignment.strategy" && v.contains("cooperative") {
             return Err(SourceError::Config { reason: "cooperative rebalancing is not supported; use range or roundrobin".into() });
         }
-        if k == "enable.auto.commit" || k == "auto.offset.reset" || k == "group.id" || k == "isolation.level" {
+        if ["enable.auto.commit", "auto.offset.reset", "group.id", "isolation.level", "statistics.interval.ms"].contains(&k.as_str()) {
             return Err(SourceError::Config { reason: format!("`{k}` is managed by lakepipe and cannot be overridden") });
         }
         cfg.set(k, v);
@@ -324,6 +341,13 @@ impl KafkaSource {
             }
         }
         out
+    }
+
+    /// The end a `read_committed` reader can reach (see [`StableEnds::end`]); `None` before
+    /// librdkafka's first statistics report that names the partition.
+    pub fn cached_stable_end(&self, topic: &str, partition: i32) -> Option<i64> {
+        let live = self.cached_high_watermark(topic, partition)?;
+        self.consumer.context().stable.end(topic, partition, live)
     }
 
     /// The log start and end librdkafka last saw in a fetch response (no broker round trip).

@@ -113,6 +113,10 @@ impl Source for KafkaSource {
         KafkaSource::cached_watermarks(self, topic, partition)
     }
 
+    fn cached_stable_end(&self, topic: &str, partition: i32) -> Option<i64> {
+        KafkaSource::cached_stable_end(self, topic, partition)
+    }
+
     fn listed_watermarks(&self, partitions: &[TopicPartition], timeout: Duration) -> HashMap<TopicPartition, (i64, i64)> {
         KafkaSource::listed_watermarks(self, partitions, timeout)
     }
