@@ -8,16 +8,18 @@
 //!
 //! | file | holds |
 //! |---|---|
-//! | `pipeline.rs` | the loop, the `--once` decision and the assignment |
-//! | `partitions.rs` | each partition's offsets, log bounds, the `--once` rules, offsets outside the log |
+//! | `pipeline.rs` | the loop and the assignment |
+//! | `partitions.rs` | each partition's offsets, log bounds, its `--once` end, markers, offsets outside the log, stalls |
+//! | `once.rs` | `--once`: done, failed, interrupted; the partitions other members hold; the direct read |
 //! | `batch.rs` | the open batch, the stash and the message references |
 //! | `commit.rs` | the two-step commit (dead letters, then tables), its retries, fences |
-//! | `source.rs` | the rewinds for inexact fetches (tansu), and `--once`'s direct read |
+//! | `source.rs` | the rewinds after a gap or a stall (tansu's inexact fetches) |
 //! | `fakes.rs`, `tests.rs` | (tests) an in-memory broker and lake, and the loop's scenarios on them |
 //! | `model.rs` | (tests) the model-based property test of exactly-once on the fakes |
 
 mod batch;
 mod commit;
+mod once;
 mod partitions;
 mod pipeline;
 mod source;

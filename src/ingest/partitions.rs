@@ -1,30 +1,14 @@
 //! Each partition's offsets and the rules on them: log bounds, the `--once` end and whether
-//! it is reached, the partitions other members hold, and stored offsets outside the log.
+//! it is reached, transaction markers, steps back after a gap, and stored offsets outside the
+//! log.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use super::pipeline::Pipeline;
-use super::{IngestError, IngestSummary};
+use super::IngestError;
 use crate::source::{SourceError, TopicPartition};
-
-/// `--once`: a partition of the selected topics that another member of the group holds.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct OtherPart {
-    /// The log start and end when this run first looked (`None`: the broker did not say).
-    pub(super) listed: Option<(i64, i64)>,
-    /// The topic table's offset at the last look.
-    pub(super) stored: Option<i64>,
-}
-
-impl OtherPart {
-    /// Committed (by whichever member) up to the end it had when this run first looked.
-    pub(super) fn done(&self) -> bool {
-        self.listed.is_some_and(|(lo, hi)| self.stored.unwrap_or(lo) >= hi)
-    }
-}
 
 /// A partition's log start and end from a ListOffsets answer and the last fetch response:
 /// the larger of each (tansu 0.6 lists an end below the true one).
@@ -174,94 +158,9 @@ pub(super) const OUT_OF_LOG_CONFIRM: Duration = Duration::from_secs(3);
 
 
 impl Pipeline<'_> {
-    /// `--once`: whether every partition of the topics that this member does not hold is
-    /// committed in the lake up to the end it had when this run first looked at it. Dead
-    /// members keep their partitions until their session times out, and live ones may still be
-    /// reading theirs: success means the whole topic set is in the lake, not only this share.
-    pub(super) async fn others_done(&mut self) -> Result<bool, IngestError> {
-        let all = self.source.all_partitions(self.cfg.connect())?;
-        let theirs: Vec<TopicPartition> = all.into_iter().filter(|tp| !self.parts.contains_key(tp)).collect();
-        self.others.retain(|tp, _| theirs.contains(tp));
-        if theirs.is_empty() {
-            return Ok(true);
-        }
-        let unlisted: Vec<TopicPartition> = theirs.iter().filter(|tp| self.others.get(*tp).is_none_or(|o| o.listed.is_none())).cloned().collect();
-        let listed = if unlisted.is_empty() { HashMap::new() } else { self.source.listed_watermarks(&unlisted, self.cfg.connect()) };
-        let starts = self.loader.load(&theirs).await.map_err(IngestError::Rebalance)?;
-        for tp in &theirs {
-            let o = self.others.entry(tp.clone()).or_insert(OtherPart { listed: None, stored: None });
-            if o.listed.is_none() {
-                o.listed = listed.get(tp).copied();
-            }
-            o.stored = starts.get(tp).and_then(|s| s.data);
-        }
-        Ok(self.others.values().all(OtherPart::done))
-    }
-
-    /// `--once` stopped by a signal, after its last commit: a success only when every
-    /// partition of the topics is committed to its end (this member's and the others', as the
-    /// loop decides it); otherwise [`IngestError::Interrupted`], naming what is left.
-    pub(super) async fn interrupted(&mut self) -> Result<IngestSummary, IngestError> {
-        let assigned = self.assigned && !self.parts.is_empty();
-        let own_done = if assigned {
-            self.parts.iter().all(|(tp, s)| s.committed_to_stop(self.log_start(tp, s)))
-        } else {
-            self.generation > 0
-        };
-        if own_done && self.others_done().await? {
-            self.progress.finish();
-            return Ok(self.summary.clone());
-        }
-        let behind = self.behind();
-        Err(IngestError::Interrupted(if !assigned && self.generation == 0 {
-            "the group had not assigned this member any partitions yet".to_string()
-        } else if behind.is_empty() {
-            "the ends of the partitions were not known yet".to_string()
-        } else {
-            behind.join(", ")
-        }))
-    }
-
     /// The first existing offset of a partition, as listed or fetched.
     pub(super) fn log_start(&self, tp: &TopicPartition, s: &PartState) -> Option<i64> {
         log_bounds(s.listed, self.source.cached_watermarks(&tp.0, tp.1)).0
-    }
-
-    /// Why `--once` is not finished: each partition short of its end, with its lag, or that
-    /// no partition is assigned.
-    pub(super) fn describe_lag(&self, assigned: bool, quiet_for: Duration) -> String {
-        if !assigned {
-            return format!(
-                "the group coordinator assigned this member no partitions for {quiet_for:?} (other members may hold them, or the coordinator is still rebalancing)"
-            );
-        }
-        format!("no progress for {quiet_for:?}; {}", self.behind().join(", "))
-    }
-
-    /// Each partition (this member's or another's) not yet committed to its end, with its
-    /// committed offset, its end and its lag.
-    pub(super) fn behind(&self) -> Vec<String> {
-        let mut behind: Vec<String> = self
-            .parts
-            .iter()
-            .filter(|(tp, s)| !s.committed_to_stop(self.log_start(tp, s)))
-            .map(|((t, p), s)| {
-                let at = s.start.or(self.log_start(&(t.clone(), *p), s)).unwrap_or(0);
-                match s.stop.filter(|_| s.stop_fixed) {
-                    Some(stop) => format!("{t}/{p} committed to {at} of {stop} (lag {})", (stop - at).max(0)),
-                    None => format!("{t}/{p} committed to {at}, end unknown (no fetch response from the broker)"),
-                }
-            })
-            .collect();
-        behind.extend(self.others.iter().filter(|(_, o)| !o.done()).map(|((t, p), o)| {
-            let at = o.stored.or(o.listed.map(|(lo, _)| lo)).unwrap_or(0);
-            match o.listed {
-                Some((_, hi)) => format!("{t}/{p} (held by another member) committed to {at} of {hi} (lag {})", (hi - at).max(0)),
-                None => format!("{t}/{p} (held by another member) committed to {at}, end unknown"),
-            }
-        }));
-        behind.sort();
-        behind
     }
 
     /// Each of `tps` whose stored offset is outside the broker's log, by a fresh listing and
@@ -454,16 +353,5 @@ mod tests {
         assert!(part(None, None, 0).out_of_log(&tp(), Some(60), Some(30)).is_none());
     }
 
-    #[test]
-    fn another_members_partition_is_done_when_the_lake_reaches_its_end() {
-        let o = |listed, stored| OtherPart { listed, stored };
-        assert!(o(Some((0, 50)), Some(50)).done());
-        assert!(!o(Some((0, 50)), Some(49)).done());
-        assert!(!o(Some((0, 50)), None).done());
-        // Empty, or every record expired, and never ingested: nothing to do.
-        assert!(o(Some((50, 50)), None).done());
-        // The broker did not list it: not known to be done.
-        assert!(!o(None, Some(1_000)).done());
-    }
 }
 

@@ -1,4 +1,5 @@
-//! The loop: poll, take, commit, and the `--once` decision; the assignment from the source.
+//! The loop: poll, take, commit, `--once`'s check after each turn; the assignment from the
+//! source.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -8,7 +9,8 @@ use futures::future::BoxFuture;
 use tokio::time::Instant;
 
 use super::batch::{DecodedBatch, MsgRef};
-use super::partitions::{OtherPart, PartState};
+use super::once::{OnceStep, OnceWatch, OtherPart};
+use super::partitions::PartState;
 use super::{IngestError, IngestOptions, IngestSummary};
 use crate::config::Config;
 use crate::decode::pool::DecodePool;
@@ -110,14 +112,8 @@ impl<'c> Pipeline<'c> {
 
     pub(super) async fn run_inner(&mut self) -> Result<IngestSummary, IngestError> {
         let trigger = self.cfg.trigger();
-        let once_timeout = self.cfg.once_timeout();
-        let group_wait = self.cfg.once_group_wait();
-        // `--once`: the last time a partition moved toward its end (or partitions were given).
-        let mut last_progress = Instant::now();
-        let mut last_positions = 0i64;
+        let mut watch = OnceWatch::new();
         let mut last_stall_check = Instant::now();
-        let mut last_lag_report = Instant::now();
-        let mut last_others_check = Instant::now().checked_sub(Duration::from_secs(60)).unwrap_or_else(Instant::now);
         loop {
             // Messages taken from the stash of the last commit may have found a gap.
             self.apply_rewinds()?;
@@ -151,7 +147,7 @@ impl<'c> Pipeline<'c> {
                 // What this poll returned may predate the new assignment; every partition was
                 // sought to the lake's offset, so it comes again.
                 if self.assigned && !self.parts.is_empty() {
-                    last_progress = Instant::now();
+                    watch.progressed();
                 }
                 continue;
             }
@@ -179,56 +175,8 @@ impl<'c> Pipeline<'c> {
             if progress && (self.is_full() || self.opened.elapsed() >= trigger) {
                 self.flush_with_retry().await?;
             }
-            if !self.opts.once {
-                continue;
-            }
-            // `--once`: done when every partition of the topics is committed up to the end it
-            // had at the start, this member's by this member, the others' by whichever member
-            // holds them; failed when none has moved for `once_timeout`.
-            let assigned = self.assigned && !self.parts.is_empty();
-            let mut positions: i64 = self.parts.values().filter_map(PartState::position).sum();
-            positions += self.others.values().filter_map(|o| o.stored).sum::<i64>();
-            if positions != last_positions {
-                last_positions = positions;
-                last_progress = Instant::now();
-            }
-            // The group gave this member nothing and nothing moves: a coordinator that assigns
-            // nothing, or members that hold partitions and are gone. Read them itself.
-            if !assigned && !self.direct && last_progress.elapsed() >= group_wait && self.read_directly(last_progress.elapsed()).await? {
-                last_progress = Instant::now();
-                continue;
-            }
-            let own_done = if assigned && self.parts.iter().all(|(tp, s)| s.reached_stop(self.log_start(tp, s))) {
-                if !(self.flush_with_retry().await? && self.parts.iter().all(|(tp, s)| s.committed_to_stop(self.log_start(tp, s)))) {
-                    // Fenced, or a rebalance: the partitions restart at the lake's offsets.
-                    last_progress = Instant::now();
-                    continue;
-                }
-                true
-            } else {
-                // An empty assignment may only be a step of a rebalance (dead members keep
-                // partitions until their session times out): the others decide.
-                !assigned && self.generation > 0
-            };
-            // The others are watched also before the group has given this member anything:
-            // their commits count as progress, so that it does not read directly beside a group
-            // that is working. It is not done then, though: on tansu 0.6 the listed end of a
-            // partition never fetched is low, and only reading (or an assignment) makes it exact.
-            let watch_others = own_done || (!assigned && self.generation == 0);
-            if watch_others && last_others_check.elapsed() >= Duration::from_secs(2) {
-                last_others_check = Instant::now();
-                if self.others_done().await? && own_done {
-                    break;
-                }
-            }
-            if last_progress.elapsed() >= once_timeout {
-                // Keep what was read: a later run continues from there.
-                self.flush_with_retry().await?;
-                return Err(IngestError::Incomplete(self.describe_lag(assigned, once_timeout)));
-            }
-            if last_lag_report.elapsed() >= Duration::from_secs(30) && last_progress.elapsed() >= Duration::from_secs(10) {
-                last_lag_report = Instant::now();
-                tracing::warn!(waiting = %self.describe_lag(assigned, last_progress.elapsed()), "--once is waiting for data it has not received yet");
+            if self.opts.once && self.once_step(&mut watch).await? == OnceStep::Done {
+                break;
             }
         }
         self.progress.finish();

@@ -1,12 +1,9 @@
 //! What the loop does about its source: the rewinds that make inexact fetches (tansu 0.6)
-//! exact, and `--once`'s direct read when the group assigns nothing.
-
-use std::time::Duration;
+//! exact.
 
 use super::partitions::STALL_AFTER;
 use super::pipeline::Pipeline;
 use super::IngestError;
-use crate::source::TopicPartition;
 
 impl Pipeline<'_> {
     /// Seek the partitions whose first message after a seek came after a gap (see
@@ -78,33 +75,4 @@ impl Pipeline<'_> {
         Ok(())
     }
 
-    /// `--once` on Kafka, when the group has given this member no partitions and nothing has
-    /// moved for `waited`: leave the group and read every partition of the topics directly,
-    /// from the lake's offsets. Exactly-once does not rest on the coordinator: the lake's
-    /// offset fences stop this run, or any member still writing, from committing a range twice.
-    /// Returns whether it did (not on a source that reads every partition already, as Iggy's).
-    pub(super) async fn read_directly(&mut self, waited: Duration) -> Result<bool, IngestError> {
-        let all = self.source.all_partitions(self.cfg.connect())?;
-        if all.is_empty() {
-            return Ok(false);
-        }
-        let starts = self.loader.load(&all).await.map_err(IngestError::Rebalance)?;
-        let seeks: Vec<(TopicPartition, Option<i64>)> = all.iter().map(|tp| (tp.clone(), starts.get(tp).and_then(|s| s.data))).collect();
-        let Some(direct) = self.source.direct(&seeks, self.generation + 1)? else { return Ok(false) };
-        tracing::warn!(
-            partitions = all.len(),
-            ?waited,
-            "--once: the group assigned this member no partitions and nothing moved; leaving the group and reading every partition directly (the lake's offset fences keep this exactly once)"
-        );
-        // Dropping the member leaves the group (a blocking close).
-        let member = std::mem::replace(&mut self.source, direct);
-        self.inexact_seeks = self.source.inexact_seeks();
-        if tokio::runtime::Handle::current().runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread {
-            tokio::task::block_in_place(|| drop(member));
-        } else {
-            drop(member);
-        }
-        self.direct = true;
-        Ok(true)
-    }
 }
