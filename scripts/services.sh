@@ -51,6 +51,9 @@ start_s3() {
 write_env() {
   {
     echo "export LAKEPIPE_TEST_BROKERS=127.0.0.1:$BROKER_PORT"
+    # tansu 0.6 holds every fetch for the whole fetch.wait.max.ms, data or not; librdkafka's
+    # 500 ms (lakepipe's default, right for Kafka) would throttle every consumer against it.
+    echo "export LAKEPIPE_KAFKA__FETCH_WAIT_MAX_MS=10"
     if [ "$1" = all ]; then
       echo "export LAKEPIPE_TEST_S3=s3://$BUCKET"
       echo "export AWS_ENDPOINT_URL=http://127.0.0.1:$S3_PORT"

@@ -213,6 +213,17 @@ pub struct Overrides {
 
 const LIST_KEYS: [&str; 1] = ["topics"];
 
+/// `LAKEPIPE_KAFKA__FETCH_WAIT_MAX_MS=10` sets `[kafka] "fetch.wait.max.ms" = "10"`, over the
+/// file's value: librdkafka's property names are dotted, and a variable's name cannot hold a
+/// dot, so each `_` stands for one (no property that `[kafka]` may set has an underscore).
+fn set_kafka_property(table: &mut toml::Table, property: &str, value: String) {
+    let name = property.to_ascii_lowercase().replace('_', ".");
+    let kafka = table.entry("kafka").or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    if let toml::Value::Table(kafka) = kafka {
+        kafka.insert(name, toml::Value::String(value));
+    }
+}
+
 impl Config {
     /// Load: defaults, then `file`, then `LAKEPIPE_*` variables from `env`, then `flags`.
     pub fn load(file: Option<&Path>, env: impl IntoIterator<Item = (String, String)>, flags: &Overrides) -> Result<Self, ConfigError> {
@@ -230,6 +241,10 @@ impl Config {
         }
         for (k, v) in env {
             let Some(name) = k.strip_prefix("LAKEPIPE_") else { continue };
+            if let Some(property) = name.strip_prefix("KAFKA__") {
+                set_kafka_property(&mut table, property, v);
+                continue;
+            }
             let key = name.to_ascii_lowercase();
             let Some(current) = table.get(&key) else { continue };
             let value = if LIST_KEYS.contains(&key.as_str()) {
@@ -412,6 +427,18 @@ mod tests {
         assert_eq!(cfg.max_batch_records, 5);
         assert_eq!(cfg.topics, vec!["orders", "user_events"]);
         assert_eq!(cfg.selected_specs().unwrap()[0].name, "orders");
+    }
+
+    #[test]
+    fn kafka_properties_come_from_the_environment_over_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[kafka]\n\"fetch.wait.max.ms\" = \"100\"\n\"client.id\" = \"a\"\n").unwrap();
+        let env = vec![("LAKEPIPE_KAFKA__FETCH_WAIT_MAX_MS".to_string(), "10".to_string()), ("LAKEPIPE_KAFKA__SECURITY_PROTOCOL".into(), "SASL_SSL".into())];
+        let cfg = Config::load(Some(&path), env, &Overrides::default()).unwrap();
+        let want: BTreeMap<String, String> =
+            [("client.id", "a"), ("fetch.wait.max.ms", "10"), ("security.protocol", "SASL_SSL")].iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        assert_eq!(cfg.kafka, want);
     }
 
     #[test]

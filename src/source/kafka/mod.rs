@@ -216,10 +216,11 @@ fn consumer_config(brokers: &str, group: &str, extra: &std::collections::BTreeMa
         .set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "1000")
         .set("max.poll.interval.ms", "600000")
-        // A short fetch wait: lower latency on real Kafka (which answers at once when data is
-        // there), and tansu 0.6 holds every fetch for this long, which capped the throughput
-        // at 4.3 s per 500,000 records with 100 ms. Override under `[kafka]`.
-        .set("fetch.wait.max.ms", "10")
+        // `fetch.wait.max.ms` stays librdkafka's 500 ms: Kafka answers a fetch as soon as
+        // there is data (`fetch.min.bytes` = 1), so the wait bounds only idle fetches, two a
+        // second per broker (10 ms sent about a hundred). tansu 0.6 holds every fetch for the
+        // full wait, data or not: against it, set `[kafka] "fetch.wait.max.ms" = "10"` (the
+        // scripts do, through LAKEPIPE_KAFKA__FETCH_WAIT_MAX_MS).
         // While a batch commits, the local queue fills; past `queued.min.messages` (100,000
         // by default) librdkafka pauses fetching for `fetch.queue.backoff.ms` (1 s), which
         // left the consumer idle after every commit. Keep fetching up to the byte bound.
