@@ -1,7 +1,8 @@
 //! The model test of exactly-once: random interleavings of messages arriving, batches closing,
 //! commits that succeed, conflict, fail, lose their reply, take long or hang, rebalances
-//! (also while a commit is in flight), transaction markers, and crashes followed by restarts,
-//! run through the real loop on the in-memory fakes with a paused clock. After every step the
+//! (also while a commit is in flight), transaction markers, transactions left open, then
+//! committed or aborted, compaction, broker errors, and crashes followed by restarts, run
+//! through the real loop on the in-memory fakes with a paused clock. After every step the
 //! lake must hold, below each stored offset, each message of the log exactly once (as a row or
 //! a dead letter) and nothing twice; at the end, every message.
 //!
@@ -20,6 +21,7 @@ use super::tests::{config, invalid, pipeline, tp, valid};
 use super::{IngestError, IngestSummary};
 use crate::config::Config;
 use crate::lake::LakeError;
+use crate::source::SourceError;
 
 /// One offset of a generated log.
 #[derive(Debug, Clone, Copy)]
@@ -104,6 +106,8 @@ enum Action {
     Transaction(usize, Vec<Kind>),
     /// A partition's open transaction commits (`true`) or aborts.
     EndTransaction(usize, bool),
+    /// The next poll of any member fails: the broker is gone, or a partition cannot advance.
+    BrokerError(bool),
     /// Compaction removes up to this many messages from a point of a partition's log (Kafka:
     /// brokers with exact fetches only), given as a fraction of the log in 1/256ths.
     Compact(usize, u8, u8),
@@ -118,6 +122,7 @@ fn action(partitions: usize) -> impl Strategy<Value = Action> {
         1 => (0..partitions, prop::collection::vec(kind(), 1..20)).prop_map(|(p, k)| Action::Transaction(p, k)),
         1 => (0..partitions, any::<bool>()).prop_map(|(p, c)| Action::EndTransaction(p, c)),
         1 => (0..partitions, any::<u8>(), 1u8..20).prop_map(|(p, at, n)| Action::Compact(p, at, n)),
+        1 => any::<bool>().prop_map(Action::BrokerError),
     ]
 }
 
@@ -151,7 +156,11 @@ fn start<'a>(cfg: &'a Config, member: &FakeSource, tables: &FakeTables) -> Run<'
 /// Whether a run's error is one the plan injected (retries exhausted, a fatal failure);
 /// anything else is a bug.
 fn injected(e: &IngestError) -> bool {
-    matches!(e, IngestError::Lake(LakeError::Storage { reason, .. } | LakeError::Data { reason, .. }) if reason.starts_with("injected"))
+    match e {
+        IngestError::Lake(LakeError::Storage { reason, .. } | LakeError::Data { reason, .. }) => reason.starts_with("injected"),
+        IngestError::Source(SourceError::Broker { reason, .. } | SourceError::Stuck { reason, .. }) => reason.starts_with("injected"),
+        _ => false,
+    }
 }
 
 struct World<'a> {
@@ -276,6 +285,11 @@ async fn run_plan(plan: &Plan) -> Result<(), TestCaseError> {
                 broker.compact(&tp(*p as i32), from..(from + *n as i64).min(len));
             }
             Action::Compact(..) => {}
+            Action::BrokerError(stuck) => broker.fail_next_poll(if *stuck {
+                SourceError::Stuck { brokers: "fake".into(), reason: "injected: a batch this client cannot read".into() }
+            } else {
+                SourceError::Broker { brokers: "fake".into(), reason: "injected: the broker went away".into() }
+            }),
             Action::Rebalance(mask) => world.rebalance(*mask, partitions),
             Action::Crash(m) => {
                 let m = m % plan.members;

@@ -376,7 +376,19 @@ async fn a_gap_after_a_seek_is_checked_from_a_little_below_it() {
     assert_eq!(start_seeks(&broker), before, "a compacted gap was checked by reading the partition from its log start");
     assert_exact(&broker, &tables);
 
-    // tansu: batches of 3,000 records, and the stored offset inside the second.
+    // tansu: the stored offset inside a batch of 3,000 records.
+    let (broker, tables) = stored_inside_a_large_batch();
+    let member = broker.member();
+    member.assign(&[tp(0)]);
+    let before = start_seeks(&broker);
+    run_once(&cfg, &member, &tables).await.expect("run from inside a batch");
+    assert_eq!(start_seeks(&broker), before, "stepped back to the log start instead of the batch");
+    assert_exact(&broker, &tables);
+}
+
+/// A tansu broker (fetches from inside a batch get the next batch) with batches of 3,000, 3,000
+/// and 500 records, and a lake that stored 5,500: inside the second batch.
+fn stored_inside_a_large_batch() -> (FakeBroker, FakeTables) {
     let broker = FakeBroker::new(&[tp(0)]);
     for b in 0..2 {
         broker.produce(&tp(0), (b * 3000..(b + 1) * 3000).map(|i| valid(&format!("k{i}"))));
@@ -385,10 +397,23 @@ async fn a_gap_after_a_seek_is_checked_from_a_little_below_it() {
     broker.fetch(Fetch::NextBatch, true);
     let tables = FakeTables::default();
     tables.0.lock().unwrap().commit_as_other(&tp(0), rows_of(&broker, &tp(0), 0..5500), 5500);
+    (broker, tables)
+}
+
+/// A step back after a gap goes no lower than the log start as listed; retention that moves
+/// the log start past it in the moment before the fetch makes the broker refuse the offset
+/// (`auto.offset.reset=error`). The loop then reads from the log start instead of stopping.
+#[tokio::test(start_paused = true)]
+async fn a_step_back_that_retention_overtakes_reads_from_the_log_start() {
+    let (broker, tables) = stored_inside_a_large_batch();
+    // The first step back seeks to 4476; retention moves the log start to 4600 as it does.
+    broker.0.lock().unwrap().expire_at_seek = Some((tp(0), 4476, 4600));
     let member = broker.member();
     member.assign(&[tp(0)]);
-    let before = start_seeks(&broker);
-    run_once(&cfg, &member, &tables).await.expect("run from inside a batch");
-    assert_eq!(start_seeks(&broker), before, "stepped back to the log start instead of the batch");
-    assert_exact(&broker, &tables);
+    run_once(&config(1_000), &member, &tables).await.expect("the run reads from the log start instead");
+    let store = tables.0.lock().unwrap();
+    assert_eq!(store.offsets.get(&tp(0)), Some(&6500));
+    let mut after: Vec<i64> = store.rows[TOPIC].iter().map(|r| r.offset).filter(|o| *o >= 5500).collect();
+    after.sort_unstable();
+    assert_eq!(after, (5500..6500).collect::<Vec<_>>(), "every message past the stored offset, once");
 }

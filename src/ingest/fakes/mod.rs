@@ -53,6 +53,9 @@ pub(super) struct Logs {
     pub(super) open: HashMap<TopicPartition, i64>,
     /// Seeks to the log start (re-reads, or partitions with nothing stored).
     pub(super) start_seeks: u64,
+    /// Retention that moves a partition's log start (the last number) at a seek to an offset
+    /// (the middle one): the moment between listing the log start and fetching.
+    pub(super) expire_at_seek: Option<(TopicPartition, i64, i64)>,
 }
 
 /// How the fake broker answers a fetch that starts inside a producer batch.
@@ -308,6 +311,8 @@ impl Source for FakeSource {
             tracing::debug!(?tp, ?o, "fake: seek");
             if o.is_none() {
                 logs.start_seeks += 1;
+            } else if let Some((etp, _, start)) = logs.expire_at_seek.take_if(|(etp, at, _)| etp == tp && Some(*at) == *o) {
+                logs.log_start.insert(etp, start);
             }
             r.positions.insert(tp.clone(), o.unwrap_or_else(|| logs.start(tp)));
             r.sought.insert(tp.clone());
