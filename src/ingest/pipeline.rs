@@ -102,7 +102,10 @@ impl<'c> Pipeline<'c> {
         match result {
             Err(IngestError::Source(SourceError::OutOfRange { brokers, reason })) => {
                 let tps: Vec<TopicPartition> = self.parts.keys().cloned().collect();
-                let named = self.explain_out_of_range(&tps);
+                let mut named = self.explain_out_of_range(&tps);
+                if named.is_empty() {
+                    named = self.refused_step_backs();
+                }
                 let reason = if named.is_empty() { reason } else { format!("{reason}: {}", named.join("; ")) };
                 Err(IngestError::Source(SourceError::OutOfRange { brokers, reason }))
             }
@@ -138,7 +141,6 @@ impl<'c> Pipeline<'c> {
                     }
                     r = self.source.next(wait, self.cfg.max_batch_records - self.pending_records) => match r {
                         Ok(polled) => polled,
-                        Err(SourceError::OutOfRange { .. }) if self.step_backs_to_log_start() => continue,
                         Err(e) => return Err(self.keep_reads(e.into()).await),
                     },
                 }

@@ -1,6 +1,8 @@
 //! What the loop does about its source: the rewinds that make inexact fetches (tansu 0.6)
 //! exact.
 
+use tokio::time::Instant;
+
 use super::partitions::STALL_AFTER;
 use super::pipeline::Pipeline;
 use super::IngestError;
@@ -14,8 +16,12 @@ impl Pipeline<'_> {
             s.rewind_pending = false;
             s.delivered = false;
             // Only a read from the log start is final: after a shorter step back, a broker that
-            // answers a fetch from inside a batch with nothing still counts as stalled.
+            // answers a fetch from inside a batch with nothing still counts as stalled, once the
+            // stall window has passed since this seek.
             s.rewound = s.rewind_to.is_none();
+            if s.rewind_to.is_some() {
+                s.since = Some(Instant::now());
+            }
             seeks.push((tp.clone(), s.rewind_to));
         }
         if !seeks.is_empty() {
@@ -24,22 +30,23 @@ impl Pipeline<'_> {
         Ok(())
     }
 
-    /// The broker refused an offset as outside its log while steps back after gaps were in
-    /// flight: retention may have moved the log start past one of them since it was listed.
-    /// Those partitions are read from the log start instead; returns whether there were any
-    /// (if the error was another partition's, it comes again, and then the run stops on it).
-    pub(super) fn step_backs_to_log_start(&mut self) -> bool {
-        let mut any = false;
-        for s in self.parts.values_mut().filter(|s| s.step_back > 0 && s.rewind_to.is_some() && !s.delivered) {
-            s.rewind_to = None;
-            s.gap_checked = true;
-            s.rewind_pending = true;
-            any = true;
-        }
-        if any {
-            tracing::warn!("the broker refused a step back after a gap as outside its log; reading from the log start");
-        }
-        any
+    /// The partitions reading again from below a gap (see
+    /// [`super::partitions::PartState::step_back`]) that have not delivered since: when the broker refuses an offset as outside its log and every
+    /// stored offset is inside it, retention moved the log start past such a step back in the
+    /// moment after it was listed. librdkafka stops fetching a partition it refused, so the
+    /// run stops; the next one lists the log start again.
+    pub(super) fn refused_step_backs(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .parts
+            .iter()
+            .filter(|(_, s)| s.step_back > 0 && !s.delivered)
+            .filter_map(|((t, p), s)| {
+                let from = s.rewind_to?;
+                Some(format!("{t}/{p}: the read again from offset {from}, below a gap after the lake's offset, fell below the log start as retention moved it; run again"))
+            })
+            .collect();
+        out.sort();
+        out
     }
 
     /// Some brokers (tansu 0.6) return nothing when a fetch starts inside a producer's record

@@ -12,9 +12,9 @@ use crate::source::TopicPartition;
 /// How often librdkafka reports its statistics: how stale a last stable offset can be.
 pub(super) const INTERVAL_MS: &str = "1000";
 
-/// Each partition's high watermark and last stable offset, as of librdkafka's last report.
+/// Each partition's last stable offset, as of librdkafka's last report.
 #[derive(Debug, Default)]
-pub struct StableEnds(Mutex<HashMap<TopicPartition, (i64, i64)>>);
+pub struct StableEnds(Mutex<HashMap<TopicPartition, i64>>);
 
 #[derive(Deserialize)]
 struct Report {
@@ -54,24 +54,22 @@ impl StableEnds {
                 .into_values()
                 .filter(|p| p.partition >= 0 && p.hi_offset >= 0)
             {
-                ends.insert((topic.clone(), p.partition), (p.hi_offset, p.ls_offset));
+                ends.insert((topic.clone(), p.partition), p.ls_offset);
             }
         }
     }
 
     /// The end a `read_committed` reader can reach, given the high watermark of the latest
-    /// fetch response (`live`): the reported last stable offset while a transaction held it
-    /// below the reported high watermark, else `live` (fresher than any report). `None` before
-    /// the first report that names the partition.
+    /// fetch response (`live`): the reported last stable offset, at most `live`. A report is
+    /// up to [`INTERVAL_MS`] old, so this can be a little low (harmless: `--once` takes the
+    /// larger of it and the end listed at assignment), but never inside a transaction that
+    /// opened since (the high watermark would be, and `--once` would wait for it). `None`
+    /// before the first report that names the partition.
     pub(super) fn end(&self, topic: &str, partition: i32, live: i64) -> Option<i64> {
         let ends = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let (hi, ls) = *ends.get(&(topic.to_string(), partition))?;
+        let ls = *ends.get(&(topic.to_string(), partition))?;
         // A broker without last stable offsets reports -1; librdkafka then uses the high watermark.
-        Some(if ls >= 0 && ls < hi {
-            ls.min(live)
-        } else {
-            live
-        })
+        Some(if ls >= 0 { ls.min(live) } else { live })
     }
 }
 
@@ -96,13 +94,13 @@ mod tests {
         );
         assert_eq!(
             ends.end("t", 1, 90),
-            Some(90),
-            "no transaction open: the latest high watermark"
+            Some(80),
+            "no transaction open at the report: its end, not a later high watermark"
         );
         assert_eq!(ends.end("t", 2, 10), None);
         // The transaction ends: the next report says so.
         ends.update(br#"{"topics":{"t":{"partitions":{"0":{"partition":0,"hi_offset":121,"ls_offset":121}}}}}"#);
-        assert_eq!(ends.end("t", 0, 121), Some(121));
+        assert_eq!(ends.end("t", 0, 125), Some(121));
         // A report that does not parse changes nothing.
         ends.update(b"{not json");
         assert_eq!(ends.end("t", 0, 121), Some(121));
