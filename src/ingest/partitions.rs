@@ -256,7 +256,11 @@ impl Pipeline<'_> {
                 continue;
             }
             if let Some(hi) = self.source.cached_stable_end(topic, *p) {
-                state.stop = Some(state.stop.map_or(hi, |s| s.max(hi)));
+                // What was read is in the log, so the end is at least there: the last stable
+                // offset comes from statistics up to a second old, and tansu lists a low end.
+                // A stop below the position could never count as committed to.
+                let end = state.position().map_or(hi, |at| at.max(hi));
+                state.stop = Some(state.stop.map_or(end, |s| s.max(end)));
                 state.stop_fixed = true;
             }
         }

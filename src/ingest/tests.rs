@@ -419,3 +419,25 @@ async fn a_step_back_that_retention_overtakes_stops_the_run_naming_it() {
     }
     assert_eq!(tables.0.lock().unwrap().offsets.get(&tp(0)), Some(&5500), "nothing committed past what was read");
 }
+
+/// Found by the suite: the last stable offset comes from statistics up to a second old, and
+/// the end listed at assignment can be missing or low (tansu): the stop was fixed below what
+/// the run had already read and committed, "committed to the end" never held, and `--once`
+/// turned forever (every turn counted as progress) beside a live producer. The stop is at
+/// least the partition's position.
+#[tokio::test(start_paused = true)]
+async fn once_ends_when_its_end_comes_from_an_old_report() {
+    let broker = FakeBroker::new(&[tp(0)]);
+    broker.produce(&tp(0), (0..100).map(|i| valid(&format!("k{i}"))));
+    {
+        let mut logs = broker.0.lock().unwrap();
+        logs.stale_report = Some(40);
+        logs.unlisted = true;
+    }
+    let tables = FakeTables::default();
+    let member = broker.member();
+    member.assign(&[tp(0)]);
+    let r = tokio::time::timeout(Duration::from_secs(600), run_once(&config(1_000), &member, &tables)).await;
+    r.expect("--once never ended").expect("--once");
+    assert_exact(&broker, &tables);
+}

@@ -53,6 +53,10 @@ pub(super) struct Logs {
     pub(super) open: HashMap<TopicPartition, i64>,
     /// Seeks to the log start (re-reads, or partitions with nothing stored).
     pub(super) start_seeks: u64,
+    /// The last stable offset of an old statistics report, where set: the end reported is
+    /// never above it. And listings that name no partition (a broker that lists nothing).
+    pub(super) stale_report: Option<i64>,
+    pub(super) unlisted: bool,
     /// Retention that moves a partition's log start (the last number) at a seek to an offset
     /// (the middle one): the moment between listing the log start and fetching.
     pub(super) expire_at_seek: Option<(TopicPartition, i64, i64)>,
@@ -329,13 +333,13 @@ impl Source for FakeSource {
     fn cached_stable_end(&self, topic: &str, partition: i32) -> Option<i64> {
         let logs = lock(&self.broker.0);
         let tp = (topic.to_string(), partition);
-        logs.logs.contains_key(&tp).then(|| logs.stable_end(&tp))
+        logs.logs.contains_key(&tp).then(|| logs.stable_end(&tp).min(logs.stale_report.unwrap_or(i64::MAX)))
     }
 
     /// `read_committed`: ListOffsets gives the last stable offset as the end.
     fn listed_watermarks(&self, partitions: &[TopicPartition], _timeout: Duration) -> HashMap<TopicPartition, (i64, i64)> {
         let logs = lock(&self.broker.0);
-        partitions.iter().filter(|tp| logs.logs.contains_key(*tp)).map(|tp| (tp.clone(), (logs.start(tp), logs.stable_end(tp)))).collect()
+        partitions.iter().filter(|tp| logs.logs.contains_key(*tp) && !logs.unlisted).map(|tp| (tp.clone(), (logs.start(tp), logs.stable_end(tp)))).collect()
     }
 
     fn all_partitions(&self, _timeout: Duration) -> Result<Vec<TopicPartition>, SourceError> {
