@@ -256,10 +256,12 @@ impl Pipeline<'_> {
                 continue;
             }
             if let Some(hi) = self.source.cached_stable_end(topic, *p) {
-                // What was read is in the log, so the end is at least there: the last stable
-                // offset comes from statistics up to a second old, and tansu lists a low end.
-                // A stop below the position could never count as committed to.
-                let end = state.position().map_or(hi, |at| at.max(hi));
+                // What this run read is in the log, so the end is at least there: the last
+                // stable offset comes from statistics up to a second old, and tansu lists a low
+                // end; a stop below what was read could never count as committed to. Not the
+                // stored offset: one past the log's end means the log was replaced, and
+                // `check_offsets` stops the run on it.
+                let end = state.next.map_or(hi, |read| read.max(hi));
                 state.stop = Some(state.stop.map_or(end, |s| s.max(end)));
                 state.stop_fixed = true;
             }
