@@ -25,7 +25,8 @@ pub(super) struct OtherPart {
 impl OtherPart {
     /// Committed (by whichever member) up to the end it had when this run first looked.
     pub(super) fn done(&self) -> bool {
-        self.listed.is_some_and(|(lo, hi)| self.stored.unwrap_or(lo) >= hi)
+        self.listed
+            .is_some_and(|(lo, hi)| self.stored.unwrap_or(lo) >= hi)
     }
 }
 
@@ -42,7 +43,12 @@ pub(super) struct OnceWatch {
 impl OnceWatch {
     pub(super) fn new() -> Self {
         let now = Instant::now();
-        OnceWatch { last_progress: now, last_positions: 0, last_lag_report: now, last_others_check: now.checked_sub(Duration::from_secs(60)).unwrap_or(now) }
+        OnceWatch {
+            last_progress: now,
+            last_positions: 0,
+            last_lag_report: now,
+            last_others_check: now.checked_sub(Duration::from_secs(60)).unwrap_or(now),
+        }
     }
 
     /// Partitions were given: the wait for progress starts again.
@@ -75,12 +81,26 @@ impl Pipeline<'_> {
         }
         // The group gave this member nothing and nothing moves: a coordinator that assigns
         // nothing, or members that hold partitions and are gone. Read them itself.
-        if !assigned && !self.direct && w.last_progress.elapsed() >= self.cfg.once_group_wait() && self.read_directly(w.last_progress.elapsed()).await? {
+        if !assigned
+            && !self.direct
+            && w.last_progress.elapsed() >= self.cfg.once_group_wait()
+            && self.read_directly(w.last_progress.elapsed()).await?
+        {
             w.last_progress = Instant::now();
             return Ok(OnceStep::Go);
         }
-        let own_done = if assigned && self.parts.iter().all(|(tp, s)| s.reached_stop(self.log_start(tp, s))) {
-            if !(self.flush_with_retry().await? && self.parts.iter().all(|(tp, s)| s.committed_to_stop(self.log_start(tp, s)))) {
+        let own_done = if assigned
+            && self
+                .parts
+                .iter()
+                .all(|(tp, s)| s.reached_stop(self.log_start(tp, s)))
+        {
+            if !(self.flush_with_retry().await?
+                && self
+                    .parts
+                    .iter()
+                    .all(|(tp, s)| s.committed_to_stop(self.log_start(tp, s))))
+            {
                 // Fenced, or a rebalance: the partitions restart at the lake's offsets.
                 w.last_progress = Instant::now();
                 return Ok(OnceStep::Go);
@@ -105,9 +125,13 @@ impl Pipeline<'_> {
         if w.last_progress.elapsed() >= self.cfg.once_timeout() {
             // Keep what was read: a later run continues from there.
             self.flush_with_retry().await?;
-            return Err(IngestError::Incomplete(self.describe_lag(assigned, self.cfg.once_timeout())));
+            return Err(IngestError::Incomplete(
+                self.describe_lag(assigned, self.cfg.once_timeout()),
+            ));
         }
-        if w.last_lag_report.elapsed() >= Duration::from_secs(30) && w.last_progress.elapsed() >= Duration::from_secs(10) {
+        if w.last_lag_report.elapsed() >= Duration::from_secs(30)
+            && w.last_progress.elapsed() >= Duration::from_secs(10)
+        {
             w.last_lag_report = Instant::now();
             tracing::warn!(waiting = %self.describe_lag(assigned, w.last_progress.elapsed()), "--once is waiting for data it has not received yet");
         }
@@ -120,16 +144,34 @@ impl Pipeline<'_> {
     /// reading theirs: success means the whole topic set is in the lake, not only this share.
     pub(super) async fn others_done(&mut self) -> Result<bool, IngestError> {
         let all = self.source.all_partitions(self.cfg.connect())?;
-        let theirs: Vec<TopicPartition> = all.into_iter().filter(|tp| !self.parts.contains_key(tp)).collect();
+        let theirs: Vec<TopicPartition> = all
+            .into_iter()
+            .filter(|tp| !self.parts.contains_key(tp))
+            .collect();
         self.others.retain(|tp, _| theirs.contains(tp));
         if theirs.is_empty() {
             return Ok(true);
         }
-        let unlisted: Vec<TopicPartition> = theirs.iter().filter(|tp| self.others.get(*tp).is_none_or(|o| o.listed.is_none())).cloned().collect();
-        let listed = if unlisted.is_empty() { HashMap::new() } else { self.source.listed_watermarks(&unlisted, self.cfg.connect()) };
-        let starts = self.loader.load(&theirs).await.map_err(IngestError::Rebalance)?;
+        let unlisted: Vec<TopicPartition> = theirs
+            .iter()
+            .filter(|tp| self.others.get(*tp).is_none_or(|o| o.listed.is_none()))
+            .cloned()
+            .collect();
+        let listed = if unlisted.is_empty() {
+            HashMap::new()
+        } else {
+            self.source.listed_watermarks(&unlisted, self.cfg.connect())
+        };
+        let starts = self
+            .loader
+            .load(&theirs)
+            .await
+            .map_err(IngestError::Rebalance)?;
         for tp in &theirs {
-            let o = self.others.entry(tp.clone()).or_insert(OtherPart { listed: None, stored: None });
+            let o = self.others.entry(tp.clone()).or_insert(OtherPart {
+                listed: None,
+                stored: None,
+            });
             if o.listed.is_none() {
                 o.listed = listed.get(tp).copied();
             }
@@ -144,7 +186,9 @@ impl Pipeline<'_> {
     pub(super) async fn interrupted(&mut self) -> Result<IngestSummary, IngestError> {
         let assigned = self.assigned && !self.parts.is_empty();
         let own_done = if assigned {
-            self.parts.iter().all(|(tp, s)| s.committed_to_stop(self.log_start(tp, s)))
+            self.parts
+                .iter()
+                .all(|(tp, s)| s.committed_to_stop(self.log_start(tp, s)))
         } else {
             self.generation > 0
         };
@@ -153,13 +197,15 @@ impl Pipeline<'_> {
             return Ok(self.summary.clone());
         }
         let behind = self.behind();
-        Err(IngestError::Interrupted(if !assigned && self.generation == 0 {
-            "the group had not assigned this member any partitions yet".to_string()
-        } else if behind.is_empty() {
-            "the ends of the partitions were not known yet".to_string()
-        } else {
-            behind.join(", ")
-        }))
+        Err(IngestError::Interrupted(
+            if !assigned && self.generation == 0 {
+                "the group had not assigned this member any partitions yet".to_string()
+            } else if behind.is_empty() {
+                "the ends of the partitions were not known yet".to_string()
+            } else {
+                behind.join(", ")
+            },
+        ))
     }
 
     /// Why `--once` is not finished: each partition short of its end, with its lag, or that
@@ -170,7 +216,10 @@ impl Pipeline<'_> {
                 "the group coordinator assigned this member no partitions for {quiet_for:?} (other members may hold them, or the coordinator is still rebalancing)"
             );
         }
-        format!("no progress for {quiet_for:?}; {}", self.behind().join(", "))
+        format!(
+            "no progress for {quiet_for:?}; {}",
+            self.behind().join(", ")
+        )
     }
 
     /// Each partition (this member's or another's) not yet committed to its end, with its
@@ -188,13 +237,23 @@ impl Pipeline<'_> {
                 }
             })
             .collect();
-        behind.extend(self.others.iter().filter(|(_, o)| !o.done()).map(|((t, p), o)| {
-            let at = o.stored.or(o.listed.map(|(lo, _)| lo)).unwrap_or(0);
-            match o.listed {
-                Some((_, hi)) => format!("{t}/{p} (held by another member) committed to {at} of {hi} (lag {})", (hi - at).max(0)),
-                None => format!("{t}/{p} (held by another member) committed to {at}, end unknown"),
-            }
-        }));
+        behind.extend(
+            self.others
+                .iter()
+                .filter(|(_, o)| !o.done())
+                .map(|((t, p), o)| {
+                    let at = o.stored.or(o.listed.map(|(lo, _)| lo)).unwrap_or(0);
+                    match o.listed {
+                        Some((_, hi)) => format!(
+                            "{t}/{p} (held by another member) committed to {at} of {hi} (lag {})",
+                            (hi - at).max(0)
+                        ),
+                        None => format!(
+                            "{t}/{p} (held by another member) committed to {at}, end unknown"
+                        ),
+                    }
+                }),
+        );
         behind.sort();
         behind
     }
@@ -209,9 +268,18 @@ impl Pipeline<'_> {
         if all.is_empty() {
             return Ok(false);
         }
-        let starts = self.loader.load(&all).await.map_err(IngestError::Rebalance)?;
-        let seeks: Vec<(TopicPartition, Option<i64>)> = all.iter().map(|tp| (tp.clone(), starts.get(tp).and_then(|s| s.data))).collect();
-        let Some(direct) = self.source.direct(&seeks, self.generation + 1)? else { return Ok(false) };
+        let starts = self
+            .loader
+            .load(&all)
+            .await
+            .map_err(IngestError::Rebalance)?;
+        let seeks: Vec<(TopicPartition, Option<i64>)> = all
+            .iter()
+            .map(|tp| (tp.clone(), starts.get(tp).and_then(|s| s.data)))
+            .collect();
+        let Some(direct) = self.source.direct(&seeks, self.generation + 1)? else {
+            return Ok(false);
+        };
         tracing::warn!(
             partitions = all.len(),
             ?waited,
@@ -220,7 +288,9 @@ impl Pipeline<'_> {
         // Dropping the member leaves the group (a blocking close).
         let member = std::mem::replace(&mut self.source, direct);
         self.inexact_seeks = self.source.inexact_seeks();
-        if tokio::runtime::Handle::current().runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread {
+        if tokio::runtime::Handle::current().runtime_flavor()
+            == tokio::runtime::RuntimeFlavor::MultiThread
+        {
             tokio::task::block_in_place(|| drop(member));
         } else {
             drop(member);

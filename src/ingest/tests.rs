@@ -236,15 +236,21 @@ async fn a_fetch_from_inside_a_batch_is_read_again_from_the_log_start() {
     }
 }
 
+/// A broker with one partition holding `n` valid records, a member that holds it, and an
+/// empty lake.
+fn one_partition(n: usize) -> (FakeBroker, FakeSource, FakeTables) {
+    let broker = FakeBroker::new(&[tp(0)]);
+    broker.produce(&tp(0), (0..n).map(|i| valid(&format!("k{i}"))));
+    let member = broker.member();
+    member.assign(&[tp(0)]);
+    (broker, member, FakeTables::default())
+}
+
 /// Hole 3: retention moves the log start past the rows held in the open batch. They are
 /// committed first (the broker no longer has them), then the run stops, naming the gap.
 #[tokio::test(start_paused = true)]
 async fn rows_read_before_a_retention_gap_are_committed_then_the_run_stops() {
-    let broker = FakeBroker::new(&[tp(0)]);
-    broker.produce(&tp(0), (0..100).map(|i| valid(&format!("k{i}"))));
-    let tables = FakeTables::default();
-    let member = broker.member();
-    member.assign(&[tp(0)]);
+    let (broker, member, tables) = one_partition(100);
     let cfg = Config { trigger_interval: "10s".into(), ..config(1_000) };
     let retention = async {
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -266,12 +272,8 @@ async fn rows_read_before_a_retention_gap_are_committed_then_the_run_stops() {
 /// nothing is committed for what was not read.
 #[tokio::test(start_paused = true)]
 async fn a_stuck_partition_stops_the_run() {
-    let broker = FakeBroker::new(&[tp(0)]);
-    broker.produce(&tp(0), (0..10).map(|i| valid(&format!("k{i}"))));
+    let (broker, member, tables) = one_partition(10);
     broker.fail_next_poll(crate::source::SourceError::Stuck { brokers: "fake".into(), reason: "unsupported codec".into() });
-    let tables = FakeTables::default();
-    let member = broker.member();
-    member.assign(&[tp(0)]);
     let r = run_once(&config(50), &member, &tables).await;
     assert!(matches!(r, Err(IngestError::Source(crate::source::SourceError::Stuck { .. }))), "{r:?}");
     assert!(tables.0.lock().unwrap().offsets.is_empty());
@@ -427,16 +429,12 @@ async fn a_step_back_that_retention_overtakes_stops_the_run_naming_it() {
 /// least the partition's position.
 #[tokio::test(start_paused = true)]
 async fn once_ends_when_its_end_comes_from_an_old_report() {
-    let broker = FakeBroker::new(&[tp(0)]);
-    broker.produce(&tp(0), (0..100).map(|i| valid(&format!("k{i}"))));
+    let (broker, member, tables) = one_partition(100);
     {
         let mut logs = broker.0.lock().unwrap();
         logs.stale_report = Some(40);
         logs.unlisted = true;
     }
-    let tables = FakeTables::default();
-    let member = broker.member();
-    member.assign(&[tp(0)]);
     let r = tokio::time::timeout(Duration::from_secs(600), run_once(&config(1_000), &member, &tables)).await;
     r.expect("--once never ended").expect("--once");
     assert_exact(&broker, &tables);

@@ -60,11 +60,20 @@ pub(in crate::ingest) struct Store {
 
 impl Store {
     /// Every range starts at the stored offset (`None`: nothing stored), or the commit is fenced.
-    fn fence(stored: &HashMap<TopicPartition, i64>, table: &str, ranges: &[OffsetRange]) -> Result<(), LakeError> {
+    fn fence(
+        stored: &HashMap<TopicPartition, i64>,
+        table: &str,
+        ranges: &[OffsetRange],
+    ) -> Result<(), LakeError> {
         for r in ranges {
             let tp = (r.key.topic.clone(), r.key.partition);
             if stored.get(&tp).copied() != r.start {
-                return Err(LakeError::Fenced { table: table.to_string(), partition: tp.1, expected: r.start, found: stored.get(&tp).copied() });
+                return Err(LakeError::Fenced {
+                    table: table.to_string(),
+                    partition: tp.1,
+                    expected: r.start,
+                    found: stored.get(&tp).copied(),
+                });
             }
         }
         Ok(())
@@ -77,7 +86,12 @@ impl Store {
     }
 
     /// Another writer commits `tp` up to `end`, with these rows (a member of the same group).
-    pub(in crate::ingest) fn commit_as_other(&mut self, tp: &TopicPartition, rows: Vec<Row>, end: i64) {
+    pub(in crate::ingest) fn commit_as_other(
+        &mut self,
+        tp: &TopicPartition,
+        rows: Vec<Row>,
+        end: i64,
+    ) {
         self.rows.entry(tp.0.clone()).or_default().extend(rows);
         self.offsets.insert(tp.clone(), end);
         self.commits += 1;
@@ -110,22 +124,45 @@ async fn meet(fault: Option<Fault>, table: &str) -> Result<(u32, bool), LakeErro
             Ok((1, false))
         }
         Some(Fault::LostReply) => Ok((1, true)),
-        Some(Fault::Fail { retryable: true }) => Err(LakeError::Storage { table: table.into(), reason: "injected storage failure".into() }),
-        Some(Fault::Fail { retryable: false }) => Err(LakeError::Data { table: table.into(), reason: "injected fatal failure".into() }),
+        Some(Fault::Fail { retryable: true }) => Err(LakeError::Storage {
+            table: table.into(),
+            reason: "injected storage failure".into(),
+        }),
+        Some(Fault::Fail { retryable: false }) => Err(LakeError::Data {
+            table: table.into(),
+            reason: "injected fatal failure".into(),
+        }),
         Some(Fault::Hang) => std::future::pending().await,
     }
 }
 
 fn lost_reply(table: &str) -> LakeError {
-    LakeError::Storage { table: table.into(), reason: "injected: committed, but the reply was lost".into() }
+    LakeError::Storage {
+        table: table.into(),
+        reason: "injected: committed, but the reply was lost".into(),
+    }
 }
 
 impl StartLoader for FakeTables {
-    fn load<'a>(&'a self, partitions: &'a [TopicPartition]) -> BoxFuture<'a, Result<HashMap<TopicPartition, PartitionStarts>, String>> {
+    fn load<'a>(
+        &'a self,
+        partitions: &'a [TopicPartition],
+    ) -> BoxFuture<'a, Result<HashMap<TopicPartition, PartitionStarts>, String>> {
         Box::pin(async move {
             tokio::task::yield_now().await;
             let s = lock(&self.0);
-            Ok(partitions.iter().map(|tp| (tp.clone(), PartitionStarts { data: s.offsets.get(tp).copied(), dead: s.dead_offsets.get(tp).copied() })).collect())
+            Ok(partitions
+                .iter()
+                .map(|tp| {
+                    (
+                        tp.clone(),
+                        PartitionStarts {
+                            data: s.offsets.get(tp).copied(),
+                            dead: s.dead_offsets.get(tp).copied(),
+                        },
+                    )
+                })
+                .collect())
         })
     }
 }
@@ -135,14 +172,23 @@ impl Tables for FakeTables {
         Arc::new(self.clone())
     }
 
-    fn append_dead_letters<'a>(&'a mut self, letters: &'a [DeadLetter], ranges: &'a [OffsetRange], _source_name: &'a str) -> BoxFuture<'a, Result<(), LakeError>> {
+    fn append_dead_letters<'a>(
+        &'a mut self,
+        letters: &'a [DeadLetter],
+        ranges: &'a [OffsetRange],
+        _source_name: &'a str,
+    ) -> BoxFuture<'a, Result<(), LakeError>> {
         Box::pin(async move {
             let fault = self.fault();
             tokio::task::yield_now().await;
             let (_, lost) = meet(fault, "dead_letters").await?;
             let mut s = lock(&self.0);
             Store::fence(&s.dead_offsets, "dead_letters", ranges)?;
-            s.dead.extend(letters.iter().map(|d| ((d.topic.clone(), d.partition), d.offset)));
+            s.dead.extend(
+                letters
+                    .iter()
+                    .map(|d| ((d.topic.clone(), d.partition), d.offset)),
+            );
             Store::advance(&mut s.dead_offsets, ranges);
             s.commits += 1;
             if lost {
@@ -152,7 +198,11 @@ impl Tables for FakeTables {
         })
     }
 
-    fn upsert<'a>(&'a mut self, work: Vec<TopicBatch<'a>>, _source_kind: &'static str) -> BoxFuture<'a, Vec<TableResult>> {
+    fn upsert<'a>(
+        &'a mut self,
+        work: Vec<TopicBatch<'a>>,
+        _source_kind: &'static str,
+    ) -> BoxFuture<'a, Vec<TableResult>> {
         Box::pin(async move {
             let mut out = Vec::new();
             for b in work {
@@ -168,20 +218,33 @@ impl Tables for FakeTables {
                                 Err(e)
                             }
                             Ok(()) => {
-                                let rows = b.records.iter().map(|r| Row { partition: r.partition, offset: r.offset, key: r.key.clone(), deleted: r.deleted });
+                                let rows = b.records.iter().map(|r| Row {
+                                    partition: r.partition,
+                                    offset: r.offset,
+                                    key: r.key.clone(),
+                                    deleted: r.deleted,
+                                });
                                 s.rows.entry(b.topic.to_string()).or_default().extend(rows);
                                 Store::advance(&mut s.offsets, b.ranges);
                                 s.commits += 1;
                                 if lost {
                                     Err(lost_reply(b.topic))
                                 } else {
-                                    Ok(UpsertOutcome { inserted: b.records.len() as u64, attempts, ..Default::default() })
+                                    Ok(UpsertOutcome {
+                                        inserted: b.records.len() as u64,
+                                        attempts,
+                                        ..Default::default()
+                                    })
                                 }
                             }
                         }
                     }
                 };
-                out.push(TableResult { topic: b.topic.to_string(), result, seconds: 0.0 });
+                out.push(TableResult {
+                    topic: b.topic.to_string(),
+                    result,
+                    seconds: 0.0,
+                });
             }
             out
         })
