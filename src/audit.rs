@@ -26,6 +26,7 @@ use crate::decode::Decoder;
 use crate::lake::commit::{stored_offset, OffsetKey};
 use crate::lake::dead_letters::TABLE as DEAD_LETTERS;
 use crate::lake::index::row_keys;
+use crate::lake::log::skipped_ranges;
 use crate::lake::{Lake, LakeError};
 use crate::spec::{meta, TopicSpec};
 
@@ -86,6 +87,21 @@ pub struct PartitionAudit {
     pub messages_read: u64,
     /// Messages not yet committed to the lake (not a violation).
     pub lag: Option<i64>,
+    /// Offsets the ingest moved past unread because the broker had deleted them
+    /// (`on_data_loss = "skip"`), as recorded by commits still in the table's log.
+    pub skipped: Vec<SkippedAudit>,
+}
+
+/// A range of offsets deleted from the broker before the ingest read them, which it skipped
+/// (`on_data_loss = "skip"`): data lost on purpose, not an exactly-once violation.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct SkippedAudit {
+    /// The first offset lost.
+    pub from: i64,
+    /// The first offset after them (the broker's log start then).
+    pub to: i64,
+    /// The table version whose commit moved past them.
+    pub version: u64,
 }
 
 /// The audit of one topic.
@@ -121,6 +137,7 @@ impl AuditReport {
     /// A human-readable summary.
     pub fn text(&self) -> String {
         let mut out = String::new();
+        let mut losses = String::new();
         for t in &self.topics {
             out.push_str(&format!(
                 "{}: {} rows, {} expected{}\n",
@@ -134,8 +151,16 @@ impl AuditReport {
                     "  partition {}: committed {:?}, dead letters {:?}, high watermark {:?}, lag {:?}, re-read {} from {:?}\n",
                     p.partition, p.committed, p.dead_letters_committed, p.high_watermark, p.lag, p.messages_read, p.covered_from
                 ));
+                for s in &p.skipped {
+                    let (topic, part, n) = (&t.topic, p.partition, s.to - s.from);
+                    losses.push_str(&format!(
+                        "DATA LOSS (on_data_loss = skip) in {topic}/{part}: offsets {}..{} ({n} offsets) were deleted from the broker before they were read; version {} committed past them\n",
+                        s.from, s.to, s.version
+                    ));
+                }
             }
         }
+        out.push_str(&losses);
         if self.findings.is_empty() {
             out.push_str("OK: exactly once — every committed message is in the lake once, and nothing else is.\n");
         }
@@ -243,6 +268,15 @@ async fn audit_topic(
         }
     }
 
+    // The ranges this source and group skipped, from the commits still in the log.
+    for (version, r) in skipped_ranges(table, topic).await? {
+        if r.key.source == opts.source_name && r.key.group == opts.group {
+            if let Some(a) = parts.get_mut(&r.key.partition) {
+                a.skipped.push(SkippedAudit { from: r.from, to: r.to, version });
+            }
+        }
+    }
+
     // Re-read the log up to the committed offsets.
     let decoder = Decoder::new(spec.clone(), opts.max_message_bytes).map_err(|e| broker_err(e.to_string()))?;
     let mut expected: HashMap<String, Expected> = HashMap::new();
@@ -269,6 +303,11 @@ async fn audit_topic(
             last_read.insert(p, off);
             if off + 1 >= target(a) {
                 done.insert(p);
+            }
+            // Skipped on purpose: neither a row nor a dead letter is owed (a broker that still
+            // holds them had not deleted them everywhere, as with a replica behind).
+            if a.skipped.iter().any(|s| (s.from..s.to).contains(&off)) {
+                continue;
             }
             match decoder.decode(msg.key(), msg.payload(), p, off) {
                 Err(_) => {

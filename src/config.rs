@@ -79,6 +79,13 @@ pub struct Config {
     /// of its topics itself, from the lake's offsets. The lake's offset fences keep that
     /// exactly once beside any member that is still writing. Below `once_timeout` to matter.
     pub once_group_wait: String,
+    /// What the ingest does when offsets it has not read were deleted from the broker
+    /// (retention, DeleteRecords) before it read them: `fail` (the default) stops the run
+    /// non-zero, naming the partition and the offsets lost, and commits nothing past them;
+    /// `skip` moves past them, records the range in the commit (`history()` shows it,
+    /// `audit` reports it) and counts it in `lakepipe_skipped_offsets_total`. A log that was
+    /// replaced (the lake's offset past its end) stops the run either way.
+    pub on_data_loss: OnDataLoss,
     /// How long to wait for the broker and the bucket to answer at start.
     pub connect_timeout: String,
     /// Write a Delta checkpoint every this many commits (in tables lakepipe creates).
@@ -128,6 +135,7 @@ impl Default for Config {
             max_message_bytes: 1 << 20,
             once_timeout: "5m".into(),
             once_group_wait: "30s".into(),
+            on_data_loss: OnDataLoss::Fail,
             connect_timeout: "15s".into(),
             checkpoint_interval: 10,
             min_vacuum_retention_hours: 168,
@@ -145,6 +153,18 @@ impl Default for Config {
             specs: BTreeMap::new(),
         }
     }
+}
+
+/// What the ingest does about offsets deleted from the broker before it read them (see
+/// [`Config::on_data_loss`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum OnDataLoss {
+    /// Stop the run non-zero, naming the partition and the offsets lost.
+    #[default]
+    Fail,
+    /// Move past them, recording the range in the commit.
+    Skip,
 }
 
 /// Whether a librdkafka property holds a secret (passwords, keys, tokens), never to be logged.
@@ -197,6 +217,8 @@ pub struct Overrides {
     pub trigger_interval: Option<String>,
     /// `--once-timeout`
     pub once_timeout: Option<String>,
+    /// `--on-data-loss`
+    pub on_data_loss: Option<OnDataLoss>,
     /// `--max-batch-records`
     pub max_batch_records: Option<usize>,
     /// `--source-name`
@@ -274,6 +296,9 @@ impl Config {
         }
         if let Some(v) = f.once_timeout {
             cfg.once_timeout = v;
+        }
+        if let Some(v) = f.on_data_loss {
+            cfg.on_data_loss = v;
         }
         if let Some(v) = f.trigger_interval {
             cfg.trigger_interval = v;
@@ -439,6 +464,22 @@ mod tests {
         let want: BTreeMap<String, String> =
             [("client.id", "a"), ("fetch.wait.max.ms", "10"), ("security.protocol", "SASL_SSL")].iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         assert_eq!(cfg.kafka, want);
+    }
+
+    #[test]
+    fn on_data_loss_comes_from_each_layer_and_refuses_other_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        assert_eq!(Config::load(None, vec![], &Overrides::default()).unwrap().on_data_loss, OnDataLoss::Fail);
+        std::fs::write(&path, "on_data_loss = \"skip\"\n").unwrap();
+        assert_eq!(Config::load(Some(&path), vec![], &Overrides::default()).unwrap().on_data_loss, OnDataLoss::Skip);
+        let env = vec![("LAKEPIPE_ON_DATA_LOSS".to_string(), "fail".to_string())];
+        assert_eq!(Config::load(Some(&path), env.clone(), &Overrides::default()).unwrap().on_data_loss, OnDataLoss::Fail);
+        let flags = Overrides { on_data_loss: Some(OnDataLoss::Skip), ..Default::default() };
+        assert_eq!(Config::load(Some(&path), env, &flags).unwrap().on_data_loss, OnDataLoss::Skip);
+        std::fs::write(&path, "on_data_loss = \"ignore\"\n").unwrap();
+        let err = Config::load(Some(&path), vec![], &Overrides::default()).unwrap_err().to_string();
+        assert!(err.contains("unknown variant `ignore`") && err.contains("skip"), "{err}");
     }
 
     #[test]

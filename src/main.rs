@@ -207,6 +207,11 @@ struct IngestArgs {
     /// 5m; `once_timeout`).
     #[arg(long)]
     once_timeout: Option<String>,
+    /// Offsets deleted from the broker (retention) before they were read: `fail` stops the run
+    /// naming them; `skip` moves past them and records the range in the commit (default
+    /// `fail`; `on_data_loss`).
+    #[arg(long, value_enum)]
+    on_data_loss: Option<lakepipe::config::OnDataLoss>,
     /// Serve /metrics, /health/live and /health/ready on this address (e.g. 127.0.0.1:9464).
     #[arg(long)]
     metrics_addr: Option<std::net::SocketAddr>,
@@ -326,7 +331,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Ingest(a) => {
             let cfg = load(
                 &a.common,
-                Overrides { trigger_interval: a.trigger_interval, once_timeout: a.once_timeout, max_batch_records: a.max_batch_records, iggy: a.iggy, ..a.selection.overrides() },
+                Overrides { trigger_interval: a.trigger_interval, once_timeout: a.once_timeout, on_data_loss: a.on_data_loss, max_batch_records: a.max_batch_records, iggy: a.iggy, ..a.selection.overrides() },
             )?;
             let metrics = lakepipe::metrics::Metrics::new()?;
             if let Some(addr) = a.metrics_addr {

@@ -46,6 +46,9 @@ pub struct Metrics {
     pub deleted: IntCounterVec,
     /// Records older than the stored row, per topic.
     pub stale: IntCounterVec,
+    /// Offsets deleted from the broker before they were read, committed past with
+    /// `on_data_loss = "skip"`, per topic.
+    pub skipped_offsets: IntCounterVec,
     /// Seconds from batch close to the last commit.
     pub batch_seconds: HistogramVec,
     /// Seconds per table commit (including recomputes after conflicts).
@@ -115,6 +118,7 @@ impl Metrics {
             updated: counter(&r, "lakepipe_rows_updated_total", "Stored rows replaced by a newer record", &per_topic)?,
             deleted: counter(&r, "lakepipe_rows_deleted_total", "Stored rows deleted", &per_topic)?,
             stale: counter(&r, "lakepipe_records_stale_total", "Records older than the stored row, dropped", &per_topic)?,
+            skipped_offsets: counter(&r, "lakepipe_skipped_offsets_total", "Offsets deleted from the broker before they were read, skipped (on_data_loss = skip)", &per_topic)?,
             batch_seconds: histogram(&r, "lakepipe_batch_duration_seconds", "Time to commit a batch (all tables)", seconds.clone())?,
             commit_seconds: histogram(&r, "lakepipe_commit_duration_seconds", "Time to upsert and commit one table", seconds)?,
             batch_records: histogram(&r, "lakepipe_batch_records", "Records per batch and table", counts.clone())?,

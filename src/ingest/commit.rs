@@ -11,7 +11,8 @@ use super::partitions::PartState;
 use super::pipeline::Pipeline;
 use super::IngestError;
 use crate::config::Config;
-use crate::lake::commit::{OffsetKey, OffsetRange};
+use crate::config::OnDataLoss;
+use crate::lake::commit::{OffsetKey, OffsetRange, SkippedRange};
 use crate::lake::tables::{TableResult, TopicBatch};
 use crate::lake::LakeError;
 use crate::source::{Polled, SourceError, TopicPartition};
@@ -95,10 +96,23 @@ impl Pipeline<'_> {
                 }
             }
         }
+        // The offsets each topic's commit moves past unread (`on_data_loss = "skip"`).
+        let mut skipped: HashMap<String, Vec<SkippedRange>> = HashMap::new();
+        for ((topic, p), s) in &self.parts {
+            if s.has_progress() {
+                let all = s.skipped.iter().map(|(from, to)| SkippedRange { key: offset_key(self.cfg, topic, *p), from: *from, to: *to });
+                skipped.entry(topic.clone()).or_default().extend(all);
+            }
+        }
         let source_kind = self.source.kind();
         let batches: Vec<TopicBatch<'_>> = work
             .iter()
-            .map(|(topic, ranges)| TopicBatch { topic, records: records.get(topic).map_or(&[][..], |r| r.as_slice()), ranges })
+            .map(|(topic, ranges)| TopicBatch {
+                topic,
+                records: records.get(topic).map_or(&[][..], |r| r.as_slice()),
+                ranges,
+                skipped: skipped.get(topic).map_or(&[][..], |r| r.as_slice()),
+            })
             .collect();
         // Keep reading while the tables commit: the broker's next messages go to the stash.
         let mut read_error = None;
@@ -132,8 +146,14 @@ impl Pipeline<'_> {
                     for r in ranges {
                         if let Some(s) = self.parts.get_mut(&(name.clone(), r.key.partition)) {
                             s.start = Some(r.end);
+                            s.skipped.clear();
                         }
                         committed.push(((name.clone(), r.key.partition), r.end));
+                    }
+                    let lost: i64 = skipped.get(&name).into_iter().flatten().map(|r| r.to - r.from).sum();
+                    if lost > 0 {
+                        self.summary.skipped_offsets += lost as u64;
+                        self.metrics.skipped_offsets.with_label_values(&[name.as_str()]).inc_by(lost as u64);
                     }
                 }
                 Err(LakeError::Fenced { .. }) => fenced.push(name),
@@ -163,11 +183,12 @@ impl Pipeline<'_> {
         if !fenced.is_empty() {
             return self.refence(Some(&fenced)).await;
         }
+        self.clear_pending();
+        self.take_stash();
+        // What was read before the error is in the next batch.
         if let Some(e) = read_error {
             return Err(e.into());
         }
-        self.clear_pending();
-        self.take_stash();
         Ok(true)
     }
 
@@ -204,6 +225,24 @@ impl Pipeline<'_> {
         });
         self.take_stash();
         Ok(false)
+    }
+
+    /// Go on after `e` when it says offsets are outside the broker's log and
+    /// `on_data_loss = "skip"` moved a partition past offsets the broker deleted unread (the
+    /// error does not name the partition: every one is checked); otherwise stop on it (see
+    /// [`Pipeline::keep_reads`]).
+    pub(super) async fn survive(&mut self, e: IngestError) -> Result<(), IngestError> {
+        if self.cfg.on_data_loss == OnDataLoss::Skip && matches!(e, IngestError::Source(SourceError::OutOfRange { .. })) {
+            // The error can come with the poll that brought an assignment: adopt it first.
+            self.sync_assignment().await?;
+            let tps: Vec<TopicPartition> = self.parts.keys().cloned().collect();
+            match self.skip_lost(&tps) {
+                Ok(0) => {}
+                Ok(_) => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(self.keep_reads(e).await)
     }
 
     /// Stop on `e`; when it says offsets are outside the broker's log, commit what was read

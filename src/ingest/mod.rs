@@ -108,6 +108,9 @@ pub struct IngestSummary {
     pub batches: u64,
     /// Commits that had to be recomputed after a conflict.
     pub conflicts: u64,
+    /// Offsets deleted from the broker before they were read, committed past with
+    /// `on_data_loss = "skip"` (each range is in its commit's metadata).
+    pub skipped_offsets: u64,
 }
 
 impl IngestSummary {

@@ -8,6 +8,7 @@ use tokio::time::Instant;
 
 use super::pipeline::Pipeline;
 use super::IngestError;
+use crate::config::OnDataLoss;
 use crate::source::{SourceError, TopicPartition};
 
 /// A partition's log start and end from a ListOffsets answer and the last fetch response:
@@ -58,6 +59,9 @@ pub(super) struct PartState {
     /// The first message taken after the last seek came after a gap that was accepted (see
     /// [`Pipeline::take`]): the batch does not run on from the lake's offset.
     pub(super) gap_taken: bool,
+    /// Offsets `[from, to)` deleted from the broker before they were read, moved past with
+    /// `on_data_loss = "skip"`: the next commit records them.
+    pub(super) skipped: Vec<(i64, i64)>,
 }
 
 impl PartState {
@@ -122,14 +126,49 @@ impl PartState {
         false
     }
 
+    /// The offsets `[from, to)` the broker deleted before this run read them: from where
+    /// reading stands to `log_start`. Rows read into the open batch are not lost (they are
+    /// committed before the run stops on a gap, or with the skip); after a gap that was
+    /// accepted, the batch does not cover the offsets below it, and they count from the
+    /// stored offset (or the end of a range already skipped).
+    pub(super) fn lost(&self, log_start: Option<i64>) -> Option<(i64, i64)> {
+        let stored = self.start?;
+        let floor = self.skipped.last().map_or(stored, |(_, to)| stored.max(*to));
+        let read_to = if self.gap_taken { floor } else { self.next.map_or(floor, |n| n.max(floor)) };
+        log_start.filter(|lo| read_to < *lo).map(|lo| (read_to, lo))
+    }
+
+    /// `on_data_loss = "skip"`: move past `[from, to)`, which the broker deleted before it was
+    /// read; the batch's commit records the range. Returns whether the consumer must be sought
+    /// to `to` (reading stands below it).
+    #[must_use]
+    pub(super) fn skip_lost(&mut self, from: i64, to: i64) -> bool {
+        self.skipped.push((from, to));
+        self.out_of_log_since = None;
+        // `--once`: the log reaches at least its start.
+        self.stop = self.stop.map(|stop| stop.max(to));
+        if self.next.is_some_and(|n| n >= to) {
+            return false;
+        }
+        self.next = Some(to);
+        // A fresh read from `to`: its first message is checked as after any seek.
+        self.delivered = false;
+        self.gap_checked = false;
+        self.gap_taken = false;
+        self.rewind_pending = false;
+        self.rewind_to = None;
+        self.step_back = 0;
+        self.rewound = false;
+        self.got_message = false;
+        self.since = Some(Instant::now());
+        true
+    }
+
     /// The stored offset no longer fits the broker's log (`log_start`..=`end`): a message to
     /// stop on, naming both offsets.
     pub(super) fn out_of_log(&self, tp: &TopicPartition, log_start: Option<i64>, end: Option<i64>) -> Option<String> {
         let stored = self.start?;
-        // Rows read into the open batch are not lost: they are committed before the run stops
-        // on a gap. What counts is where reading stands.
-        let read_to = if self.gap_taken { stored } else { self.next.map_or(stored, |n| n.max(stored)) };
-        if let Some(lo) = log_start.filter(|lo| read_to < *lo) {
+        if let Some((read_to, lo)) = self.lost(log_start) {
             return Some(format!(
                 "{}/{}: the lake's offset {stored} (read to {read_to}) is below the log start {lo}: offsets {read_to}..{lo} were deleted (retention, DeleteRecords) before they were ingested",
                 tp.0, tp.1
@@ -205,6 +244,9 @@ impl Pipeline<'_> {
         if confirm.is_empty() {
             return Ok(());
         }
+        if self.cfg.on_data_loss == OnDataLoss::Skip {
+            self.skip_lost(&confirm)?;
+        }
         let bad = self.explain_out_of_range(&confirm);
         if bad.is_empty() {
             for tp in &confirm {
@@ -219,6 +261,30 @@ impl Pipeline<'_> {
             return Ok(());
         }
         Err(IngestError::Source(SourceError::OutOfRange { brokers: self.source.describe(), reason: bad.join("; ") }))
+    }
+
+    /// `on_data_loss = "skip"`: move each of `tps` whose unread offsets the broker deleted (by a
+    /// fresh listing) past them, and seek it there. Returns how many moved.
+    pub(super) fn skip_lost(&mut self, tps: &[TopicPartition]) -> Result<usize, IngestError> {
+        let listed = self.source.listed_watermarks(tps, self.cfg.connect());
+        let mut seeks = Vec::new();
+        let mut moved = 0;
+        for tp in tps {
+            // Without a fresh listing there is no verdict.
+            let Some(listed) = listed.get(tp).copied() else { continue };
+            let (log_start, _) = log_bounds(Some(listed), self.source.cached_watermarks(&tp.0, tp.1));
+            let Some(s) = self.parts.get_mut(tp) else { continue };
+            let Some((from, to)) = s.lost(log_start) else { continue };
+            tracing::warn!(topic = %tp.0, partition = tp.1, from, to, "offsets were deleted from the broker before they were read (retention, DeleteRecords); skipping them (on_data_loss = skip): the next commit records the range");
+            if s.skip_lost(from, to) {
+                seeks.push((tp.clone(), Some(to)));
+            }
+            moved += 1;
+        }
+        if !seeks.is_empty() {
+            self.source.seek(&seeks)?;
+        }
+        Ok(moved)
     }
 
     /// Move each partition past offsets the consumer skipped without handing over a message

@@ -141,7 +141,10 @@ impl<'c> Pipeline<'c> {
                     }
                     r = self.source.next(wait, self.cfg.max_batch_records - self.pending_records) => match r {
                         Ok(polled) => polled,
-                        Err(e) => return Err(self.keep_reads(e.into()).await),
+                        Err(e) => {
+                            self.survive(e.into()).await?;
+                            Polled::Nothing
+                        }
                     },
                 }
             };
@@ -175,7 +178,10 @@ impl<'c> Pipeline<'c> {
                 self.opened = Instant::now();
             }
             if progress && (self.is_full() || self.opened.elapsed() >= trigger) {
-                self.flush_with_retry().await?;
+                // A read during the commit can meet offsets the broker deleted.
+                if let Err(e) = self.flush_with_retry().await {
+                    self.survive(e).await?;
+                }
             }
             if self.opts.once && self.once_step(&mut watch).await? == OnceStep::Done {
                 break;

@@ -439,3 +439,54 @@ async fn once_ends_when_its_end_comes_from_an_old_report() {
     r.expect("--once never ended").expect("--once");
     assert_exact(&broker, &tables);
 }
+
+/// `on_data_loss = "skip"`: offsets the broker deleted before they were read (the stored
+/// offset below the log start) are moved past: the run ends at the log end, the commit
+/// records the range, and the rows after it are all there. The default stops, naming them.
+#[tokio::test(start_paused = true)]
+async fn once_skips_offsets_deleted_before_they_were_read_only_when_told_to() {
+    let (broker, member, tables) = one_partition(100);
+    tables.0.lock().unwrap().commit_as_other(&tp(0), rows_of(&broker, &tp(0), 0..20), 20);
+    broker.expire(&tp(0), 60);
+    // Assigned after the expiry, at the lake's offset (as the Kafka source's rebalance does).
+    member.assign(&[tp(0)]);
+    match run_once(&config(1_000), &member, &tables).await {
+        Err(IngestError::Source(crate::source::SourceError::OutOfRange { reason, .. })) => {
+            assert!(reason.contains("user_events/0") && reason.contains("offsets 20..60 were deleted"), "{reason}")
+        }
+        other => panic!("the default must stop on the loss: {other:?}"),
+    }
+    assert_eq!(tables.0.lock().unwrap().offsets.get(&tp(0)), Some(&20), "nothing committed past the loss");
+    let cfg = Config { on_data_loss: crate::config::OnDataLoss::Skip, ..config(1_000) };
+    let summary = run_once(&cfg, &member, &tables).await.expect("--once with skip");
+    assert_eq!(summary.skipped_offsets, 40);
+    let store = tables.0.lock().unwrap();
+    assert_eq!(store.skipped, vec![(tp(0), 20, 60)], "the commit records the range");
+    assert_eq!(store.offsets.get(&tp(0)), Some(&100));
+    let offsets: Vec<i64> = store.rows[TOPIC].iter().map(|r| r.offset).collect();
+    assert_eq!(offsets, (0..20).chain(60..100).collect::<Vec<_>>(), "each row after the range, once");
+}
+
+/// Hole 3 under `on_data_loss = "skip"`: retention moves the log start past the rows held in
+/// the open batch; they are kept, the deleted range after them is skipped and recorded, and
+/// the run goes on with the rest of the log.
+#[tokio::test(start_paused = true)]
+async fn a_retention_gap_while_reading_is_skipped_and_recorded_and_the_run_goes_on() {
+    let (broker, member, tables) = one_partition(100);
+    let cfg = Config { trigger_interval: "10s".into(), on_data_loss: crate::config::OnDataLoss::Skip, ..config(1_000) };
+    let retention = async {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        broker.produce(&tp(0), (100..200).map(|i| valid(&format!("k{i}"))));
+        broker.expire(&tp(0), 150);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        broker.produce(&tp(0), (200..230).map(|i| valid(&format!("k{i}"))));
+    };
+    let mut pipe = pipeline(&cfg, false, &member, &tables);
+    let (r, ()) = tokio::join!(tokio::time::timeout(Duration::from_secs(60), pipe.run()), retention);
+    assert!(r.is_err(), "a continuous run goes on: {r:?}");
+    let store = tables.0.lock().unwrap();
+    assert_eq!(store.skipped, vec![(tp(0), 100, 150)]);
+    assert_eq!(store.offsets.get(&tp(0)), Some(&230));
+    let offsets: Vec<i64> = store.rows[TOPIC].iter().map(|r| r.offset).collect();
+    assert_eq!(offsets, (0..100).chain(150..230).collect::<Vec<_>>());
+}

@@ -61,6 +61,40 @@ pub struct OffsetRange {
     pub end: i64,
 }
 
+/// Offsets `[from, to)` of a partition that the broker deleted (retention, DeleteRecords)
+/// before they were read, and that a commit moves past under `on_data_loss = "skip"`. The
+/// commit records them in its `lakepipe` metadata (key `skipped`), where `history()` and
+/// `audit` find them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SkippedRange {
+    /// Which partition.
+    pub key: OffsetKey,
+    /// The first offset lost.
+    pub from: i64,
+    /// The log start the broker reported: the first offset not lost.
+    pub to: i64,
+}
+
+impl SkippedRange {
+    /// The range as a commit records it.
+    pub fn to_json(&self) -> serde_json::Value {
+        let k = &self.key;
+        serde_json::json!({"topic": k.topic, "partition": k.partition, "source": k.source, "group": k.group, "from": self.from, "to": self.to})
+    }
+
+    /// The ranges a commit's `lakepipe` metadata records (none for other commits).
+    pub fn from_metadata(lakepipe: &serde_json::Value) -> Vec<SkippedRange> {
+        let Some(all) = lakepipe.get("skipped").and_then(|s| s.as_array()) else { return Vec::new() };
+        all.iter()
+            .filter_map(|v| {
+                let text = |f: &str| v.get(f).and_then(|x| x.as_str()).map(str::to_string);
+                let key = OffsetKey { source: text("source")?, group: text("group")?, topic: text("topic")?, partition: i32::try_from(v.get("partition")?.as_i64()?).ok()? };
+                Some(SkippedRange { key, from: v.get("from")?.as_i64()?, to: v.get("to")?.as_i64()? })
+            })
+            .collect()
+    }
+}
+
 /// Check that the table still holds each range's start offset.
 pub async fn fence(table: &DeltaTable, name: &str, ranges: &[OffsetRange]) -> Result<(), LakeError> {
     // Each lookup replays the log's `txn` actions on a blocking thread: look them up together.
@@ -164,6 +198,15 @@ mod tests {
         .collect();
         assert_eq!(ids.len(), 5);
         assert_eq!(app_id("kafka", "lakepipe", "transactions", 3), "lakepipe:kafka:lakepipe:transactions:3");
+    }
+
+    #[test]
+    fn skipped_ranges_round_trip_through_commit_metadata() {
+        let key = OffsetKey { source: "kafka".into(), group: "g".into(), topic: "t".into(), partition: 2 };
+        let r = SkippedRange { key, from: 40, to: 60 };
+        let meta = serde_json::json!({"inserted": 1, "skipped": [r.to_json()]});
+        assert_eq!(SkippedRange::from_metadata(&meta), vec![r]);
+        assert!(SkippedRange::from_metadata(&serde_json::json!({"inserted": 1})).is_empty());
     }
 
     #[test]

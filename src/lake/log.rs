@@ -1,10 +1,12 @@
-//! The Delta log, read directly: one commit's actions, for `history` and `changes`.
+//! The Delta log, read directly: one commit's actions, for `history` and `changes`, and the
+//! ranges commits skipped, for `audit`.
 
 use std::collections::HashMap;
 
 use deltalake::{DeltaTable, Path};
 use object_store::ObjectStoreExt;
 
+use super::commit::SkippedRange;
 use super::LakeError;
 
 /// An `add` or `remove` action.
@@ -91,4 +93,21 @@ pub async fn read_commit(table: &DeltaTable, name: &str, version: u64) -> Result
         c.timestamp_ms = modified;
     }
     Ok(Some(c))
+}
+
+/// Every range a commit still in the log recorded as skipped (`on_data_loss = "skip"`), with
+/// the version that committed past it, oldest first. Reads each commit once, 16 at a time;
+/// commits whose log entry was cleaned up are no longer known.
+pub async fn skipped_ranges(table: &DeltaTable, name: &str) -> Result<Vec<(u64, SkippedRange)>, LakeError> {
+    use futures::{StreamExt, TryStreamExt};
+    let latest = table.version().unwrap_or(0);
+    let commits: Vec<Option<Commit>> = futures::stream::iter(0..=latest).map(|v| read_commit(table, name, v)).buffered(16).try_collect().await?;
+    Ok(commits
+        .into_iter()
+        .flatten()
+        .flat_map(|c| {
+            let ranges = c.lakepipe.as_ref().map(SkippedRange::from_metadata).unwrap_or_default();
+            ranges.into_iter().map(move |r| (c.version, r))
+        })
+        .collect())
 }

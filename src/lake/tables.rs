@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use futures::future::BoxFuture;
 
-use super::commit::{stored_offset, OffsetKey, OffsetRange};
+use super::commit::{stored_offset, OffsetKey, OffsetRange, SkippedRange};
 use super::dead_letters::{DeadLetter, DeadLetterTable, TABLE as DEAD_LETTERS};
 use super::upsert::{TopicTable, UpsertOutcome};
 use super::{Lake, LakeError};
@@ -26,6 +26,9 @@ pub struct TopicBatch<'a> {
     pub records: &'a [Record],
     /// Each partition's range: the stored offset the commit expects, and its new end.
     pub ranges: &'a [OffsetRange],
+    /// Offsets within `ranges` deleted from the broker before they were read
+    /// (`on_data_loss = "skip"`), recorded in the commit.
+    pub skipped: &'a [SkippedRange],
 }
 
 /// How one topic's commit ended.
@@ -147,6 +150,6 @@ impl Tables for DeltaTables {
 async fn upsert_one<'a>(table: &'a mut TopicTable, batch: TopicBatch<'a>, source_kind: &'static str) -> TableResult {
     let prov = Provenance::now(source_kind, batch.topic);
     let t0 = Instant::now();
-    let result = table.upsert(batch.records, batch.ranges, &prov).await;
+    let result = table.upsert_skipping(batch.records, batch.ranges, batch.skipped, &prov).await;
     TableResult { topic: batch.topic.to_string(), result, seconds: t0.elapsed().as_secs_f64() }
 }

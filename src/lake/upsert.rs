@@ -26,7 +26,7 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 use parquet::schema::types::ColumnPath;
 
-use super::commit::{commit_advancing, fence, stored_offset, txn_actions, OffsetKey, OffsetRange};
+use super::commit::{commit_advancing, fence, stored_offset, txn_actions, OffsetKey, OffsetRange, SkippedRange};
 use super::index::{i64_values, read_file, KeyIndex, KeyOrder, RowKeys, SortedKeys};
 use super::{Lake, LakeError};
 use crate::batch::{arrow_schema, group_by_key, resolve, to_record_batch, Provenance, Resolution};
@@ -135,13 +135,19 @@ impl TopicTable {
 
     /// Upsert `records` (in stream order) and move `ranges` to their end offsets, atomically.
     pub async fn upsert(&mut self, records: &[Record], ranges: &[OffsetRange], prov: &Provenance<'_>) -> Result<UpsertOutcome, LakeError> {
+        self.upsert_skipping(records, ranges, &[], prov).await
+    }
+
+    /// [`TopicTable::upsert`], recording in the commit the offsets within `ranges` that were
+    /// deleted from the broker before they were read (see [`SkippedRange`]).
+    pub async fn upsert_skipping(&mut self, records: &[Record], ranges: &[OffsetRange], skipped: &[SkippedRange], prov: &Provenance<'_>) -> Result<UpsertOutcome, LakeError> {
         if records.is_empty() && ranges.is_empty() {
             return Ok(UpsertOutcome::default());
         }
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match self.try_upsert(records, ranges, prov).await {
+            match self.try_upsert(records, ranges, skipped, prov).await {
                 Ok(mut out) => {
                     out.attempts = attempt;
                     return Ok(out);
@@ -156,7 +162,7 @@ impl TopicTable {
         }
     }
 
-    async fn try_upsert(&mut self, records: &[Record], ranges: &[OffsetRange], prov: &Provenance<'_>) -> Result<UpsertOutcome, LakeError> {
+    async fn try_upsert(&mut self, records: &[Record], ranges: &[OffsetRange], skipped: &[SkippedRange], prov: &Provenance<'_>) -> Result<UpsertOutcome, LakeError> {
         let name = self.name.clone();
         self.refresh().await?;
         self.fence(ranges).await?;
@@ -283,13 +289,14 @@ impl TopicTable {
         let mut actions = removes;
         actions.extend(adds.iter().cloned().map(Action::Add));
         actions.extend(txn_actions(ranges));
-        let metadata = HashMap::from([(
-            "lakepipe".to_string(),
-            serde_json::json!({
-                "inserted": out.inserted, "updated": out.updated, "deleted": out.deleted, "stale": out.stale,
-                "offsets": ranges.iter().map(|r| serde_json::json!({"topic": r.key.topic, "partition": r.key.partition, "source": r.key.source, "group": r.key.group, "start": r.start, "end": r.end})).collect::<Vec<_>>(),
-            }),
-        )]);
+        let mut lakepipe = serde_json::json!({
+            "inserted": out.inserted, "updated": out.updated, "deleted": out.deleted, "stale": out.stale,
+            "offsets": ranges.iter().map(|r| serde_json::json!({"topic": r.key.topic, "partition": r.key.partition, "source": r.key.source, "group": r.key.group, "start": r.start, "end": r.end})).collect::<Vec<_>>(),
+        });
+        if !skipped.is_empty() {
+            lakepipe["skipped"] = skipped.iter().map(SkippedRange::to_json).collect();
+        }
+        let metadata = HashMap::from([("lakepipe".to_string(), lakepipe)]);
         match commit_advancing(&mut self.table, &name, actions, operation, metadata).await {
             Ok(version) => {
                 out.version = Some(version);

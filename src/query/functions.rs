@@ -16,6 +16,7 @@ use deltalake::datafusion::logical_expr::Expr;
 use deltalake::DeltaTable;
 use object_store::ObjectStoreExt;
 
+use crate::lake::commit::SkippedRange;
 use crate::lake::index::{read_file, row_keys};
 use crate::lake::log::{read_commit, Commit};
 use crate::lake::upsert::{conform, file_day};
@@ -134,6 +135,8 @@ pub fn history_schema() -> SchemaRef {
         Field::new("files_added", DataType::Int64, false),
         Field::new("files_removed", DataType::Int64, false),
         Field::new("offsets", DataType::Utf8, true),
+        // Offsets the commit moved past unread, deleted from the broker (`on_data_loss = "skip"`).
+        Field::new("skipped", DataType::Utf8, true),
     ]))
 }
 
@@ -148,6 +151,13 @@ pub async fn history(lake: &Lake, name: &str) -> Result<RecordBatch, LakeError> 
         }
     }
     history_batch(&commits).map_err(|e| LakeError::data(name, e))
+}
+
+/// A commit's skipped ranges as a JSON array of `{topic, partition, source, group, from, to}`
+/// (`None` when it skipped nothing).
+fn skipped(c: &Commit) -> Option<String> {
+    let ranges = SkippedRange::from_metadata(c.lakepipe.as_ref()?);
+    (!ranges.is_empty()).then(|| serde_json::Value::Array(ranges.iter().map(SkippedRange::to_json).collect()).to_string())
 }
 
 fn history_batch(commits: &[Commit]) -> Result<RecordBatch, arrow::error::ArrowError> {
@@ -165,6 +175,7 @@ fn history_batch(commits: &[Commit]) -> Result<RecordBatch, arrow::error::ArrowE
         Arc::new(Int64Array::from_iter_values(commits.iter().map(|c| c.adds.len() as i64))),
         Arc::new(Int64Array::from_iter_values(commits.iter().map(|c| c.removes.len() as i64))),
         Arc::new(StringArray::from(commits.iter().map(offsets).collect::<Vec<_>>())),
+        Arc::new(StringArray::from(commits.iter().map(skipped).collect::<Vec<_>>())),
     ];
     RecordBatch::try_new(history_schema(), cols)
 }
@@ -355,15 +366,21 @@ mod tests {
         rows.iter().map(|r| (r[a].as_str().unwrap_or_default().to_string(), r[b].to_string().trim_matches('"').to_string())).collect()
     }
 
-    /// Ground truth across versions: inserts, an update, a delete, an untouched row copied into a
-    /// rewritten file (not a change), and a partition move.
-    #[tokio::test(flavor = "multi_thread")]
-    async fn as_of_history_and_changes_are_exact() {
+    /// A `transactions` table in a new lake (kept while the directory lives), and its decoder.
+    async fn transactions_table() -> (tempfile::TempDir, Lake, Decoder, TopicTable) {
         let dir = tempfile::tempdir().unwrap();
         let lake = Lake::parse(dir.path().to_str().unwrap()).unwrap();
         let spec = crate::spec::builtin_specs()["transactions"].clone();
         let d = Decoder::new(spec.clone(), 1 << 20).unwrap();
-        let mut t = TopicTable::open(&lake, spec).await.unwrap();
+        let t = TopicTable::open(&lake, spec).await.unwrap();
+        (dir, lake, d, t)
+    }
+
+    /// Ground truth across versions: inserts, an update, a delete, an untouched row copied into a
+    /// rewritten file (not a change), and a partition move.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn as_of_history_and_changes_are_exact() {
+        let (_dir, lake, d, mut t) = transactions_table().await;
         let prov = Provenance::now("kafka", "transactions");
         let range = |s: Option<i64>, e| vec![OffsetRange { key: OffsetKey { source: "kafka".into(), group: "g".into(), topic: "transactions".into(), partition: 0 }, start: s, end: e }];
         // v1
@@ -411,6 +428,27 @@ mod tests {
         // Errors are clear.
         let err = crate::query::run(&lake, "SELECT * FROM as_of('nope', 1)").await.unwrap_err().to_string();
         assert!(err.contains("no table `nope`"), "{err}");
+    }
+
+    /// A commit that moved past offsets deleted from the broker (`on_data_loss = "skip"`)
+    /// names them in `history()`; other commits show none.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn history_names_the_offsets_a_commit_skipped() {
+        let (_dir, lake, d, mut t) = transactions_table().await;
+        let prov = Provenance::now("kafka", "transactions");
+        let key = OffsetKey { source: "kafka".into(), group: "g".into(), topic: "transactions".into(), partition: 3 };
+        let range = |s: Option<i64>, e| vec![OffsetRange { key: key.clone(), start: s, end: e }];
+        t.upsert(&[rec(&d, "k1", DAY, "pending", false, 0)], &range(None, 20), &prov).await.unwrap();
+        let skipped = [SkippedRange { key: key.clone(), from: 20, to: 60 }];
+        t.upsert_skipping(&[rec(&d, "k2", DAY, "pending", false, 60)], &range(Some(20), 61), &skipped, &prov).await.unwrap();
+        let h = rows(&lake, "SELECT version, skipped FROM history('transactions') ORDER BY version").await;
+        assert_eq!(h.len(), 3);
+        assert!(h[1]["skipped"].is_null(), "{}", h[1]);
+        let got: Value = serde_json::from_str(h[2]["skipped"].as_str().unwrap()).unwrap();
+        assert_eq!(got, json!([{"topic": "transactions", "partition": 3, "source": "kafka", "group": "g", "from": 20, "to": 60}]));
+        let table = lake.open("transactions").await.unwrap().unwrap();
+        let all = crate::lake::log::skipped_ranges(&table, "transactions").await.unwrap();
+        assert_eq!(all, vec![(2, skipped[0].clone())]);
     }
 }
 

@@ -183,6 +183,57 @@ async fn audit_passes_then_finds_each_kind_of_damage() {
     assert!(kinds(&report).contains("bad_message_without_dead_letter"), "{report:#}");
 }
 
+/// A range the ingest skipped with `on_data_loss = "skip"` (the broker had deleted it) is
+/// named by `history()` on both engines, by Python `deltalake` in the commit's own metadata,
+/// and by the audit, which owes no row for it and still finds the lake exact. tansu 0.6 deletes
+/// nothing (no retention, no DeleteRecords), so the skip is committed here as the ingest
+/// commits it; the ingest's side is tested on the fakes (`src/ingest/tests.rs`).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_skipped_range_is_named_by_history_and_the_audit() {
+    let fx = Fixture::new(LakeKind::Local, "transactions", 1, "").await;
+    let msgs = |r: std::ops::Range<i64>| r.map(|i| txn(&format!("k{i}"), 1_750_000_000_000 + i, "pending")).collect::<Vec<_>>();
+    produce_to_partition(&fx.topic, 0, &msgs(0..40)).await;
+    fx.ingest_once();
+    produce_to_partition(&fx.topic, 0, &msgs(40..60)).await;
+    // The commit the ingest makes when offsets 40..60 were deleted before it read them.
+    let lake = Lake::parse(&fx.lake).unwrap();
+    let cfg = lakepipe::config::Config::load(Some(fx.config.as_path()), Vec::new(), &Default::default()).unwrap();
+    let mut table = lakepipe::lake::upsert::TopicTable::open(&lake, cfg.all_specs().unwrap()[&fx.topic].clone()).await.unwrap();
+    let key = lakepipe::lake::commit::OffsetKey { source: "kafka".into(), group: fx.group.clone(), topic: fx.topic.clone(), partition: 0 };
+    let range = lakepipe::lake::commit::OffsetRange { key: key.clone(), start: Some(40), end: 60 };
+    let skipped = lakepipe::lake::commit::SkippedRange { key, from: 40, to: 60 };
+    let prov = lakepipe::enrich::Provenance::now("kafka", &fx.topic);
+    let out = table.upsert_skipping(&[], &[range], &[skipped], &prov).await.unwrap();
+    let version = out.version.unwrap();
+    produce_to_partition(&fx.topic, 0, &msgs(60..70)).await;
+    fx.ingest_once();
+
+    let rows = fx.sql(&format!("SELECT count(*) AS n, min(_offset) AS lo, max(_offset) AS hi FROM {} WHERE _offset >= 40", fx.topic));
+    assert_eq!((rows[0]["n"].as_i64(), rows[0]["lo"].as_i64(), rows[0]["hi"].as_i64()), (Some(10), Some(60), Some(69)));
+    let h = fx.sql(&format!("SELECT version, skipped FROM history('{}') WHERE skipped IS NOT NULL", fx.topic));
+    assert_eq!(h.len(), 1, "{h:?}");
+    assert_eq!(h[0]["version"].as_u64(), Some(version));
+    let named: Value = serde_json::from_str(h[0]["skipped"].as_str().unwrap()).unwrap();
+    assert_eq!((named[0]["partition"].as_i64(), named[0]["from"].as_i64(), named[0]["to"].as_i64()), (Some(0), Some(40), Some(60)));
+
+    // A reader we did not write finds the range in the commit's metadata.
+    let code = "import sys, json\nfrom deltalake import DeltaTable\nfor c in DeltaTable(sys.argv[1]).history():\n    s = (c.get('lakepipe') or {}).get('skipped')\n    if s: print(json.dumps([c['version'], s]))";
+    let out = Command::new(crate::harness::python()).args(["-c", code, &fx.table_uri(&fx.topic)]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let seen: Vec<Value> = String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!((seen[0][0].as_u64(), seen[0][1][0]["from"].as_i64(), seen[0][1][0]["to"].as_i64()), (Some(version), Some(40), Some(60)));
+
+    // The audit owes nothing for the range, and names it.
+    let (ok, report) = audit(&fx);
+    assert!(ok, "the lake is exact apart from the range skipped on purpose: {report:#}");
+    let p = &report["topics"][0]["partitions"][0];
+    assert_eq!(p["skipped"], serde_json::json!([{"from": 40, "to": 60, "version": version}]), "{report:#}");
+    let text = fx.cmd("audit").args(["--topics", &fx.topic, "--group", &fx.group]).output().unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains(&format!("DATA LOSS (on_data_loss = skip) in {}/0: offsets 40..60 (20 offsets)", fx.topic)), "{text}");
+}
+
 fn file_count(fx: &Fixture) -> usize {
     let code = "import sys\nfrom deltalake import DeltaTable\nprint(len(DeltaTable(sys.argv[1]).file_uris()), flush=True)\nimport os\nos._exit(0)";
     let out = Command::new(crate::harness::python()).args(["-c", code, &fx.table_uri(&fx.topic)]).output().unwrap();

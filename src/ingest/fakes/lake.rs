@@ -56,6 +56,9 @@ pub(in crate::ingest) struct Store {
     pub(in crate::ingest) commits: u64,
     /// Commits refused by the fence.
     pub(in crate::ingest) fenced: u64,
+    /// The ranges the topic tables' commits recorded as deleted unread
+    /// (`on_data_loss = "skip"`): partition, from, to.
+    pub(in crate::ingest) skipped: Vec<(TopicPartition, i64, i64)>,
 }
 
 impl Store {
@@ -226,6 +229,8 @@ impl Tables for FakeTables {
                                 });
                                 s.rows.entry(b.topic.to_string()).or_default().extend(rows);
                                 Store::advance(&mut s.offsets, b.ranges);
+                                let skipped = b.skipped.iter().map(|r| ((r.key.topic.clone(), r.key.partition), r.from, r.to));
+                                s.skipped.extend(skipped);
                                 s.commits += 1;
                                 if lost {
                                     Err(lost_reply(b.topic))
