@@ -7,6 +7,7 @@ use tokio::time::Instant;
 
 use super::pipeline::Pipeline;
 use super::IngestError;
+use crate::config::OnDataLoss;
 use crate::decode::pool::Chunk;
 use crate::lake::dead_letters::DeadLetter;
 use crate::source::RawMessage;
@@ -65,8 +66,8 @@ impl Pipeline<'_> {
         let once = self.opts.once;
         let Some(tp) = &self.last_tp else { return false };
         let Some(state) = self.parts.get_mut(tp) else { return false };
-        if state.rewind_pending {
-            return false; // read again from the log start
+        if state.rewind_pending || state.lost_unread.is_some() {
+            return false; // read again from below a gap; or the run stops on deleted offsets
         }
         // The first message after a seek must be the one the seek asked for. tansu 0.6 answers a
         // fetch that starts inside a record batch with the next batch, which skipped the rest
@@ -91,7 +92,18 @@ impl Pipeline<'_> {
         if state.position().is_some_and(|n| offset < n) {
             return false; // already committed or already in this batch
         }
-        if first && state.position().is_some_and(|n| offset > n) {
+        if let Some(sought) = state.position().filter(|n| first && offset > *n) {
+            // A gap that starts below the log start began with offsets retention deleted
+            // before they were read: the rest of the gap (markers, compaction) is normal.
+            let log_start = super::partitions::log_bounds(state.listed, self.source.cached_watermarks(&tp.0, tp.1)).0;
+            if let Some(lo) = log_start.filter(|lo| *lo > sought) {
+                if self.cfg.on_data_loss == OnDataLoss::Fail {
+                    state.lost_unread = Some((sought, lo));
+                    return false;
+                }
+                tracing::warn!(topic = %tp.0, partition = tp.1, from = sought, to = lo, "offsets were deleted from the broker before they were read (retention, DeleteRecords); skipping them (on_data_loss = skip): the next commit records the range");
+                state.skipped.push((sought, lo));
+            }
             state.gap_taken = true;
         }
         // `--once` owes the data up to the end it fixed at the start, and no more: what a

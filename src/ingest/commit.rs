@@ -233,8 +233,12 @@ impl Pipeline<'_> {
     /// [`Pipeline::keep_reads`]).
     pub(super) async fn survive(&mut self, e: IngestError) -> Result<(), IngestError> {
         if self.cfg.on_data_loss == OnDataLoss::Skip && matches!(e, IngestError::Source(SourceError::OutOfRange { .. })) {
-            // The error can come with the poll that brought an assignment: adopt it first.
-            self.sync_assignment().await?;
+            // The error can come with the poll that brought an assignment: then it may be
+            // about a partition no longer held, and every partition held was sought to the
+            // lake's offset again, where a real loss shows again.
+            if self.sync_assignment().await? {
+                return Ok(());
+            }
             let tps: Vec<TopicPartition> = self.parts.keys().cloned().collect();
             match self.skip_lost(&tps) {
                 Ok(0) => {}

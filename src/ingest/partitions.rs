@@ -62,6 +62,9 @@ pub(super) struct PartState {
     /// Offsets `[from, to)` deleted from the broker before they were read, moved past with
     /// `on_data_loss = "skip"`: the next commit records them.
     pub(super) skipped: Vec<(i64, i64)>,
+    /// A gap after a seek began with offsets `[from, to)` that the broker deleted before they
+    /// were read (`on_data_loss = "fail"`): nothing more is taken, and the run stops on it.
+    pub(super) lost_unread: Option<(i64, i64)>,
 }
 
 impl PartState {
@@ -169,10 +172,7 @@ impl PartState {
     pub(super) fn out_of_log(&self, tp: &TopicPartition, log_start: Option<i64>, end: Option<i64>) -> Option<String> {
         let stored = self.start?;
         if let Some((read_to, lo)) = self.lost(log_start) {
-            return Some(format!(
-                "{}/{}: the lake's offset {stored} (read to {read_to}) is below the log start {lo}: offsets {read_to}..{lo} were deleted (retention, DeleteRecords) before they were ingested",
-                tp.0, tp.1
-            ));
+            return Some(deleted_unread(tp, stored, read_to, lo));
         }
         if let Some(end) = end.filter(|end| stored > *end) {
             return Some(format!(
@@ -182,6 +182,14 @@ impl PartState {
         }
         None
     }
+}
+
+/// The message that names offsets `read_to..lo` of `tp` as deleted before they were read.
+pub(super) fn deleted_unread(tp: &TopicPartition, stored: i64, read_to: i64, lo: i64) -> String {
+    format!(
+        "{}/{}: the lake's offset {stored} (read to {read_to}) is below the log start {lo}: offsets {read_to}..{lo} were deleted (retention, DeleteRecords) before they were ingested",
+        tp.0, tp.1
+    )
 }
 
 /// How far below the offset sought the first re-read after a gap starts (see

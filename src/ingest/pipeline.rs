@@ -106,6 +106,7 @@ impl<'c> Pipeline<'c> {
                 if named.is_empty() {
                     named = self.refused_step_backs();
                 }
+                named.retain(|n| !reason.contains(n.as_str()));
                 let reason = if named.is_empty() { reason } else { format!("{reason}: {}", named.join("; ")) };
                 Err(IngestError::Source(SourceError::OutOfRange { brokers, reason }))
             }
@@ -120,6 +121,7 @@ impl<'c> Pipeline<'c> {
         loop {
             // Messages taken from the stash of the last commit may have found a gap.
             self.apply_rewinds()?;
+            self.stop_on_deleted().await?;
             let mut wait = trigger.saturating_sub(self.opened.elapsed()).max(Duration::from_millis(10));
             if self.opts.once {
                 wait = wait.min(Duration::from_millis(200));
@@ -161,6 +163,7 @@ impl<'c> Pipeline<'c> {
                     self.take(r);
                 }
                 self.apply_rewinds()?;
+                self.stop_on_deleted().await?;
             }
             if last_stall_check.elapsed() >= Duration::from_millis(500) {
                 last_stall_check = Instant::now();

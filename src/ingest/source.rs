@@ -3,9 +3,10 @@
 
 use tokio::time::Instant;
 
-use super::partitions::STALL_AFTER;
+use super::partitions::{deleted_unread, STALL_AFTER};
 use super::pipeline::Pipeline;
 use super::IngestError;
+use crate::source::SourceError;
 
 impl Pipeline<'_> {
     /// Seek the partitions whose first message after a seek came after a gap (see
@@ -47,6 +48,25 @@ impl Pipeline<'_> {
             .collect();
         out.sort();
         out
+    }
+
+    /// `on_data_loss = "fail"`: stop on the partitions whose first message after a seek came
+    /// after offsets the broker had deleted unread (see [`Pipeline::take`]), committing what
+    /// was read before them first.
+    pub(super) async fn stop_on_deleted(&mut self) -> Result<(), IngestError> {
+        if self.parts.values().all(|s| s.lost_unread.is_none()) {
+            return Ok(());
+        }
+        if let Err(e) = self.flush_with_retry().await {
+            tracing::warn!(error = %e, "could not commit what was read before stopping");
+        }
+        let mut named: Vec<String> = self
+            .parts
+            .iter()
+            .filter_map(|(tp, s)| s.lost_unread.map(|(from, to)| deleted_unread(tp, s.start.unwrap_or(from), from, to)))
+            .collect();
+        named.sort();
+        Err(IngestError::Source(SourceError::OutOfRange { brokers: self.source.describe(), reason: named.join("; ") }))
     }
 
     /// Some brokers (tansu 0.6) return nothing when a fetch starts inside a producer's record

@@ -490,3 +490,42 @@ async fn a_retention_gap_while_reading_is_skipped_and_recorded_and_the_run_goes_
     let offsets: Vec<i64> = store.rows[TOPIC].iter().map(|r| r.offset).collect();
     assert_eq!(offsets, (0..100).chain(150..230).collect::<Vec<_>>());
 }
+
+/// Found by the model test: a partition re-read from its log start (a stall, or a step back
+/// that reached it) whose first message comes after offsets retention deleted unread took that
+/// message as after a normal gap (markers, compaction), and the commit moved past the deleted
+/// range before the periodic check confirmed it: rows lost without an error. The gap's first
+/// message is now judged against the log start at once: under `fail` nothing more of the
+/// partition is taken and the run stops naming the range; under `skip` the range is recorded.
+#[tokio::test(start_paused = true)]
+async fn a_gap_that_begins_below_the_log_start_is_data_loss_not_a_normal_gap() {
+    use super::partitions::PartState;
+    use crate::config::OnDataLoss;
+    use crate::source::RawMessage;
+    let (broker, member, tables) = one_partition(14);
+    broker.expire(&tp(0), 5);
+    for (mode, taken) in [(OnDataLoss::Fail, false), (OnDataLoss::Skip, true)] {
+        let cfg = Config { on_data_loss: mode, ..config(1_000) };
+        let mut pipe = pipeline(&cfg, false, &member, &tables);
+        // Stored at 2, re-read from the log start, which retention moved to 5.
+        let state = PartState { start: Some(2), listed: Some((0, 14)), rewound: true, gap_checked: true, ..Default::default() };
+        pipe.parts.insert(tp(0), state);
+        let msg = RawMessage { partition: 0, offset: 5, key: None, payload: Some(b"{}".to_vec()), timestamp_ms: Some(0) };
+        let chunk = pipe.pool.submit(vec![(std::sync::Arc::from(TOPIC), msg)]);
+        let r = super::batch::MsgRef::all(chunk).next().unwrap();
+        assert_eq!(pipe.take(r), taken, "{mode:?}");
+        let s = &pipe.parts[&tp(0)];
+        match mode {
+            OnDataLoss::Fail => {
+                assert_eq!((s.lost_unread, s.next), (Some((2, 5)), None));
+                match pipe.stop_on_deleted().await {
+                    Err(IngestError::Source(crate::source::SourceError::OutOfRange { reason, .. })) => {
+                        assert!(reason.contains("user_events/0: the lake's offset 2 (read to 2) is below the log start 5: offsets 2..5 were deleted"), "{reason}")
+                    }
+                    other => panic!("the run must stop on the loss: {other:?}"),
+                }
+            }
+            OnDataLoss::Skip => assert_eq!((s.skipped.clone(), s.next), (vec![(2, 5)], Some(6))),
+        }
+    }
+}

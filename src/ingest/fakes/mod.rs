@@ -199,6 +199,9 @@ pub(super) struct Reader {
     pub(super) positions: BTreeMap<TopicPartition, i64>,
     /// Partitions not fetched since they were sought (or assigned).
     pub(super) sought: std::collections::BTreeSet<TopicPartition>,
+    /// Partitions sought to their log start (or assigned without an offset): the start when
+    /// they are next fetched, as librdkafka resolves `Offset::Beginning`, not when sought.
+    pub(super) beginning: std::collections::BTreeSet<TopicPartition>,
 }
 
 /// One member reading a [`FakeBroker`]. Clones share the member: a test keeps one to change
@@ -224,6 +227,7 @@ impl FakeSource {
         r.assignment.partitions = partitions.iter().map(|tp| (tp.clone(), PartitionStarts::default())).collect();
         r.positions = partitions.iter().map(|tp| (tp.clone(), logs.start(tp))).collect();
         r.sought = partitions.iter().cloned().collect();
+        r.beginning = partitions.iter().cloned().collect();
     }
 
     /// The partitions and positions, polled in turn from the lowest.
@@ -241,9 +245,17 @@ impl FakeSource {
             if out.len() >= max {
                 break;
             }
-            let mut at = r.positions[&tp];
             let start = logs.start(&tp);
+            if r.beginning.remove(&tp) {
+                r.positions.insert(tp.clone(), start);
+            }
+            let mut at = r.positions[&tp];
             if at < start {
+                // What other partitions delivered is handed over first: the error comes with
+                // the next poll, as librdkafka's error events do.
+                if !out.is_empty() {
+                    break;
+                }
                 // `auto.offset.reset=error`, as the Kafka source sets it.
                 return Err(SourceError::OutOfRange { brokers: "fake".into(), reason: format!("{}/{}: offset {at} is below the log start {start}", tp.0, tp.1) });
             }
@@ -313,6 +325,11 @@ impl Source for FakeSource {
         let mut r = lock(&self.reader);
         for (tp, o) in starts {
             tracing::debug!(?tp, ?o, "fake: seek");
+            // A consumer fetches only what it is assigned: a seek of a partition revoked in the
+            // meantime (a commit's re-fence racing a rebalance) starts no fetch.
+            if !r.assignment.partitions.contains_key(tp) {
+                continue;
+            }
             if o.is_none() {
                 logs.start_seeks += 1;
             } else if let Some((etp, _, start)) = logs.expire_at_seek.take_if(|(etp, at, _)| etp == tp && Some(*at) == *o) {
@@ -320,6 +337,11 @@ impl Source for FakeSource {
             }
             r.positions.insert(tp.clone(), o.unwrap_or_else(|| logs.start(tp)));
             r.sought.insert(tp.clone());
+            if o.is_none() {
+                r.beginning.insert(tp.clone());
+            } else {
+                r.beginning.remove(tp);
+            }
         }
         Ok(())
     }
@@ -352,7 +374,10 @@ impl Source for FakeSource {
     }
 
     fn positions(&self) -> Vec<(TopicPartition, i64)> {
-        lock(&self.reader).positions.iter().map(|(tp, o)| (tp.clone(), *o)).collect()
+        // A position at the log start not yet resolved by a fetch is unknown (librdkafka's
+        // OFFSET_INVALID).
+        let r = lock(&self.reader);
+        r.positions.iter().filter(|(tp, _)| !r.beginning.contains(*tp)).map(|(tp, o)| (tp.clone(), *o)).collect()
     }
 
     fn direct(&self, starts: &[(TopicPartition, Option<i64>)], generation: u64) -> Result<Option<Box<dyn Source>>, SourceError> {
@@ -367,6 +392,7 @@ impl Source for FakeSource {
             r.assignment = Assignment { generation, assigned: true, error: None, partitions: starts.iter().map(|(tp, _)| (tp.clone(), PartitionStarts::default())).collect() };
             r.positions = starts.iter().map(|(tp, o)| (tp.clone(), o.unwrap_or_else(|| logs.start(tp)))).collect();
             r.sought = starts.iter().map(|(tp, _)| tp.clone()).collect();
+            r.beginning = starts.iter().filter(|(_, o)| o.is_none()).map(|(tp, _)| tp.clone()).collect();
         }
         Ok(Some(Box::new(direct)))
     }
