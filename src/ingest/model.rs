@@ -426,36 +426,49 @@ async fn run_plan(plan: &Plan) -> Result<(), TestCaseError> {
 /// timer (the paused clock cannot move), and the test binary stops with the case's plan.
 const CASE_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
 
+/// Run `cases` cases on every core (each thread its own runner, with its own random cases);
+/// panics with the first failure, after every thread has finished.
 fn check(cases: u32) {
     if std::env::var_os("LAKEPIPE_MODEL_TRACE").is_some() {
         let _ = tracing_subscriber::fmt().with_env_filter("lakepipe=debug").with_test_writer().try_init();
     }
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 4) as u32;
+    let started = std::time::Instant::now();
+    let failures: Vec<String> = std::thread::scope(|s| {
+        let runs: Vec<_> = (0..threads).map(|i| s.spawn(move || run_cases(cases / threads + u32::from(i < cases % threads)))).collect();
+        runs.into_iter().filter_map(|r| r.join().unwrap_or_else(|_| Err("a model thread panicked".into())).err()).collect()
+    });
+    let (expires, stops, skips) = (EXPIRES.load(Relaxed), LOSS_STOPS.load(Relaxed), SKIP_CASES.load(Relaxed));
+    eprintln!("model test: {cases} cases on {threads} threads in {:?}; retention applied {expires} times, {stops} stops on data loss (fail), {skips} cases with skipped ranges (skip)", started.elapsed());
+    if let Some(e) = failures.first() {
+        panic!("{e}");
+    }
+}
+
+/// One runner's cases, watched: a case that overruns [`CASE_LIMIT`] aborts the test binary.
+fn run_cases(cases: u32) -> Result<(), String> {
     use std::sync::{Arc, Mutex};
-    let current: Arc<Mutex<Option<(std::time::Instant, String)>>> = Arc::new(Mutex::new(None));
+    // The plan is formatted only if its case overruns: formatting every one cost seconds.
+    let current: Arc<Mutex<Option<(std::time::Instant, Plan)>>> = Arc::new(Mutex::new(None));
     let watched = Arc::downgrade(&current);
     std::thread::spawn(move || loop {
         std::thread::sleep(std::time::Duration::from_secs(1));
         let Some(current) = watched.upgrade() else { return };
         let guard = current.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((since, plan)) = guard.as_ref().filter(|(since, _)| since.elapsed() > CASE_LIMIT) {
-            eprintln!("model test: a case ran {:?} on the wall clock (the loop spins without awaiting a timer); plan:\n{plan}", since.elapsed());
+            eprintln!("model test: a case ran {:?} on the wall clock (the loop spins without awaiting a timer); plan:\n{plan:#?}", since.elapsed());
             std::process::abort();
         }
     });
     // Failing cases are kept in proptest-regressions/ingest/model.txt and run first next time.
     let persistence = proptest::test_runner::FileFailurePersistence::SourceParallel("proptest-regressions");
     let mut runner = TestRunner::new(RunnerConfig { cases, source_file: Some(file!()), failure_persistence: Some(Box::new(persistence)), ..RunnerConfig::default() });
-    let started = std::time::Instant::now();
     let result = runner.run(&plan(), |plan| {
-        *current.lock().unwrap_or_else(|p| p.into_inner()) = Some((std::time::Instant::now(), format!("{plan:#?}")));
+        *current.lock().unwrap_or_else(|p| p.into_inner()) = Some((std::time::Instant::now(), plan.clone()));
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().map_err(|e| TestCaseError::fail(e.to_string()))?;
         rt.block_on(run_plan(&plan))
     });
-    let (expires, stops, skips) = (EXPIRES.load(Relaxed), LOSS_STOPS.load(Relaxed), SKIP_CASES.load(Relaxed));
-    eprintln!("model test: {cases} cases in {:?}; retention applied {expires} times, {stops} stops on data loss (fail), {skips} cases with skipped ranges (skip)", started.elapsed());
-    if let Err(e) = result {
-        panic!("{e}");
-    }
+    result.map_err(|e| e.to_string())
 }
 
 #[test]
