@@ -14,7 +14,7 @@
 //! | `batch.rs` | the open batch, the stash and the message references |
 //! | `commit.rs` | the two-step commit (dead letters, then tables), its retries, fences |
 //! | `source.rs` | the rewinds after a gap or a stall (tansu's inexact fetches) |
-//! | `fakes/`, `tests.rs` | (tests) an in-memory broker and lake, and the loop's scenarios on them |
+//! | `fakes/`, `tests.rs`, `tests/` | (tests) an in-memory broker and lake, and the loop's scenarios on them (`tests/loss.rs`: deleted offsets) |
 //! | `model.rs` | (tests) the model-based property test of exactly-once on the fakes |
 
 mod batch;
