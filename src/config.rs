@@ -58,7 +58,8 @@ pub struct Config {
     /// Name of the source cluster, part of the stored offsets' identity, so the same topic and
     /// partition read from two clusters never share an offset.
     pub source_name: String,
-    /// Topics to ingest; empty means every topic with a spec.
+    /// Topics to ingest. Empty: the topics the config's `[specs.NAME]` define, or, when it
+    /// defines none, the five built-in demo topics.
     pub topics: Vec<String>,
     /// A batch closes after this long (e.g. `500ms`, `10s`).
     pub trigger_interval: String,
@@ -390,11 +391,15 @@ impl Config {
         Ok(specs)
     }
 
-    /// The specs of the topics to ingest.
+    /// The specs of the topics to ingest: those `topics` names; without it, those the config's
+    /// `[specs.NAME]` define; without either, the five built-in demo topics.
     pub fn selected_specs(&self) -> Result<Vec<TopicSpec>, ConfigError> {
         let all = self.all_specs()?;
         if self.topics.is_empty() {
-            return Ok(all.into_values().collect());
+            if self.specs.is_empty() {
+                return Ok(all.into_values().collect());
+            }
+            return Ok(all.into_iter().filter(|(name, _)| self.specs.contains_key(name)).map(|(_, spec)| spec).collect());
         }
         self.topics.iter().map(|t| all.get(t).cloned().ok_or_else(|| ConfigError::UnknownTopic(t.clone()))).collect()
     }
@@ -513,6 +518,19 @@ mod tests {
         assert!(Config::load(None, vec![], &flags).unwrap_err().to_string().contains("fallback"));
         let flags = Overrides { primary: Some("mqtt://x".into()), ..Default::default() };
         assert!(Config::load(None, vec![], &flags).is_err());
+    }
+
+    #[test]
+    fn a_config_with_its_own_specs_selects_only_those() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[specs.orders]\nextends = \"transactions\"\n[specs.user_events]\nextends = \"user_events\"\n").unwrap();
+        let cfg = Config::load(Some(&path), vec![], &Overrides::default()).unwrap();
+        let names: Vec<String> = cfg.selected_specs().unwrap().into_iter().map(|s| s.name).collect();
+        assert_eq!(names, vec!["orders", "user_events"], "the built-in demo topics only when the config names none");
+        let flags = Overrides { topics: Some(vec!["transactions".into()]), ..Default::default() };
+        let cfg = Config::load(Some(&path), vec![], &flags).unwrap();
+        assert_eq!(cfg.selected_specs().unwrap()[0].name, "transactions", "--topics may still name a built-in one");
     }
 
     #[test]

@@ -13,6 +13,12 @@ pub const DEMO_QUERY: &str = "SELECT date, currency, count(*) AS transactions, s
 /// Produce `count` messages to each built-in topic in two halves, ingesting once after each,
 /// so the second run shows updates, deletes and late records applied against stored rows.
 pub async fn run(cfg: &Config, count: usize) -> Result<IngestSummary, anyhow_free::DemoError> {
+    // The demo's data is the built-in topics' (a config's own specs select only those).
+    let mut cfg = cfg.clone();
+    if cfg.topics.is_empty() {
+        cfg.topics = crate::spec::builtin_specs().into_keys().collect();
+    }
+    let cfg = &cfg;
     let topics: Vec<String> = cfg.selected_specs()?.into_iter().map(|s| s.name).collect();
     ensure_topics(&cfg.brokers, &cfg.kafka, &topics, 3, cfg.connect()).await?;
     let producer = KafkaProducer::new(&cfg.brokers, &cfg.kafka)?;

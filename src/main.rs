@@ -116,7 +116,8 @@ struct Selection {
     /// Consumer group.
     #[arg(long)]
     group: Option<String>,
-    /// Topics, comma separated (default: all five, plus any in the config).
+    /// Topics, comma separated (default: those the config's [specs.NAME] define; without any,
+    /// the five built-in demo topics).
     #[arg(long)]
     topics: Option<String>,
     /// Name of the source cluster in stored offsets.

@@ -3,6 +3,7 @@
 
 mod api;
 mod failures;
+mod first_day;
 mod faults;
 mod harness;
 mod kill;

@@ -1,0 +1,43 @@
+//! The first day of a data engineer: lakepipe pointed at their own cluster and config.
+
+use std::process::Command;
+
+use crate::harness::{produce_to_partition_on, unique, Fixture, LakeKind, Msg, Tansu};
+
+fn txn(id: &str) -> Msg {
+    (Some(id.into()), Some(format!(r#"{{"transaction_id":"{id}","user_id":"u","amount":1,"currency":"EUR","status":"pending","timestamp":1750000000000}}"#)))
+}
+
+/// A cluster of their own has none of the five demo topics: a config that defines its own
+/// specs ingests those, and only those, without `--topics` (it used to subscribe to the demo
+/// topics too, and stop on "topic `user_events` does not exist").
+#[tokio::test(flavor = "multi_thread")]
+async fn ingest_reads_the_configs_own_topics_on_a_cluster_without_the_demo_ones() {
+    let tansu = Tansu::start("memory://tansu/", &unique("own"));
+    let fx = Fixture::new_on(&tansu.address(), LakeKind::Local, "transactions", 1, "").await;
+    let msgs: Vec<Msg> = (0..20).map(|i| txn(&format!("o{i}"))).collect();
+    produce_to_partition_on(&tansu.address(), &fx.topic, 0, &msgs).await;
+    let out = Command::new(env!("CARGO_BIN_EXE_lakepipe"))
+        .args(["ingest", "--once", "--config", fx.config.to_str().unwrap(), "--brokers", &tansu.address(), "--lake", &fx.lake])
+        .args(["--group", &fx.group, "--trigger-interval", "500ms"])
+        .env("LAKEPIPE_ONCE_TIMEOUT", "60s")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(!err.contains("user_events"), "no demo topic is read: {err}");
+    let rows = fx.sql(&format!("SELECT count(*) AS n FROM {}", fx.topic));
+    assert_eq!(rows[0]["n"], 20);
+
+    // A topic the config names that the cluster lacks is one clear error.
+    std::fs::write(&fx.config, format!("[specs.{}]\nextends = \"transactions\"\n[specs.nowhere_{}]\nextends = \"transactions\"\n", fx.topic, unique("x"))).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_lakepipe"))
+        .args(["ingest", "--once", "--config", fx.config.to_str().unwrap(), "--brokers", &tansu.address(), "--lake", &fx.lake])
+        .args(["--group", &fx.group])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("topic `nowhere_") && err.contains("does not exist"), "{err}");
+    assert_eq!(err.matches("does not exist").count(), 1, "one error: {err}");
+}
