@@ -4,25 +4,25 @@
 # the latest-version query against DuckDB's delta extension and the ROW_NUMBER method, and the
 # upsert of one batch into tables of 1M and 10M rows against delta-rs MergeBuilder.
 # Prints the ratios and writes docs/BENCHMARKS.md, docs/benchmarks.json and docs/benchmarks.png.
-#   scripts/bench.sh            release build, 500,000 records (LAKEPIPE_BENCH_RECORDS)
+#   scripts/bench.sh            release build, 500,000 records (LAKEPIPE_DEV_BENCH_RECORDS)
 #   scripts/bench.sh --quick    debug build, 5,000 records, no PySpark: a smoke test (CI)
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
-cd "$LAKEPIPE_ROOT"
+cd "$LAKEPIPE_DEV_ROOT"
 mode=default
 [ "${1:-}" = "--quick" ] && mode=quick
 if [ "$mode" = quick ]; then
-  N="${LAKEPIPE_BENCH_RECORDS:-5000}"; profile=debug; build_flags=(); runs=1
+  N="${LAKEPIPE_DEV_BENCH_RECORDS:-5000}"; profile=debug; build_flags=(); runs=1
 else
-  N="${LAKEPIPE_BENCH_RECORDS:-500000}"; profile=release; build_flags=(--release); runs=3
+  N="${LAKEPIPE_DEV_BENCH_RECORDS:-500000}"; profile=release; build_flags=(--release); runs=3
 fi
-OUT="${LAKEPIPE_BENCH_OUT:-$LAKEPIPE_ROOT/docs}"
-WORK="$LAKEPIPE_CACHE/bench-work-$mode"
-BENCH_PY="$LAKEPIPE_CACHE/bench-py"
-export LAKEPIPE_RUN_DIR="$LAKEPIPE_CACHE/bench-run" LAKEPIPE_BROKER_PORT=19192 LAKEPIPE_S3_PORT=4666
-source "$LAKEPIPE_ROOT/scripts/common.sh"
+OUT="${LAKEPIPE_DEV_BENCH_OUT:-$LAKEPIPE_DEV_ROOT/docs}"
+WORK="$LAKEPIPE_DEV_CACHE/bench-work-$mode"
+BENCH_PY="$LAKEPIPE_DEV_CACHE/bench-py"
+export LAKEPIPE_DEV_RUN_DIR="$LAKEPIPE_DEV_CACHE/bench-run" LAKEPIPE_DEV_BROKER_PORT=19192 LAKEPIPE_DEV_S3_PORT=4666
+source "$LAKEPIPE_DEV_ROOT/scripts/common.sh"
 
-"$LAKEPIPE_ROOT/scripts/setup.sh" all
+"$LAKEPIPE_DEV_ROOT/scripts/setup.sh" all
 if [ "$mode" = default ] && [ ! -x "$BENCH_PY/bin/python" ]; then
   log "installing PySpark 4.0.1 (the seeds' Spark stage; uses the machine's Java)"
   python3 -m venv "$BENCH_PY"
@@ -32,11 +32,11 @@ log "building ($profile)"
 cargo build "${build_flags[@]}" --locked --bin lakepipe --example bench
 BIN="$CARGO_TARGET_DIR/$profile/lakepipe"
 HELP="$CARGO_TARGET_DIR/$profile/examples/bench"
-trap '"$LAKEPIPE_ROOT/scripts/services.sh" stop' EXIT
-"$LAKEPIPE_ROOT/scripts/services.sh" start all
+trap '"$LAKEPIPE_DEV_ROOT/scripts/services.sh" stop' EXIT
+"$LAKEPIPE_DEV_ROOT/scripts/services.sh" start all
 source "$RUN_DIR/env"
 rm -rf "$WORK" && mkdir -p "$WORK"
-PY="$LAKEPIPE_PY"
+PY="$LAKEPIPE_DEV_PY"
 EXT=$("$PY" -c "import glob, os, duckdb_ext_delta as m; print(glob.glob(os.path.join(os.path.dirname(m.__file__), '..', 'duckdb_ext', 'extensions', '*', '*', 'delta.duckdb_extension'))[0])" 2>/dev/null \
   || "$PY" -c "import glob, site; print([p for s in site.getsitepackages() for p in glob.glob(s + '/duckdb_ext/extensions/*/*/delta.duckdb_extension')][0])")
 RAW="$WORK/raw.json"
@@ -70,14 +70,14 @@ put ceiling "$(printf '%s' "$ceiling_runs" | best)"
 TOPIC="bench_txn_$$"
 CFG="$WORK/lakepipe.toml"
 printf '[specs.%s]\nextends = "transactions"\n' "$TOPIC" >"$CFG"
-produce() { "$BIN" load --config "$CFG" --brokers "$LAKEPIPE_TEST_BROKERS" --topic "$TOPIC" --partitions 2 --batch-size 20000 "$1" >/dev/null; }
+produce() { "$BIN" load --config "$CFG" --brokers "$LAKEPIPE_DEV_TEST_BROKERS" --topic "$TOPIC" --partitions 2 --batch-size 20000 "$1" >/dev/null; }
 
 # One timed ingest: wall seconds, CPU seconds, peak RSS, commit latencies from the JSON logs.
 # The append and the update mix on one lake use one group: offsets are kept per group (in the
 # lake), so the update run reads only the mix.
 ingest() { # ingest NAME LAKE GROUP
   local log="$WORK/$1.log" t="$WORK/$1.time"
-  /usr/bin/time -f '%e %U %S %M' -o "$t" "$BIN" --log-format json ingest --once --config "$CFG" --brokers "$LAKEPIPE_TEST_BROKERS" \
+  /usr/bin/time -f '%e %U %S %M' -o "$t" "$BIN" --log-format json ingest --once --config "$CFG" --brokers "$LAKEPIPE_DEV_TEST_BROKERS" \
     --lake "$2" --topics "$TOPIC" --group "$3" --trigger-interval 30s >"$WORK/$1.out" 2>"$log"
   "$PY" - "$t" "$log" "$N" <<'PY'
 import json, sys
@@ -101,13 +101,13 @@ local_runs="" s3_runs=""
 for i in $(seq "$runs"); do local_runs+="$(ingest "append-local-$i" "$WORK/lake-$i" "bench-local-$i")"$'\n'; done
 put lakepipe.local.append "$(printf '%s' "$local_runs" | best)"
 mv "$WORK/lake-$runs" "$WORK/lake-appended" && rm -rf "$WORK"/lake-[0-9]*
-for i in $(seq "$runs"); do s3_runs+="$(ingest "append-s3-$i" "$LAKEPIPE_TEST_S3/bench-$$-$i" "bench-s3-$i")"$'\n'; done
+for i in $(seq "$runs"); do s3_runs+="$(ingest "append-s3-$i" "$LAKEPIPE_DEV_TEST_S3/bench-$$-$i" "bench-s3-$i")"$'\n'; done
 put lakepipe.s3.append "$(printf '%s' "$s3_runs" | best)"
 log "Python peer: confluent-kafka + write_deltalake (best of $runs)"
 py_runs=""
 for i in $(seq "$runs"); do
   rm -rf "$WORK/py-lake"
-  py_runs+="$("$PY" scripts/bench/python_peer.py append "$LAKEPIPE_TEST_BROKERS" "$TOPIC" "$WORK/py-lake")"$'\n'
+  py_runs+="$("$PY" scripts/bench/python_peer.py append "$LAKEPIPE_DEV_TEST_BROKERS" "$TOPIC" "$WORK/py-lake")"$'\n'
 done
 put python.append "$(printf '%s' "$py_runs" | best)"
 if [ "$mode" = default ]; then
@@ -124,7 +124,7 @@ for i in $(seq "$runs"); do
 done
 put lakepipe.local.upsert "$(printf '%s' "$upsert_runs" | best)"
 rm -rf "$WORK/lake-appended"
-put lakepipe.s3.upsert "$(ingest upsert-s3 "$LAKEPIPE_TEST_S3/bench-$$-$runs" "bench-s3-$runs")"
+put lakepipe.s3.upsert "$(ingest upsert-s3 "$LAKEPIPE_DEV_TEST_S3/bench-$$-$runs" "bench-s3-$runs")"
 log "Python peer: deltalake MERGE of the mix"
 put python.merge "$("$PY" scripts/bench/python_peer.py merge "$WORK/mix.ndjson" "$WORK/py-lake")"
 

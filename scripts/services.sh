@@ -4,8 +4,8 @@
 #   scripts/services.sh stop
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
-BROKER_PORT="${LAKEPIPE_BROKER_PORT:-19092}"
-S3_PORT="${LAKEPIPE_S3_PORT:-4566}"
+BROKER_PORT="${LAKEPIPE_DEV_BROKER_PORT:-19092}"
+S3_PORT="${LAKEPIPE_DEV_S3_PORT:-4566}"
 BUCKET=data-pipeline-bucket
 
 wait_port() { # host port seconds name
@@ -19,7 +19,7 @@ wait_port() { # host port seconds name
 start_broker() {
   [ -x "$TANSU_BIN" ] || { log "tansu is not installed: run scripts/setup.sh"; exit 1; }
   if (exec 3<>"/dev/tcp/127.0.0.1/$BROKER_PORT") 2>/dev/null; then
-    log "port $BROKER_PORT is taken; set LAKEPIPE_BROKER_PORT"; exit 1
+    log "port $BROKER_PORT is taken; set LAKEPIPE_DEV_BROKER_PORT"; exit 1
   fi
   "$TANSU_BIN" broker --listener-url "tcp://127.0.0.1:$BROKER_PORT" \
     --advertised-listener-url "tcp://127.0.0.1:$BROKER_PORT" --storage-engine memory://tansu/ \
@@ -32,7 +32,7 @@ start_broker() {
 start_s3() {
   [ -x "$LOCALSTACK_VENV/bin/python" ] || { log "LocalStack is not installed: run scripts/setup.sh"; exit 1; }
   if (exec 3<>"/dev/tcp/127.0.0.1/$S3_PORT") 2>/dev/null; then
-    log "port $S3_PORT is taken; set LAKEPIPE_S3_PORT"; exit 1
+    log "port $S3_PORT is taken; set LAKEPIPE_DEV_S3_PORT"; exit 1
   fi
   mkdir -p "$RUN_DIR/tmp"
   ( cd "$RUN_DIR" && TMPDIR="$RUN_DIR/tmp" SERVICES=s3 GATEWAY_LISTEN="127.0.0.1:$S3_PORT" DNS_ADDRESS=0 EAGER_SERVICE_LOADING=1 \
@@ -44,30 +44,30 @@ start_s3() {
     sleep 0.2
   done
   curl -sf "http://127.0.0.1:$S3_PORT/_localstack/health" >/dev/null || { tail -30 "$RUN_DIR/localstack.log" >&2; exit 1; }
-  AWS_ENDPOINT_URL="http://127.0.0.1:$S3_PORT" "$LOCALSTACK_VENV/bin/python" "$LAKEPIPE_ROOT/localstack/create_bucket.py" "$BUCKET"
+  AWS_ENDPOINT_URL="http://127.0.0.1:$S3_PORT" "$LOCALSTACK_VENV/bin/python" "$LAKEPIPE_DEV_ROOT/localstack/create_bucket.py" "$BUCKET"
   log "LocalStack S3 on 127.0.0.1:$S3_PORT, bucket $BUCKET"
 }
 
 write_env() {
   {
-    echo "export LAKEPIPE_TEST_BROKERS=127.0.0.1:$BROKER_PORT"
+    echo "export LAKEPIPE_DEV_TEST_BROKERS=127.0.0.1:$BROKER_PORT"
     # tansu 0.6 holds every fetch for the whole fetch.wait.max.ms, data or not; librdkafka's
     # 500 ms (lakepipe's default, right for Kafka) would throttle every consumer against it.
     echo "export LAKEPIPE_KAFKA__FETCH_WAIT_MAX_MS=10"
     if [ "$1" = all ]; then
-      echo "export LAKEPIPE_TEST_S3=s3://$BUCKET"
+      echo "export LAKEPIPE_DEV_TEST_S3=s3://$BUCKET"
       echo "export AWS_ENDPOINT_URL=http://127.0.0.1:$S3_PORT"
       echo "export AWS_ALLOW_HTTP=true"
       echo "export AWS_REGION=us-east-1"
       echo "export AWS_ACCESS_KEY_ID=test"
       echo "export AWS_SECRET_ACCESS_KEY=test"
     fi
-    echo "export LAKEPIPE_PY=$PY_VENV/bin/python"
-    echo "export LAKEPIPE_TANSU_BIN=$TANSU_BIN"
-    echo "export LAKEPIPE_UI_NODE_PATH=$UI_NODE/node_modules"
-    echo "export LAKEPIPE_CHROMIUM=$CHROMIUM_BIN"
-    echo "export LAKEPIPE_STUNNEL=$STUNNEL_BIN"
-    echo "export LAKEPIPE_UI_SHOTS=$LAKEPIPE_CACHE/artifacts/ui"
+    echo "export LAKEPIPE_DEV_PY=$PY_VENV/bin/python"
+    echo "export LAKEPIPE_DEV_TANSU_BIN=$TANSU_BIN"
+    echo "export LAKEPIPE_DEV_UI_NODE_PATH=$UI_NODE/node_modules"
+    echo "export LAKEPIPE_DEV_CHROMIUM=$CHROMIUM_BIN"
+    echo "export LAKEPIPE_DEV_STUNNEL=$STUNNEL_BIN"
+    echo "export LAKEPIPE_DEV_UI_SHOTS=$LAKEPIPE_DEV_CACHE/artifacts/ui"
   } >"$RUN_DIR/env"
 }
 

@@ -9,14 +9,14 @@ what="${1:-all}"
 install_tansu() {
   if [ -x "$TANSU_BIN" ]; then return; fi
   log "installing tansu $TANSU_VERSION (Kafka-protocol broker; ~12 min on 2 cores, once)"
-  CARGO_TARGET_DIR="$LAKEPIPE_CACHE/tansu-target" cargo install tansu --version "$TANSU_VERSION" \
-    --features dynostore --locked --root "$LAKEPIPE_CACHE/tansu" >"$LAKEPIPE_CACHE/tansu-install.log" 2>&1 \
-    || { tail -30 "$LAKEPIPE_CACHE/tansu-install.log" >&2; exit 1; }
-  rm -rf "$LAKEPIPE_CACHE/tansu-target"
+  CARGO_TARGET_DIR="$LAKEPIPE_DEV_CACHE/tansu-target" cargo install tansu --version "$TANSU_VERSION" \
+    --features dynostore --locked --root "$LAKEPIPE_DEV_CACHE/tansu" >"$LAKEPIPE_DEV_CACHE/tansu-install.log" 2>&1 \
+    || { tail -30 "$LAKEPIPE_DEV_CACHE/tansu-install.log" >&2; exit 1; }
+  rm -rf "$LAKEPIPE_DEV_CACHE/tansu-target"
 }
 
 install_py() {
-  local req="$LAKEPIPE_ROOT/scripts/requirements-readers.txt" want
+  local req="$LAKEPIPE_DEV_ROOT/scripts/requirements-readers.txt" want
   want=$(sha256sum "$req" | cut -d' ' -f1)
   if [ "$(cat "$PY_VENV/.requirements.sha256" 2>/dev/null)" = "$want" ]; then return; fi
   log "installing Python readers for cross-checks (deltalake, duckdb + delta extension, notebook runner)"
@@ -29,7 +29,7 @@ install_localstack() {
   if "$LOCALSTACK_VENV/bin/python" -c 'import localstack' 2>/dev/null; then return; fi
   log "installing LocalStack (host mode, S3 only)"
   python3 -m venv "$LOCALSTACK_VENV"
-  "$LOCALSTACK_VENV/bin/pip" install -q -r "$LAKEPIPE_ROOT/localstack/requirements-host.txt"
+  "$LOCALSTACK_VENV/bin/pip" install -q -r "$LAKEPIPE_DEV_ROOT/localstack/requirements-host.txt"
 }
 
 # Debian packages, installed once (apt-get update only when the package lists are stale).
@@ -37,9 +37,9 @@ install_apt() {
   local sudo=""
   [ "$(id -u)" = 0 ] || sudo="sudo"
   export DEBIAN_FRONTEND=noninteractive
-  $sudo apt-get install -y -q "$@" >"$LAKEPIPE_CACHE/apt.log" 2>&1 \
-    || { $sudo apt-get update -q >>"$LAKEPIPE_CACHE/apt.log" 2>&1 && $sudo apt-get install -y -q "$@" >>"$LAKEPIPE_CACHE/apt.log" 2>&1; } \
-    || { tail -20 "$LAKEPIPE_CACHE/apt.log" >&2; exit 1; }
+  $sudo apt-get install -y -q "$@" >"$LAKEPIPE_DEV_CACHE/apt.log" 2>&1 \
+    || { $sudo apt-get update -q >>"$LAKEPIPE_DEV_CACHE/apt.log" 2>&1 && $sudo apt-get install -y -q "$@" >>"$LAKEPIPE_DEV_CACHE/apt.log" 2>&1; } \
+    || { tail -20 "$LAKEPIPE_DEV_CACHE/apt.log" >&2; exit 1; }
 }
 
 install_tls() {
@@ -56,8 +56,8 @@ install_ui() {
   if [ "$(node -p "require('$UI_NODE/node_modules/playwright-core/package.json').version" 2>/dev/null)" != "$PLAYWRIGHT_VERSION" ]; then
     log "installing playwright-core $PLAYWRIGHT_VERSION (drives Chromium in the UI test)"
     mkdir -p "$UI_NODE"
-    npm install --prefix "$UI_NODE" --no-save --no-package-lock --no-audit --no-fund "playwright-core@$PLAYWRIGHT_VERSION" >"$LAKEPIPE_CACHE/npm.log" 2>&1 \
-      || { tail -20 "$LAKEPIPE_CACHE/npm.log" >&2; exit 1; }
+    npm install --prefix "$UI_NODE" --no-save --no-package-lock --no-audit --no-fund "playwright-core@$PLAYWRIGHT_VERSION" >"$LAKEPIPE_DEV_CACHE/npm.log" 2>&1 \
+      || { tail -20 "$LAKEPIPE_DEV_CACHE/npm.log" >&2; exit 1; }
   fi
 }
 

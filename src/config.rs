@@ -236,6 +236,56 @@ pub struct Overrides {
 
 const LIST_KEYS: [&str; 1] = ["topics"];
 
+/// `LAKEPIPE_*` variables that are not configuration keys: the log filter and the API token.
+/// `LAKEPIPE_DEV_*` are reserved for lakepipe's own scripts and tests. Any other
+/// `LAKEPIPE_*` variable is an error, as an unknown key in the file is.
+const NOT_CONFIG: [&str; 2] = ["LOG", "API_TOKEN"];
+
+/// The error for `LAKEPIPE_<KEY>` that names no configuration key, with the nearest key.
+fn unknown_variable(key: &str) -> String {
+    let keys: Vec<String> = match toml::Table::try_from(Config::default()) {
+        Ok(t) => t.keys().filter(|k| *k != "kafka" && *k != "specs").cloned().collect(),
+        Err(_) => Vec::new(),
+    };
+    let nearest = keys.iter().map(|k| (edit_distance(k, key), k)).filter(|(d, _)| *d <= 3).min();
+    let hint = nearest.map_or(String::new(), |(_, k)| format!(" (did you mean LAKEPIPE_{}?)", k.to_ascii_uppercase()));
+    format!(
+        "no configuration key `{key}`{hint}; the other variables are LAKEPIPE_LOG, LAKEPIPE_API_TOKEN, LAKEPIPE_KAFKA__<PROPERTY>, LAKEPIPE_SPECS__<NAME> and LAKEPIPE_DEV_* (lakepipe's own scripts)"
+    )
+}
+
+/// Levenshtein distance, for "did you mean".
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
+/// `LAKEPIPE_SPECS__ORDERS='{ extends = "transactions", key = ["order_id"] }'` sets
+/// `[specs.orders]`, over the file's: the value is a TOML inline table (a spec's fields are
+/// a list of tables, which no flat variable could spell). The name is lowercased.
+fn set_spec(table: &mut toml::Table, var: &str, name: &str, value: &str) -> Result<(), ConfigError> {
+    let invalid = |message: String| ConfigError::Invalid { origin: Some(var.to_string()), message };
+    let parsed: toml::Table = format!("spec = {value}").parse().map_err(|e: toml::de::Error| invalid(format!("expected a TOML inline table such as {{ extends = \"transactions\" }}: {}", e.message())))?;
+    let Some(spec) = parsed.get("spec").filter(|v| v.is_table()).cloned() else {
+        return Err(invalid("expected a TOML inline table such as { extends = \"transactions\" }".into()));
+    };
+    let specs = table.entry("specs").or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    if let toml::Value::Table(specs) = specs {
+        specs.insert(name.to_ascii_lowercase(), spec);
+    }
+    Ok(())
+}
+
 /// `LAKEPIPE_KAFKA__FETCH_WAIT_MAX_MS=10` sets `[kafka] "fetch.wait.max.ms" = "10"`, over the
 /// file's value: librdkafka's property names are dotted, and a variable's name cannot hold a
 /// dot, so each `_` stands for one (no property that `[kafka]` may set has an underscore).
@@ -262,22 +312,33 @@ impl Config {
                 table.insert(k, v);
             }
         }
+        let mut env: Vec<(String, String)> = env.into_iter().filter(|(k, _)| k.starts_with("LAKEPIPE_")).collect();
+        // In a fixed order, so that the first error is always the same one.
+        env.sort();
         for (k, v) in env {
             let Some(name) = k.strip_prefix("LAKEPIPE_") else { continue };
             if let Some(property) = name.strip_prefix("KAFKA__") {
                 set_kafka_property(&mut table, property, v);
                 continue;
             }
+            if let Some(spec) = name.strip_prefix("SPECS__") {
+                set_spec(&mut table, &k, spec, &v)?;
+                continue;
+            }
+            if NOT_CONFIG.contains(&name) || name.starts_with("DEV_") {
+                continue;
+            }
             let key = name.to_ascii_lowercase();
-            let Some(current) = table.get(&key) else { continue };
+            let invalid = |message: String| ConfigError::Invalid { origin: Some(k.clone()), message };
+            let Some(current) = table.get(&key).filter(|_| key != "kafka" && key != "specs") else {
+                return Err(invalid(unknown_variable(&key)));
+            };
             let value = if LIST_KEYS.contains(&key.as_str()) {
                 toml::Value::Array(split_list(&v).into_iter().map(toml::Value::String).collect())
             } else if current.is_integer() {
-                toml::Value::Integer(v.trim().parse().map_err(|_| ConfigError::Invalid { origin: Some(k.clone()), message: format!("expected an integer, got {v:?}") })?)
-            } else if current.is_str() {
-                toml::Value::String(v)
+                toml::Value::Integer(v.trim().parse().map_err(|_| invalid(format!("expected an integer, got {v:?}")))?)
             } else {
-                continue;
+                toml::Value::String(v)
             };
             table.insert(key, value);
         }
@@ -485,6 +546,30 @@ mod tests {
         std::fs::write(&path, "on_data_loss = \"ignore\"\n").unwrap();
         let err = Config::load(Some(&path), vec![], &Overrides::default()).unwrap_err().to_string();
         assert!(err.contains("unknown variant `ignore`") && err.contains("skip"), "{err}");
+    }
+
+    #[test]
+    fn every_lakepipe_variable_is_a_key_or_an_error() {
+        let var = |k: &str, v: &str| vec![(k.to_string(), v.to_string())];
+        // A mistyped key is an error naming the variable and the nearest key.
+        let err = Config::load(None, var("LAKEPIPE_BROKER", "k:9092"), &Overrides::default()).unwrap_err().to_string();
+        assert!(err.contains("LAKEPIPE_BROKER") && err.contains("did you mean LAKEPIPE_BROKERS?"), "{err}");
+        let err = Config::load(None, var("LAKEPIPE_KAFKA", "x"), &Overrides::default()).unwrap_err().to_string();
+        assert!(err.contains("LAKEPIPE_KAFKA__<PROPERTY>"), "{err}");
+        // The others: the log filter, the token, the scripts' own.
+        for k in ["LAKEPIPE_LOG", "LAKEPIPE_API_TOKEN", "LAKEPIPE_DEV_CACHE", "OTHER"] {
+            Config::load(None, var(k, "x"), &Overrides::default()).unwrap_or_else(|e| panic!("{k}: {e}"));
+        }
+        // A spec from the environment, over the file's.
+        let cfg = Config::load(None, var("LAKEPIPE_SPECS__ORDERS", r#"{ extends = "transactions", key = ["transaction_id", "user_id"] }"#), &Overrides::default()).unwrap();
+        let spec = &cfg.selected_specs().unwrap()[0];
+        assert_eq!((spec.name.as_str(), spec.key.clone()), ("orders", vec!["transaction_id".to_string(), "user_id".to_string()]));
+        let err = Config::load(None, var("LAKEPIPE_SPECS__ORDERS", "transactions"), &Overrides::default()).unwrap_err().to_string();
+        assert!(err.contains("LAKEPIPE_SPECS__ORDERS") && err.contains("inline table"), "{err}");
+        let err = Config::load(None, var("LAKEPIPE_SPECS__ORDERS", "{ extend = \"transactions\" }"), &Overrides::default()).unwrap_err().to_string();
+        assert!(err.contains("extend"), "an unknown field of a spec is an error too: {err}");
+        assert_eq!(edit_distance("brokers", "broker"), 1);
+        assert_eq!(edit_distance("", "abc"), 3);
     }
 
     #[test]

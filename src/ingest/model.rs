@@ -8,7 +8,7 @@
 //! a dead letter) and nothing twice, apart from the ranges commits recorded as skipped, which
 //! must lie below the log start; at the end, every message.
 //!
-//! `LAKEPIPE_MODEL_CASES` sets the case count of the long run (`cargo test --lib model_long --
+//! `LAKEPIPE_DEV_MODEL_CASES` sets the case count of the long run (`cargo test --lib model_long --
 //! --ignored`).
 
 use std::future::Future;
@@ -429,7 +429,7 @@ const CASE_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
 /// Run `cases` cases on every core (each thread its own runner, with its own random cases);
 /// panics with the first failure, after every thread has finished.
 fn check(cases: u32) {
-    if std::env::var_os("LAKEPIPE_MODEL_TRACE").is_some() {
+    if std::env::var_os("LAKEPIPE_DEV_MODEL_TRACE").is_some() {
         let _ = tracing_subscriber::fmt().with_env_filter("lakepipe=debug").with_test_writer().try_init();
     }
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 4) as u32;
@@ -477,9 +477,9 @@ fn model_exactly_once() {
 }
 
 #[test]
-#[ignore = "the long run: LAKEPIPE_MODEL_CASES cases (default 20,000)"]
+#[ignore = "the long run: LAKEPIPE_DEV_MODEL_CASES cases (default 20,000)"]
 fn model_long() {
-    let cases = std::env::var("LAKEPIPE_MODEL_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(20_000);
+    let cases = std::env::var("LAKEPIPE_DEV_MODEL_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(20_000);
     check(cases);
 }
 

@@ -229,17 +229,17 @@ mod long_log {
     use crate::lake::Lake;
 
     /// Measurement, not a timed assertion: `cargo test --release -- --ignored long_log --nocapture`.
-    /// Builds a table with `LAKEPIPE_LONG_LOG_COMMITS` commits (default 10,000; a checkpoint
+    /// Builds a table with `LAKEPIPE_DEV_LONG_LOG_COMMITS` commits (default 10,000; a checkpoint
     /// every 10) and times opening it.
     #[tokio::test(flavor = "multi_thread")]
     #[ignore]
     async fn open_table_with_many_commits() {
         let dir = tempfile::tempdir().unwrap();
-        let every: u64 = std::env::var("LAKEPIPE_LONG_LOG_CHECKPOINT").ok().and_then(|v| v.parse().ok()).unwrap_or(10);
+        let every: u64 = std::env::var("LAKEPIPE_DEV_LONG_LOG_CHECKPOINT").ok().and_then(|v| v.parse().ok()).unwrap_or(10);
         let lake = Lake::parse(dir.path().to_str().unwrap()).unwrap().with_checkpoint_interval(every);
         let schema = crate::lake::dead_letters::schema();
         let mut table = lake.open_or_create("t", &schema, &["date"]).await.unwrap();
-        let n: i64 = std::env::var("LAKEPIPE_LONG_LOG_COMMITS").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
+        let n: i64 = std::env::var("LAKEPIPE_DEV_LONG_LOG_COMMITS").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
         let started = std::time::Instant::now();
         for i in 0..n {
             table.update_state().await.unwrap();

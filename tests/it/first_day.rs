@@ -41,3 +41,18 @@ async fn ingest_reads_the_configs_own_topics_on_a_cluster_without_the_demo_ones(
     assert!(err.contains("topic `nowhere_") && err.contains("does not exist"), "{err}");
     assert_eq!(err.matches("does not exist").count(), 1, "one error: {err}");
 }
+
+/// A mistyped `LAKEPIPE_*` variable stops every command with an error naming it and the key
+/// it was probably meant to be, as an unknown key in the file does; it used to be ignored.
+#[test]
+fn a_mistyped_variable_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_lakepipe"))
+        .args(["sql", "--lake", dir.path().to_str().unwrap(), "SELECT 1"])
+        .env("LAKEPIPE_QUERY_TIMOUT", "5s")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("LAKEPIPE_QUERY_TIMOUT") && err.contains("did you mean LAKEPIPE_QUERY_TIMEOUT?"), "{err}");
+}

@@ -15,15 +15,15 @@ use serde_json::Value;
 pub type Msg = (Option<String>, Option<String>);
 
 pub fn brokers() -> String {
-    std::env::var("LAKEPIPE_TEST_BROKERS").expect("LAKEPIPE_TEST_BROKERS is not set: run the suite with scripts/test.sh, which starts the broker")
+    std::env::var("LAKEPIPE_DEV_TEST_BROKERS").expect("LAKEPIPE_DEV_TEST_BROKERS is not set: run the suite with scripts/test.sh, which starts the broker")
 }
 
 pub fn s3_root() -> String {
-    std::env::var("LAKEPIPE_TEST_S3").expect("LAKEPIPE_TEST_S3 is not set: run the suite with scripts/test.sh, which starts LocalStack")
+    std::env::var("LAKEPIPE_DEV_TEST_S3").expect("LAKEPIPE_DEV_TEST_S3 is not set: run the suite with scripts/test.sh, which starts LocalStack")
 }
 
 pub fn python() -> String {
-    std::env::var("LAKEPIPE_PY").expect("LAKEPIPE_PY is not set: run the suite with scripts/test.sh")
+    std::env::var("LAKEPIPE_DEV_PY").expect("LAKEPIPE_DEV_PY is not set: run the suite with scripts/test.sh")
 }
 
 pub fn unique(prefix: &str) -> String {
@@ -331,7 +331,7 @@ impl Tansu {
     }
 
     pub fn restart(&mut self) {
-        let bin = std::env::var("LAKEPIPE_TANSU_BIN").expect("LAKEPIPE_TANSU_BIN is not set: run the suite with scripts/test.sh");
+        let bin = std::env::var("LAKEPIPE_DEV_TANSU_BIN").expect("LAKEPIPE_DEV_TANSU_BIN is not set: run the suite with scripts/test.sh");
         let url = format!("tcp://127.0.0.1:{}", self.port);
         let advertised = format!("tcp://127.0.0.1:{}", self.advertised);
         let endpoint = std::env::var("AWS_ENDPOINT_URL").unwrap_or_default();

@@ -231,13 +231,13 @@ async fn two_consumers_s3() {
     two_consumers(LakeKind::S3).await;
 }
 
-/// The soak: `kill -9` fifty times (`LAKEPIPE_SOAK_KILLS`) at random moments against an S3
+/// The soak: `kill -9` fifty times (`LAKEPIPE_DEV_SOAK_KILLS`) at random moments against an S3
 /// lake, with 300 more records arriving before each kill, then `--once` and the row-by-row
 /// comparison. Run by `scripts/soak.sh`; the regular
 /// suite runs the shorter tests above.
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "a soak of many minutes: run scripts/soak.sh"]
 async fn kill_nine_soak() {
-    let kills = std::env::var("LAKEPIPE_SOAK_KILLS").ok().and_then(|v| v.parse().ok()).unwrap_or(50);
+    let kills = std::env::var("LAKEPIPE_DEV_SOAK_KILLS").ok().and_then(|v| v.parse().ok()).unwrap_or(50);
     kill_nine(LakeKind::S3, 1000, kills, 300).await;
 }

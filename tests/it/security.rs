@@ -69,8 +69,8 @@ fn certificates(dir: &Path) -> (String, String) {
 }
 
 fn stunnel_bin() -> String {
-    std::env::var("LAKEPIPE_STUNNEL").expect(
-        "LAKEPIPE_STUNNEL is not set: run the suite with scripts/test.sh, which installs stunnel4",
+    std::env::var("LAKEPIPE_DEV_STUNNEL").expect(
+        "LAKEPIPE_DEV_STUNNEL is not set: run the suite with scripts/test.sh, which installs stunnel4",
     )
 }
 

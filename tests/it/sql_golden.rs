@@ -1,6 +1,6 @@
 //! Every analyst query in `sql/` runs against a lake built from fixed data on both engines: the
 //! DataFusion result must equal the golden file in `sql/expected/` (sqllogictest-style), and
-//! DuckDB's must equal DataFusion's. `LAKEPIPE_BLESS=1` rewrites
+//! DuckDB's must equal DataFusion's. `LAKEPIPE_DEV_BLESS=1` rewrites
 //! the golden files after a deliberate change.
 
 use lakepipe::decode::Decoder;
@@ -52,7 +52,7 @@ async fn analyst_queries_match_golden_files() {
     let lake = Lake::parse(dir.path().join("lake").to_str().unwrap()).unwrap();
     build_lake(&lake).await;
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let bless = std::env::var_os("LAKEPIPE_BLESS").is_some();
+    let bless = std::env::var_os("LAKEPIPE_DEV_BLESS").is_some();
     let mut files: Vec<_> = std::fs::read_dir(root.join("sql")).unwrap().flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "sql")).collect();
     files.sort();
     assert!(files.len() >= 5, "sql/ must hold the analyst queries");
@@ -81,7 +81,7 @@ async fn analyst_queries_match_golden_files() {
         match std::fs::read_to_string(&golden) {
             Ok(want) if want == got => {}
             Ok(want) => failures.push(format!("{}: result differs from {}\n--- want\n{want}\n--- got\n{got}", file.display(), golden.display())),
-            Err(_) => failures.push(format!("{}: no golden file {} (run once with LAKEPIPE_BLESS=1 and review it)", file.display(), golden.display())),
+            Err(_) => failures.push(format!("{}: no golden file {} (run once with LAKEPIPE_DEV_BLESS=1 and review it)", file.display(), golden.display())),
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));

@@ -1,5 +1,5 @@
 //! The web UI, end to end in headless Chromium (Playwright), against a real `lakepipe serve`,
-//! broker and lake. Screenshots of each page are kept in `$LAKEPIPE_UI_SHOTS` (the suite sets it
+//! broker and lake. Screenshots of each page are kept in `$LAKEPIPE_DEV_UI_SHOTS` (the suite sets it
 //! to a folder in the cache) as test artefacts.
 
 use std::process::{Command, Stdio};
@@ -18,8 +18,8 @@ impl Drop for Server {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn web_ui_in_a_real_browser() {
-    let (Ok(node_path), Ok(chromium)) = (std::env::var("LAKEPIPE_UI_NODE_PATH"), std::env::var("LAKEPIPE_CHROMIUM")) else {
-        panic!("LAKEPIPE_UI_NODE_PATH / LAKEPIPE_CHROMIUM are not set: run the suite with scripts/test.sh, which installs playwright-core and Chromium");
+    let (Ok(node_path), Ok(chromium)) = (std::env::var("LAKEPIPE_DEV_UI_NODE_PATH"), std::env::var("LAKEPIPE_DEV_CHROMIUM")) else {
+        panic!("LAKEPIPE_DEV_UI_NODE_PATH / LAKEPIPE_DEV_CHROMIUM are not set: run the suite with scripts/test.sh, which installs playwright-core and Chromium");
     };
     let fx = Fixture::new(LakeKind::Local, "transactions", 1, "").await;
     // One record and one dead letter, so the overview and the dead-letter browser have data.
@@ -41,7 +41,7 @@ async fn web_ui_in_a_real_browser() {
         assert!(started.elapsed() < Duration::from_secs(30), "serve did not start");
         std::thread::sleep(Duration::from_millis(100));
     }
-    let shots = std::env::var("LAKEPIPE_UI_SHOTS").unwrap_or_else(|_| std::env::temp_dir().join("lakepipe-ui-shots").display().to_string());
+    let shots = std::env::var("LAKEPIPE_DEV_UI_SHOTS").unwrap_or_else(|_| std::env::temp_dir().join("lakepipe-ui-shots").display().to_string());
     std::fs::create_dir_all(&shots).unwrap();
     let ingest: Vec<String> = [
         env!("CARGO_BIN_EXE_lakepipe"), "ingest", "--once", "--config", fx.config.to_str().unwrap(), "--brokers", &brokers(), "--lake", &fx.lake,
@@ -55,11 +55,11 @@ async fn web_ui_in_a_real_browser() {
         .arg(script)
         .env("NODE_PATH", &node_path)
         .env("CHROMIUM", &chromium)
-        .env("LAKEPIPE_UI_URL", format!("http://127.0.0.1:{port}/"))
-        .env("LAKEPIPE_UI_TOPIC", &fx.topic)
-        .env("LAKEPIPE_UI_TOKEN", "ui-secret")
-        .env("LAKEPIPE_UI_INGEST", serde_json::to_string(&ingest).unwrap())
-        .env("LAKEPIPE_UI_SHOTS", &shots)
+        .env("LAKEPIPE_DEV_UI_URL", format!("http://127.0.0.1:{port}/"))
+        .env("LAKEPIPE_DEV_UI_TOPIC", &fx.topic)
+        .env("LAKEPIPE_DEV_UI_TOKEN", "ui-secret")
+        .env("LAKEPIPE_DEV_UI_INGEST", serde_json::to_string(&ingest).unwrap())
+        .env("LAKEPIPE_DEV_UI_SHOTS", &shots)
         .env("LAKEPIPE_LOG", "warn")
         .env("LAKEPIPE_ONCE_TIMEOUT", "90s")
         .output()

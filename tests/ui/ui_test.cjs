@@ -1,16 +1,16 @@
 // End-to-end test of the web UI in headless Chromium (Debian's), driven by playwright-core.
 // Run by tests/it/ui.rs, which starts the broker, the lake and `lakepipe serve`, and passes:
-//   LAKEPIPE_UI_URL, LAKEPIPE_UI_TOPIC, LAKEPIPE_UI_TOKEN, LAKEPIPE_UI_INGEST (JSON argv),
-//   LAKEPIPE_UI_SHOTS (screenshot folder), CHROMIUM (browser path).
+//   LAKEPIPE_DEV_UI_URL, LAKEPIPE_DEV_UI_TOPIC, LAKEPIPE_DEV_UI_TOKEN, LAKEPIPE_DEV_UI_INGEST (JSON argv),
+//   LAKEPIPE_DEV_UI_SHOTS (screenshot folder), CHROMIUM (browser path).
 "use strict";
 const { chromium } = require("playwright-core");
 const { execFileSync } = require("child_process");
 const path = require("path");
 
-const url = process.env.LAKEPIPE_UI_URL;
-const topic = process.env.LAKEPIPE_UI_TOPIC;
-const shots = process.env.LAKEPIPE_UI_SHOTS;
-const ingest = JSON.parse(process.env.LAKEPIPE_UI_INGEST);
+const url = process.env.LAKEPIPE_DEV_UI_URL;
+const topic = process.env.LAKEPIPE_DEV_UI_TOPIC;
+const shots = process.env.LAKEPIPE_DEV_UI_SHOTS;
+const ingest = JSON.parse(process.env.LAKEPIPE_DEV_UI_INGEST);
 
 function check(cond, what) {
   if (!cond) throw new Error("FAILED: " + what);
@@ -29,7 +29,7 @@ async function main() {
   // Access: the server wants a token; the page asks for it and then sends it on every call.
   await page.goto(url);
   await page.waitForSelector("#token-dialog[open]");
-  await page.fill("#token-input", process.env.LAKEPIPE_UI_TOKEN);
+  await page.fill("#token-input", process.env.LAKEPIPE_DEV_UI_TOKEN);
   await page.click("#token-save");
   await page.waitForFunction((t) => document.querySelector("#overview-table").textContent.includes(t), topic);
   check(true, "the token dialog opened, and the overview lists the topic after it");
