@@ -15,7 +15,7 @@ use crate::spec::{builtin_specs, TopicSpec, TopicSpecConfig};
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file cannot be read.
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {path}")]
     Read {
         /// The path.
         path: String,
@@ -185,8 +185,10 @@ fn without_password(url: &str) -> String {
     }
 }
 
-impl std::fmt::Debug for Config {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl Config {
+    /// This configuration with every secret shown as `***`: librdkafka passwords, keys and
+    /// tokens, and the passwords in broker URLs.
+    pub fn redacted(&self) -> Config {
         let mut shown = self.clone();
         for (k, v) in shown.kafka.iter_mut() {
             if is_secret(k) {
@@ -196,7 +198,18 @@ impl std::fmt::Debug for Config {
         for url in [&mut shown.iggy, &mut shown.primary, &mut shown.fallback] {
             *url = without_password(url);
         }
-        match toml::Value::try_from(&shown) {
+        shown
+    }
+
+    /// The configuration as TOML that `--config` accepts, secrets redacted (`config show`).
+    pub fn to_toml(&self) -> Result<String, ConfigError> {
+        toml::to_string_pretty(&self.redacted()).map_err(|e| ConfigError::Invalid { origin: None, message: e.to_string() })
+    }
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match toml::Value::try_from(self.redacted()) {
             Ok(v) => write!(f, "Config {v}"),
             Err(_) => f.write_str("Config { .. }"),
         }
@@ -624,6 +637,44 @@ mod tests {
         let names: Vec<String> = cfg.selected_specs().unwrap().into_iter().map(|s| s.name).collect();
         assert_eq!(names, vec!["bulk_upload", "log_events", "sensor_data", "transactions", "user_events"]);
         assert_eq!(cfg.trigger(), Duration::from_secs(10));
+    }
+
+    #[test]
+    fn config_show_is_a_config_file_with_the_secrets_hidden() {
+        let mut cfg = Config::default();
+        cfg.kafka.insert("sasl.password".into(), "hunter2".into());
+        cfg.primary = "iggy://lakepipe:hunter2@h:8090".into();
+        let text = cfg.to_toml().unwrap();
+        assert!(!text.contains("hunter2") && text.contains("lakepipe:***@h:8090"), "{text}");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("shown.toml");
+        std::fs::write(&path, &text).unwrap();
+        let again = Config::load(Some(&path), vec![], &Overrides::default()).unwrap();
+        assert_eq!(again.to_toml().unwrap(), text, "what show prints loads back as the same config");
+    }
+
+    /// `lakepipe.example.toml` is the reference: it loads, sets every key to its default, and
+    /// shows every field type of a spec.
+    #[test]
+    fn the_example_config_sets_every_key_to_its_default() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("lakepipe.example.toml");
+        let cfg = Config::load(Some(&path), vec![], &Overrides::default()).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let file: toml::Table = text.parse().unwrap();
+        let defaults = toml::Table::try_from(Config::default()).unwrap();
+        for (key, value) in &defaults {
+            assert!(file.contains_key(key), "the example lacks `{key}`");
+            if key != "specs" && key != "kafka" {
+                assert_eq!(&file[key], value, "the example's `{key}` is not the default");
+            }
+        }
+        assert_eq!(cfg.specs.len(), 2);
+        for t in ["string", "long", "double", "decimal", "timestamp", "boolean", "json"] {
+            assert!(text.contains(&format!("type = \"{t}\"")), "the example shows no `{t}` field");
+        }
+        for option in ["allowed", "pattern", "required", "min", "max", "precision", "scale", "object_only", "extends", "partition_time"] {
+            assert!(text.contains(&format!("{option} =")), "the example shows no `{option}`");
+        }
     }
 
     #[test]

@@ -50,6 +50,26 @@ enum Command {
     /// (POST /topics/{t}/records, with --brokers or --primary), /metrics and /health. Set
     /// LAKEPIPE_API_TOKEN to require a bearer token.
     Serve(ServeArgs),
+    /// Show the effective configuration, or check a config file and its topic specs.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Print the effective configuration (defaults, --config, LAKEPIPE_*, flags) as TOML,
+    /// secrets redacted.
+    Show(ConfigArgs),
+    /// Check the configuration and every topic spec; exit non-zero, naming the first error.
+    Check(ConfigArgs),
+}
+
+#[derive(Args)]
+struct ConfigArgs {
+    #[command(flatten)]
+    common: Common,
+    #[command(flatten)]
+    selection: Selection,
 }
 
 /// Where producers publish: `--primary`/`--fallback` broker URLs and a strategy. Without
@@ -510,6 +530,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     let _ = tokio::signal::ctrl_c().await;
                 })
                 .await?;
+        }
+        Command::Config(ConfigCommand::Show(a)) => print!("{}", load(&a.common, a.selection.overrides())?.to_toml()?),
+        Command::Config(ConfigCommand::Check(a)) => {
+            let cfg = load(&a.common, a.selection.overrides())?;
+            let specs = cfg.selected_specs()?;
+            for spec in &specs {
+                lakepipe::decode::Decoder::new(spec.clone(), cfg.max_message_bytes).map_err(lakepipe::config::ConfigError::from)?;
+            }
+            let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
+            println!("OK: topics {}; lake {}; brokers {}", names.join(", "), cfg.lake, cfg.brokers);
         }
         Command::Vacuum(a) => {
             let cfg = load(&a.common, Overrides::default())?;

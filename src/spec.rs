@@ -1,8 +1,9 @@
 //! Topic specifications: the record key, the precombine field and the field rules of each topic.
 //!
 //! Specs are configuration, not code. The five built-in topics are defaults
-//! ([`builtin_specs`]); a user adds or overrides topics in the `[topics.NAME]` tables of the
-//! TOML config, optionally starting from a built-in spec with `extends = "transactions"`.
+//! ([`builtin_specs`]); a user adds or overrides topics in the `[specs.NAME]` tables of the
+//! TOML config (see `lakepipe.example.toml`), optionally starting from a built-in spec with
+//! `extends = "transactions"`.
 
 use std::collections::BTreeMap;
 

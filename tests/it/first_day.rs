@@ -56,3 +56,39 @@ fn a_mistyped_variable_is_an_error() {
     assert!(!out.status.success(), "{err}");
     assert!(err.contains("LAKEPIPE_QUERY_TIMOUT") && err.contains("did you mean LAKEPIPE_QUERY_TIMEOUT?"), "{err}");
 }
+
+/// `config check` names what is wrong with a broken file and exits non-zero; a good one is
+/// summed up; `config show` prints the layers' result with the secrets hidden.
+#[test]
+fn config_check_and_show() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| Command::new(env!("CARGO_BIN_EXE_lakepipe")).args(args).output().unwrap();
+    let file = dir.path().join("c.toml");
+    let path = file.to_str().unwrap();
+    for (text, want) in [
+        ("[specs.orders]\nextends = \"transactions\"\nkey = [\"order_no\"]\n", "topic `orders`: key field `order_no` is not a field"),
+        ("lake = 5\n", "invalid type: integer `5`, expected a string"),
+        ("lakes = \"./lake\"\n", "unknown field `lakes`"),
+        ("[specs.orders]\nkey = [\"id\"]\nfields = [{ name = \"id\", type = \"strng\" }]\n", "strng"),
+    ] {
+        std::fs::write(&file, text).unwrap();
+        let out = run(&["config", "check", "--config", path]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(want), "{text}: {err}");
+    }
+    let out = run(&["config", "check", "--config", &dir.path().join("missing.toml").to_string_lossy()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("cannot read config file") && err.matches("No such file").count() == 1, "{err}");
+
+    std::fs::write(&file, "[specs.orders]\nextends = \"transactions\"\n[kafka]\n\"sasl.password\" = \"hunter2\"\n").unwrap();
+    let out = run(&["config", "check", "--config", path]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("OK: topics orders;"));
+    let out = Command::new(env!("CARGO_BIN_EXE_lakepipe")).args(["config", "show", "--config", path, "--group", "g1"]).env("LAKEPIPE_LAKE", "/data/lake").output().unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    for want in ["lake = \"/data/lake\"", "group = \"g1\"", "\"sasl.password\" = \"***\"", "[specs.orders]"] {
+        assert!(shown.contains(want), "{want} in:\n{shown}");
+    }
+    assert!(!shown.contains("hunter2"));
+}
