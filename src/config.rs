@@ -120,6 +120,9 @@ pub struct Config {
     pub kafka: BTreeMap<String, String>,
     /// Topic specs added to or overriding the built-in five.
     pub specs: BTreeMap<String, TopicSpecConfig>,
+    /// The keys a layer above the defaults set (the file, a variable, a flag).
+    #[serde(skip)]
+    pub(crate) set: std::collections::BTreeSet<String>,
 }
 
 impl Default for Config {
@@ -152,6 +155,7 @@ impl Default for Config {
             breaker_successes: 3,
             kafka: BTreeMap::new(),
             specs: BTreeMap::new(),
+            set: Default::default(),
         }
     }
 }
@@ -199,6 +203,12 @@ impl Config {
             *url = without_password(url);
         }
         shown
+    }
+
+    /// Whether `key` was set above the defaults (by the file, a variable or a flag): the
+    /// HTTP ingest and `freshness()` use `brokers` only when it was.
+    pub fn is_set(&self, key: &str) -> bool {
+        self.set.contains(key)
     }
 
     /// The configuration as TOML that `--config` accepts, secrets redacted (`config show`).
@@ -314,6 +324,7 @@ impl Config {
     /// Load: defaults, then `file`, then `LAKEPIPE_*` variables from `env`, then `flags`.
     pub fn load(file: Option<&Path>, env: impl IntoIterator<Item = (String, String)>, flags: &Overrides) -> Result<Self, ConfigError> {
         let mut table = toml::Table::try_from(Config::default()).map_err(|e| ConfigError::Invalid { origin: None, message: e.to_string() })?;
+        let mut set = std::collections::BTreeSet::new();
         if let Some(path) = file {
             let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
             let from_file: toml::Table =
@@ -322,6 +333,7 @@ impl Config {
             Config::deserialize(toml::Value::Table(from_file.clone()))
                 .map_err(|e| ConfigError::Invalid { origin: Some(path.display().to_string()), message: e.to_string() })?;
             for (k, v) in from_file {
+                set.insert(k.clone());
                 table.insert(k, v);
             }
         }
@@ -353,11 +365,14 @@ impl Config {
             } else {
                 toml::Value::String(v)
             };
+            set.insert(key.clone());
             table.insert(key, value);
         }
         let mut cfg = Config::deserialize(toml::Value::Table(table)).map_err(|e| ConfigError::Invalid { origin: None, message: e.to_string() })?;
+        cfg.set = set;
         let f = flags.clone();
         if let Some(v) = f.brokers {
+            cfg.set.insert("brokers".into());
             cfg.brokers = v;
         }
         if let Some(v) = f.lake {
@@ -531,6 +546,11 @@ mod tests {
         assert_eq!(cfg.max_batch_records, 5);
         assert_eq!(cfg.topics, vec!["orders", "user_events"]);
         assert_eq!(cfg.selected_specs().unwrap()[0].name, "orders");
+        assert!(cfg.is_set("lake") && cfg.is_set("max_batch_records") && cfg.is_set("group") && !cfg.is_set("brokers"));
+        let from_env = Config::load(None, vec![("LAKEPIPE_BROKERS".to_string(), "k:9092".to_string())], &Overrides::default()).unwrap();
+        assert!(from_env.is_set("brokers"));
+        let from_flag = Config::load(None, vec![], &Overrides { brokers: Some("k:9092".into()), ..Default::default() }).unwrap();
+        assert!(from_flag.is_set("brokers") && !Config::default().is_set("brokers"));
     }
 
     #[test]

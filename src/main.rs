@@ -82,7 +82,7 @@ struct RouteArgs {
     /// Fallback broker URL, used when the primary fails (strategy `health`).
     #[arg(long)]
     fallback: Option<String>,
-    /// primary_only, fallback_only, health (default) or round_robin.
+    /// primary_only, fallback_only, health or round_robin (default: health; `strategy`).
     #[arg(long)]
     strategy: Option<String>,
 }
@@ -133,14 +133,15 @@ struct ServeArgs {
 /// Which offsets: the consumer group, topics and source cluster.
 #[derive(Args, Clone, Default)]
 struct Selection {
-    /// Consumer group.
+    /// Consumer group (default: lakepipe; `group`).
     #[arg(long)]
     group: Option<String>,
     /// Topics, comma separated (default: those the config's [specs.NAME] define; without any,
     /// the five built-in demo topics).
     #[arg(long)]
     topics: Option<String>,
-    /// Name of the source cluster in stored offsets.
+    /// Name of the source cluster in stored offsets (default: kafka, or iggy with --iggy;
+    /// `source_name`).
     #[arg(long)]
     source_name: Option<String>,
 }
@@ -197,13 +198,14 @@ struct VacuumArgs {
 
 #[derive(Args, Clone, Default)]
 struct Common {
-    /// TOML config file (layered under LAKEPIPE_* variables and flags).
+    /// TOML config file, layered under LAKEPIPE_* variables and flags (every key:
+    /// lakepipe.example.toml).
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Kafka bootstrap servers, comma separated.
+    /// Kafka bootstrap servers, comma separated (default: 127.0.0.1:9092; `brokers`).
     #[arg(long)]
     brokers: Option<String>,
-    /// Lake root: s3://bucket/prefix, file:///path or a path.
+    /// Lake root: s3://bucket/prefix, file:///path or a path (default: ./lake; `lake`).
     #[arg(long)]
     lake: Option<String>,
 }
@@ -214,10 +216,10 @@ struct IngestArgs {
     common: Common,
     #[command(flatten)]
     selection: Selection,
-    /// Close a batch after this long (e.g. 500ms, 10s).
+    /// Close a batch after this long, e.g. 500ms (default: 10s; `trigger_interval`).
     #[arg(long)]
     trigger_interval: Option<String>,
-    /// Close a batch at this many records.
+    /// Close a batch at this many records (default: 100000; `max_batch_records`).
     #[arg(long)]
     max_batch_records: Option<usize>,
     /// Read every assigned partition up to the end it had at the start, commit, and exit 0;
@@ -373,7 +375,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Some(file) => std::fs::read_to_string(file).with_context(|| format!("cannot read {file}"))?,
                 None => query,
             };
-            let broker = a.common.brokers.as_ref().map(|_| lakepipe::query::functions::BrokerInfo {
+            let broker = cfg.is_set("brokers").then(|| lakepipe::query::functions::BrokerInfo {
                 brokers: cfg.brokers.clone(),
                 source_name: cfg.source_name.clone(),
             });
@@ -479,13 +481,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string(&reports)?);
         }
         Command::Serve(a) => {
-            let publishing = a.common.brokers.is_some() || a.route.primary.is_some();
             let cfg = load(&a.common, a.route.overrides())?;
+            let publishing = cfg.is_set("brokers") || !cfg.primary.is_empty();
             let lake = cfg.lake()?;
             lake.check(cfg.connect()).await?;
             let metrics = lakepipe::metrics::Metrics::new()?;
             metrics.set_ready(true);
-            let broker = a.common.brokers.as_ref().map(|_| lakepipe::query::functions::BrokerInfo {
+            let broker = cfg.is_set("brokers").then(|| lakepipe::query::functions::BrokerInfo {
                 brokers: cfg.brokers.clone(),
                 source_name: cfg.source_name.clone(),
             });

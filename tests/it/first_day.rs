@@ -92,3 +92,23 @@ fn config_check_and_show() {
     }
     assert!(!shown.contains("hunter2"));
 }
+
+/// `--help` names each flag's default (the flags carry none themselves, so that the config
+/// file and the variables below them still count); the defaults named are the real ones.
+#[test]
+fn help_names_the_real_defaults() {
+    let d = lakepipe::config::Config::default();
+    let out = Command::new(env!("CARGO_BIN_EXE_lakepipe")).args(["ingest", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout).split_whitespace().collect::<Vec<_>>().join(" ");
+    for want in [
+        format!("(default: {}; `brokers`)", d.brokers),
+        format!("(default: {}; `lake`)", d.lake),
+        format!("(default: {}; `group`)", d.group),
+        format!("(default: {}, or iggy with --iggy; `source_name`)", d.source_name),
+        format!("(default: {}; `trigger_interval`)", d.trigger_interval),
+        format!("(default: {}; `max_batch_records`)", d.max_batch_records),
+        format!("(default {}; `once_timeout`)", d.once_timeout),
+    ] {
+        assert!(help.contains(&want), "`{want}` in: {help}");
+    }
+}
