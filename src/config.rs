@@ -493,9 +493,14 @@ impl Config {
         self.topics.iter().map(|t| all.get(t).cloned().ok_or_else(|| ConfigError::UnknownTopic(t.clone()))).collect()
     }
 
-    /// The lake, as configured.
+    /// The lake, as configured (a local directory is created if missing).
     pub fn lake(&self) -> Result<crate::lake::Lake, crate::lake::LakeError> {
         Ok(crate::lake::Lake::parse(&self.lake)?.with_checkpoint_interval(self.checkpoint_interval))
+    }
+
+    /// The lake for commands that read or maintain it: a local directory must exist.
+    pub fn existing_lake(&self) -> Result<crate::lake::Lake, crate::lake::LakeError> {
+        Ok(crate::lake::Lake::parse_existing(&self.lake)?.with_checkpoint_interval(self.checkpoint_interval))
     }
 
     /// The batch trigger interval.

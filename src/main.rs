@@ -366,7 +366,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Sql(a) => {
             let cfg = load(&a.common, Overrides::default())?;
-            let lake = cfg.lake()?;
+            let lake = cfg.existing_lake()?;
             let Some(query) = a.query else {
                 lakepipe::query::shell::run_shell(&lake, a.format, a.engine).await?;
                 return Ok(());
@@ -448,7 +448,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Audit(a) => {
             let cfg = load(&a.common, a.selection.overrides())?;
-            let lake = cfg.lake()?;
+            let lake = cfg.existing_lake()?;
             let specs = cfg.selected_specs()?;
             let opts = lakepipe::audit::AuditOptions {
                 brokers: &cfg.brokers,
@@ -470,7 +470,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Compact(a) => {
             let cfg = load(&a.common, Overrides::default())?;
-            let lake = cfg.lake()?;
+            let lake = cfg.existing_lake()?;
             let opts = lakepipe::maintain::CompactOptions {
                 tables: a.table.into_iter().collect(),
                 target_file_size: a.target_file_size,
@@ -545,7 +545,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Vacuum(a) => {
             let cfg = load(&a.common, Overrides::default())?;
-            let lake = cfg.lake()?;
+            let lake = cfg.existing_lake()?;
             let opts = lakepipe::maintain::VacuumOptions {
                 tables: a.table.into_iter().collect(),
                 retain_hours: a.retain_hours,

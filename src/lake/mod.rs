@@ -23,6 +23,22 @@ use url::Url;
 /// Errors of the lake layer.
 #[derive(Debug, thiserror::Error)]
 pub enum LakeError {
+    /// A query or command named a table the lake does not hold.
+    #[error("no table `{table}` in the lake {lake}{known}")]
+    NoTable {
+        /// The table named.
+        table: String,
+        /// The lake's root.
+        lake: String,
+        /// The tables there are, as `(tables: a, b)` (empty when unknown).
+        known: String,
+    },
+    /// A read command was pointed at a local lake directory that does not exist.
+    #[error("no lake at {path}: the directory does not exist (`lakepipe ingest` creates it; check --lake or `lake`)")]
+    NoLake {
+        /// The directory.
+        path: String,
+    },
     /// The lake URI cannot be used.
     #[error("bad lake URI `{uri}`: {reason}")]
     BadUri {
@@ -125,6 +141,8 @@ impl LakeError {
         matches!(
             self,
             LakeError::BadUri { .. }
+                | LakeError::NoLake { .. }
+                | LakeError::NoTable { .. }
                 | LakeError::BadTableName(_)
                 | LakeError::MissingBucket { .. }
                 | LakeError::AccessDenied { .. }
@@ -165,10 +183,31 @@ impl std::fmt::Debug for Lake {
 
 static REGISTER: std::sync::Once = std::sync::Once::new();
 
+/// A local lake directory: created when `create`, else it must exist.
+fn local_dir(path: &std::path::Path, create: bool, bad: &dyn Fn(&str) -> LakeError) -> Result<(), LakeError> {
+    if create {
+        return std::fs::create_dir_all(path).map_err(|e| bad(&format!("cannot create directory: {e}")));
+    }
+    if !path.is_dir() {
+        return Err(LakeError::NoLake { path: path.display().to_string() });
+    }
+    Ok(())
+}
+
 impl Lake {
     /// Parse `s3://bucket/prefix`, `file:///path` or a plain path (created if missing).
     /// S3 settings come from the standard `AWS_*` environment variables.
     pub fn parse(uri: &str) -> Result<Self, LakeError> {
+        Lake::parse_with(uri, true)
+    }
+
+    /// [`Lake::parse`] for commands that only read or maintain a lake: a local directory
+    /// that does not exist is an error ([`LakeError::NoLake`]), and nothing is created.
+    pub fn parse_existing(uri: &str) -> Result<Self, LakeError> {
+        Lake::parse_with(uri, false)
+    }
+
+    fn parse_with(uri: &str, create: bool) -> Result<Self, LakeError> {
         REGISTER.call_once(|| deltalake::aws::register_handlers(None));
         let bad = |reason: &str| LakeError::BadUri { uri: uri.to_string(), reason: reason.to_string() };
         let trimmed = uri.trim_end_matches('/');
@@ -186,14 +225,14 @@ impl Lake {
                 }
                 "file" => {
                     let path = url.to_file_path().map_err(|_| bad("not a local path"))?;
-                    std::fs::create_dir_all(&path).map_err(|e| bad(&format!("cannot create directory: {e}")))?;
+                    local_dir(&path, create, &bad)?;
                     url
                 }
                 other => return Err(bad(&format!("unsupported scheme `{other}` (use s3://, file:// or a path)"))),
             }
         } else {
             let path = std::path::Path::new(trimmed);
-            std::fs::create_dir_all(path).map_err(|e| bad(&format!("cannot create directory: {e}")))?;
+            local_dir(path, create, &bad)?;
             let abs = std::fs::canonicalize(path).map_err(|e| bad(&e.to_string()))?;
             Url::from_directory_path(&abs).map_err(|_| bad("not an absolute path"))?
         };
@@ -242,6 +281,11 @@ impl Lake {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(classify_store_error(&uri, &e.to_string())),
         }
+    }
+
+    /// [`Lake::open`] for a table that must exist: [`LakeError::NoTable`] names the lake.
+    pub async fn open_existing(&self, name: &str) -> Result<DeltaTable, LakeError> {
+        self.open(name).await?.ok_or_else(|| LakeError::NoTable { table: name.to_string(), lake: self.root.to_string(), known: String::new() })
     }
 
     /// Open a table, or `None` when it does not exist yet.

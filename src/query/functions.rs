@@ -79,7 +79,7 @@ fn point_arg(exprs: &[Expr], i: usize, func: &str) -> DfResult<Option<Point>> {
 }
 
 async fn open(lake: &Lake, name: &str) -> DfResult<DeltaTable> {
-    lake.open(name).await.map_err(|e| DataFusionError::External(Box::new(e)))?.ok_or_else(|| plan_err(format!("no table `{name}` in the lake")))
+    lake.open_existing(name).await.map_err(ext)
 }
 
 /// A computed result as a table.
@@ -113,7 +113,11 @@ impl TableFunctionImpl for AsOf {
         let point = point_arg(exprs, 1, "as_of")?.ok_or_else(|| plan_err("as_of('table', version | TIMESTAMP '…') needs two arguments"))?;
         block(async {
             let mut table = open(&self.lake, &name).await?;
+            let latest = table.version().unwrap_or(0);
             match point {
+                Point::Version(v) if v > latest => {
+                    return Err(plan_err(format!("as_of('{name}', {v}): `{name}` has versions 0 to {latest}")));
+                }
                 Point::Version(v) => table.load_version(v).await,
                 Point::Time(t) => table.load_with_datetime(t).await,
             }
@@ -142,7 +146,7 @@ pub fn history_schema() -> SchemaRef {
 
 /// Every commit of a table still in its log, oldest first.
 pub async fn history(lake: &Lake, name: &str) -> Result<RecordBatch, LakeError> {
-    let table = lake.open(name).await?.ok_or_else(|| LakeError::data(name, "no such table"))?;
+    let table = lake.open_existing(name).await?;
     let latest = table.version().unwrap_or(0);
     let mut commits = Vec::new();
     for v in 0..=latest {
@@ -201,7 +205,7 @@ impl TableFunctionImpl for History {
 /// added files, matched by record key. A row copied unchanged into a rewritten file (same
 /// source partition and offset) is not a change. Compaction (`dataChange = false`) is skipped.
 pub async fn changes(lake: &Lake, name: &str, from: u64, to: Option<u64>) -> Result<RecordBatch, LakeError> {
-    let table = lake.open(name).await?.ok_or_else(|| LakeError::data(name, "no such table"))?;
+    let table = lake.open_existing(name).await?;
     let latest = table.version().unwrap_or(0);
     let to = to.unwrap_or(latest).min(latest);
     let snapshot = table.snapshot().map_err(|e| LakeError::delta(name, e))?;

@@ -10,6 +10,7 @@ pub mod shell;
 use std::sync::Arc;
 
 use arrow::record_batch::RecordBatch;
+use deltalake::datafusion::error::DataFusionError;
 use deltalake::datafusion::prelude::SessionContext;
 use deltalake::DeltaTableBuilder;
 
@@ -98,21 +99,63 @@ pub struct Request<'a> {
 /// Run one statement on the chosen engine and collect the result.
 pub async fn execute(lake: &Lake, req: &Request<'_>) -> Result<(Arc<arrow::datatypes::Schema>, Vec<RecordBatch>), QueryError> {
     let sql = req.sql.trim().trim_end_matches(';');
-    match req.engine {
+    let result = match req.engine {
         Engine::Duckdb => duck::run(lake, sql, req.broker, &duck::DuckOptions { limit: req.limit, sandboxed: req.read_only }).await,
         Engine::Datafusion => {
             use deltalake::datafusion::execution::context::SQLOptions;
             let ctx = session(lake, req.broker, Some(sql)).await?;
             let options = SQLOptions::new().with_allow_ddl(!req.read_only).with_allow_dml(!req.read_only).with_allow_statements(!req.read_only);
-            let mut df = ctx.sql_with_options(sql, options).await.map_err(|e| QueryError::Sql(e.to_string()))?;
-            if let Some(limit) = req.limit {
-                df = df.limit(0, Some(limit)).map_err(|e| QueryError::Sql(e.to_string()))?;
+            let failed = |e: DataFusionError| QueryError::Sql(df_message(&e));
+            match ctx.sql_with_options(sql, options).await {
+                Err(e) => Err(failed(e)),
+                Ok(mut df) => {
+                    if let Some(limit) = req.limit {
+                        df = df.limit(0, Some(limit)).map_err(failed)?;
+                    }
+                    let schema = Arc::new(df.schema().as_arrow().clone());
+                    df.collect().await.map_err(failed).map(|batches| (schema, batches))
+                }
             }
-            let schema = Arc::new(df.schema().as_arrow().clone());
-            let batches = df.collect().await.map_err(|e| QueryError::Sql(e.to_string()))?;
-            Ok((schema, batches))
         }
+    };
+    match result {
+        Err(QueryError::Sql(message)) => Err(in_user_words(lake, message).await),
+        other => other,
     }
+}
+
+/// A DataFusion error's own message, without the variant's prefix ("Error during planning: ",
+/// "External error: ").
+fn df_message(e: &DataFusionError) -> String {
+    match e {
+        DataFusionError::External(inner) => inner.to_string(),
+        DataFusionError::Context(_, inner) => df_message(inner),
+        other => other.message().to_string(),
+    }
+}
+
+/// A query error in the user's words: a table that is not there is named with the lake and the
+/// tables it does hold, on both engines.
+async fn in_user_words(lake: &Lake, message: String) -> QueryError {
+    let Some(table) = missing_table(&message) else { return QueryError::Sql(message) };
+    let known = match list_tables(lake).await {
+        Ok(t) if !t.is_empty() => format!(" (tables: {})", t.join(", ")),
+        _ => " (it holds no table yet)".to_string(),
+    };
+    QueryError::Lake(LakeError::NoTable { table, lake: lake.root().to_string(), known })
+}
+
+/// The table a "no such table" message names: DataFusion's "table 'datafusion.public.t' not
+/// found", DuckDB's "Table with name t does not exist", lakepipe's "no table `t` in the lake".
+fn missing_table(message: &str) -> Option<String> {
+    let between = |start: &str, end: &str| -> Option<String> {
+        let rest = &message[message.find(start)? + start.len()..];
+        Some(rest[..rest.find(end)?].to_string())
+    };
+    between("table '", "' not found")
+        .map(|t| t.rsplit('.').next().unwrap_or_default().to_string())
+        .or_else(|| between("Table with name ", " does not exist"))
+        .or_else(|| between("no table `", "` in the lake"))
 }
 
 /// Names of the Delta tables directly under the lake root.

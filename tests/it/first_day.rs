@@ -112,3 +112,34 @@ fn help_names_the_real_defaults() {
         assert!(help.contains(&want), "`{want}` in: {help}");
     }
 }
+
+/// Errors in the user's words, on both engines: a table that is not there names the lake and
+/// the tables it holds (not `datafusion.public.orders`), a version past the last names the
+/// versions there are, and a read command on a lake directory that does not exist says so and
+/// creates nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn errors_name_what_the_user_named() {
+    let fx = Fixture::new(LakeKind::Local, "transactions", 1, "").await;
+    crate::harness::produce_to_partition(&fx.topic, 0, &[txn("e1"), txn("e2")]).await;
+    fx.ingest_once();
+    let sql = |engine: &str, q: &str| {
+        let out = fx.cmd("sql").args(["--engine", engine, q]).output().unwrap();
+        assert!(!out.status.success(), "{q} must fail on {engine}");
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    for engine in ["datafusion", "duckdb"] {
+        let err = sql(engine, "SELECT * FROM orders");
+        assert!(err.contains("no table `orders` in the lake file://") && err.contains(&format!("(tables: dead_letters, {})", fx.topic)), "{engine}: {err}");
+        assert!(!err.contains("datafusion.public"), "{err}");
+        let err = sql(engine, &format!("SELECT * FROM as_of('{}', 9)", fx.topic));
+        assert!(err.contains(&format!("as_of('{0}', 9): `{0}` has versions 0 to ", fx.topic)), "{engine}: {err}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-such-lake");
+    for args in [vec!["sql", "SELECT 1"], vec!["audit"], vec!["vacuum", "--dry-run", "--retain-hours", "200"], vec!["compact"]] {
+        let out = Command::new(env!("CARGO_BIN_EXE_lakepipe")).args(&args).args(["--lake", missing.to_str().unwrap()]).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(&format!("no lake at {}", missing.display())), "{args:?}: {err}");
+        assert!(!missing.exists(), "{args:?} created the lake directory");
+    }
+}
