@@ -222,16 +222,20 @@ pub async fn run(lake: &Lake, sql: &str) -> Result<(Arc<arrow::datatypes::Schema
     execute(lake, &Request { sql, ..Default::default() }).await
 }
 
-/// Format batches as text.
+/// Format batches as text: a table (NULL shown as `NULL`), CSV (NULL as an empty field) or a
+/// JSON array of objects (NULL as `null`, every column in every object). Timestamps with a
+/// time zone print in RFC 3339 with `Z` for UTC.
 pub fn format(schema: &Arc<arrow::datatypes::Schema>, batches: &[RecordBatch], format: Format) -> Result<String, QueryError> {
     let err = |e: arrow::error::ArrowError| QueryError::Format(e.to_string());
+    let batches = &batches.iter().map(utc_display).collect::<Result<Vec<_>, _>>().map_err(err)?;
     match format {
         Format::Table => {
             if batches.iter().all(|b| b.num_rows() == 0) {
                 let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
                 return Ok(format!("(0 rows; columns: {})", names.join(", ")));
             }
-            Ok(arrow::util::pretty::pretty_format_batches(batches).map_err(err)?.to_string())
+            let options = arrow::util::display::FormatOptions::default().with_null("NULL");
+            Ok(arrow::util::pretty::pretty_format_batches_with_options(batches, &options).map_err(err)?.to_string())
         }
         Format::Csv => {
             let mut buf = Vec::new();
@@ -249,7 +253,8 @@ pub fn format(schema: &Arc<arrow::datatypes::Schema>, batches: &[RecordBatch], f
         Format::Json => {
             let mut buf = Vec::new();
             {
-                let mut w = arrow::json::ArrayWriter::new(&mut buf);
+                // Null fields are kept (`"x": null`), so every object has every column.
+                let mut w = arrow::json::WriterBuilder::new().with_explicit_nulls(true).build::<_, arrow::json::writer::JsonArray>(&mut buf);
                 let refs: Vec<&RecordBatch> = batches.iter().collect();
                 w.write_batches(&refs).map_err(err)?;
                 w.finish().map_err(err)?;
@@ -258,6 +263,33 @@ pub fn format(schema: &Arc<arrow::datatypes::Schema>, batches: &[RecordBatch], f
             Ok(if text.trim().is_empty() { "[]".to_string() } else { text })
         }
     }
+}
+
+/// `batch` with its timestamps that carry no time zone (a `TIMESTAMP '…'` literal, DataFusion's
+/// `now()`) or a zero offset marked as UTC, so that every timestamp prints in one RFC 3339 form
+/// ending in `Z`, as the lake's own (UTC) columns and the DuckDB engine's do.
+fn utc_display(batch: &RecordBatch) -> Result<RecordBatch, arrow::error::ArrowError> {
+    use arrow::datatypes::{DataType, Field, Schema};
+    let naive = |f: &Field| matches!(f.data_type(), DataType::Timestamp(_, tz) if tz.as_deref().is_none_or(|z| z == "+00:00" || z == "+00"));
+    if !batch.schema().fields().iter().any(|f| naive(f)) {
+        return Ok(batch.clone());
+    }
+    let mut fields = Vec::new();
+    let mut columns = Vec::new();
+    for (f, c) in batch.schema().fields().iter().zip(batch.columns()) {
+        match f.data_type() {
+            DataType::Timestamp(unit, _) if naive(f) => {
+                let to = DataType::Timestamp(*unit, Some("UTC".into()));
+                columns.push(arrow::compute::cast(c, &to)?);
+                fields.push(f.as_ref().clone().with_data_type(to));
+            }
+            _ => {
+                columns.push(c.clone());
+                fields.push(f.as_ref().clone());
+            }
+        }
+    }
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
 }
 
 /// Write a result to `path`: Parquet (zstd) for `.parquet`, CSV with a header for `.csv`.
@@ -289,4 +321,38 @@ pub fn export(schema: &Arc<arrow::datatypes::Schema>, batches: &[RecordBatch], p
         _ => return Err(err("the file name must end in .parquet or .csv".into())),
     }
     Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{StringArray, TimestampMillisecondArray};
+    use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+
+    /// NULL reads `NULL` in a table and `null` in JSON (the field is kept); every timestamp
+    /// prints in one RFC 3339 form with `Z`, with a time zone or without.
+    #[test]
+    fn values_print_one_way() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("s", DataType::Utf8, true),
+            Field::new("naive", DataType::Timestamp(TimeUnit::Millisecond, None), true),
+            Field::new("utc", DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())), true),
+        ]));
+        let ts = 1_767_261_600_000; // 2026-01-01T10:00:00Z
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(StringArray::from(vec![None::<&str>])),
+                Arc::new(TimestampMillisecondArray::from(vec![ts])),
+                Arc::new(TimestampMillisecondArray::from(vec![ts]).with_timezone("UTC")),
+            ],
+        )
+        .unwrap();
+        let table = format(&schema, std::slice::from_ref(&batch), Format::Table).unwrap();
+        assert!(table.contains("| NULL | 2026-01-01T10:00:00Z | 2026-01-01T10:00:00Z |"), "{table}");
+        let json = format(&schema, std::slice::from_ref(&batch), Format::Json).unwrap();
+        assert_eq!(json.trim(), r#"[{"s":null,"naive":"2026-01-01T10:00:00Z","utc":"2026-01-01T10:00:00Z"}]"#);
+        let csv = format(&schema, &[batch], Format::Csv).unwrap();
+        assert_eq!(csv, "s,naive,utc\n,2026-01-01T10:00:00Z,2026-01-01T10:00:00Z\n");
+    }
 }
