@@ -16,7 +16,6 @@ use arrow::array::{Array, Int32Array, Int64Array};
 use arrow::compute::cast;
 use arrow::datatypes::DataType;
 use futures::StreamExt;
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use serde::Serialize;
@@ -238,16 +237,11 @@ async fn audit_topic(
 ) -> Result<(TopicAudit, Vec<Finding>), AuditError> {
     let topic = spec.name.as_str();
     let broker_err = |reason: String| AuditError::Broker { topic: topic.to_string(), brokers: opts.brokers.to_string(), reason };
-    let mut cfg = ClientConfig::new();
-    cfg.set("bootstrap.servers", opts.brokers)
-        .set("group.id", format!("lakepipe-audit-{}", uuid::Uuid::new_v4()))
+    let mut cfg = crate::source::kafka::client_config(opts.brokers, opts.kafka);
+    cfg.set("group.id", format!("lakepipe-audit-{}", uuid::Uuid::new_v4()))
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
-        .set("enable.partition.eof", "false")
-        .set("log_level", "3");
-    for (k, v) in opts.kafka {
-        cfg.set(k, v);
-    }
+        .set("enable.partition.eof", "false");
     let consumer: StreamConsumer = cfg.create().map_err(|e| broker_err(e.to_string()))?;
     let md = tokio::task::block_in_place(|| consumer.fetch_metadata(Some(topic), Duration::from_secs(15))).map_err(|e| broker_err(e.to_string()))?;
     let partitions: Vec<i32> = md.topics().iter().filter(|t| t.name() == topic).flat_map(|t| t.partitions().iter().map(|p| p.id())).collect();

@@ -378,6 +378,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let broker = cfg.is_set("brokers").then(|| lakepipe::query::functions::BrokerInfo {
                 brokers: cfg.brokers.clone(),
                 source_name: cfg.source_name.clone(),
+                kafka: cfg.kafka.clone(),
             });
             let request = lakepipe::query::Request { sql: &query, engine: a.engine, broker: broker.as_ref(), ..Default::default() };
             let (schema, batches) = lakepipe::query::execute(&lake, &request).await?;
@@ -490,6 +491,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let broker = cfg.is_set("brokers").then(|| lakepipe::query::functions::BrokerInfo {
                 brokers: cfg.brokers.clone(),
                 source_name: cfg.source_name.clone(),
+                kafka: cfg.kafka.clone(),
             });
             let token = std::env::var("LAKEPIPE_API_TOKEN").ok().filter(|t| !t.is_empty());
             let server = lakepipe::server::ServerConfig {

@@ -463,6 +463,8 @@ pub struct BrokerInfo {
     pub brokers: String,
     /// The source name whose offsets this broker holds.
     pub source_name: String,
+    /// The `[kafka]` properties (TLS, SASL).
+    pub kafka: std::collections::BTreeMap<String, String>,
 }
 
 /// The schema of `freshness()`.
@@ -490,6 +492,8 @@ struct FreshRow {
     table: String,
     source: Option<String>,
     group: Option<String>,
+    /// The topic of a partition row (the table may hold another topic's offsets).
+    topic: Option<String>,
     partition: Option<i32>,
     committed: Option<i64>,
     hwm: Option<i64>,
@@ -504,6 +508,7 @@ struct FreshRow {
 /// the time of the last commit. With it, SQL can tell whether `date = today` is complete.
 pub async fn freshness(lake: &Lake, broker: Option<&BrokerInfo>) -> Result<RecordBatch, LakeError> {
     let mut out: Vec<FreshRow> = Vec::new();
+    let mut wanted: Vec<(String, i32)> = Vec::new();
     let tables = crate::query::list_tables(lake).await?;
     for name in tables.iter().filter(|t| t.as_str() != crate::lake::dead_letters::TABLE) {
         let Some(table) = lake.open(name).await? else { continue };
@@ -524,19 +529,19 @@ pub async fn freshness(lake: &Lake, broker: Option<&BrokerInfo>) -> Result<Recor
             let parts: Vec<&str> = id.split(':').collect();
             let [_, source, group, topic, p] = parts.as_slice() else { continue };
             let Ok(p) = p.parse::<i32>() else { continue };
-            // Offsets of the local cluster are compared with its broker; other sources' are not.
-            let hwm = match broker {
-                Some(b) if *source == b.source_name => high_watermark(&b.brokers, topic, p).await,
-                _ => None,
-            };
+            // Offsets of the local cluster are compared with its broker (below); other sources'
+            // are not.
+            if broker.is_some_and(|b| *source == b.source_name) {
+                wanted.push((topic.to_string(), p));
+            }
             out.push(FreshRow {
                 scope: "partition",
                 table: name.clone(),
                 source: Some(source.to_string()),
                 group: Some(group.to_string()),
+                topic: Some(topic.to_string()),
                 partition: Some(p),
                 committed: Some(*committed),
-                hwm,
                 last_commit,
                 ..Default::default()
             });
@@ -568,6 +573,9 @@ pub async fn freshness(lake: &Lake, broker: Option<&BrokerInfo>) -> Result<Recor
             }
         }
     }
+    if let Some(b) = broker {
+        fill_watermarks(&mut out, b, &wanted).await;
+    }
     out.sort_by(|a, b| (a.table.as_str(), a.scope, a.partition, a.date).cmp(&(b.table.as_str(), b.scope, b.partition, b.date)));
     let cols: Vec<ArrayRef> = vec![
         Arc::new(StringArray::from(out.iter().map(|r| r.scope).collect::<Vec<_>>())),
@@ -586,29 +594,26 @@ pub async fn freshness(lake: &Lake, broker: Option<&BrokerInfo>) -> Result<Recor
     RecordBatch::try_new(freshness_schema(), cols).map_err(|e| LakeError::data("freshness", e))
 }
 
-/// The log end of a partition, from a fetch response (exact even where ListOffsets is not).
-async fn high_watermark(brokers: &str, topic: &str, partition: i32) -> Option<i64> {
-    use rdkafka::consumer::{Consumer, StreamConsumer};
-    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", format!("lakepipe-freshness-{}", uuid::Uuid::new_v4()))
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "true")
-        .set("log_level", "3")
-        .create()
-        .ok()?;
-    let mut tpl = rdkafka::TopicPartitionList::new();
-    tpl.add_partition_offset(topic, partition, rdkafka::Offset::End).ok()?;
-    consumer.assign(&tpl).ok()?;
-    // One fetch at the end of the log brings the high watermark back.
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
-    while tokio::time::Instant::now() < deadline {
-        let _ = tokio::time::timeout(std::time::Duration::from_millis(50), consumer.recv()).await;
-        if let Some(hi) = crate::source::kafka::cached_high_watermark(consumer.client(), topic, partition) {
-            return Some(hi);
-        }
+/// How long `freshness()` waits for the broker's high watermarks, in all.
+const WATERMARK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Fill in each partition row's high watermark from the broker, in one bounded lookup; a
+/// broker that does not answer leaves them NULL, with one warning.
+async fn fill_watermarks(out: &mut [FreshRow], broker: &BrokerInfo, wanted: &[(String, i32)]) {
+    if wanted.is_empty() {
+        return;
     }
-    None
+    let marks = match crate::source::kafka::high_watermarks(&broker.brokers, &broker.kafka, wanted, WATERMARK_TIMEOUT).await {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::warn!(error = %e, "freshness(): no high watermarks from the broker; high_watermark and lag are NULL");
+            return;
+        }
+    };
+    for row in out.iter_mut().filter(|r| r.scope == "partition" && r.source.as_deref() == Some(broker.source_name.as_str())) {
+        let topic = row.topic.clone().unwrap_or_default();
+        row.hwm = row.partition.and_then(|p| marks.get(&(topic, p)).copied());
+    }
 }
 
 /// `freshness()`.

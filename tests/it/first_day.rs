@@ -143,3 +143,30 @@ async fn errors_name_what_the_user_named() {
         assert!(!missing.exists(), "{args:?} created the lake directory");
     }
 }
+
+/// `freshness()` against a broker that does not answer: one bounded wait for every partition,
+/// one warning, the rest of the answer intact (it took 75 s and printed 1,550 librdkafka error
+/// lines); against the real broker the lag is exact.
+#[tokio::test(flavor = "multi_thread")]
+async fn freshness_against_an_unreachable_broker_is_bounded_and_says_so_once() {
+    let fx = Fixture::new(LakeKind::Local, "transactions", 3, "").await;
+    for p in 0..3 {
+        crate::harness::produce_to_partition(&fx.topic, p, &[txn(&format!("f{p}"))]).await;
+    }
+    fx.ingest_once();
+    let q = format!("SELECT partition, committed_offset, high_watermark, lag FROM freshness() WHERE scope = 'partition' AND table_name = '{}' ORDER BY partition", fx.topic);
+    let rows = fx.sql(&q);
+    assert_eq!(rows.len(), 3);
+    assert!(rows.iter().all(|r| r["lag"] == 0 && r["high_watermark"] == r["committed_offset"]), "{rows:?}");
+    let dead = format!("127.0.0.1:{}", crate::harness::free_port());
+    let started = std::time::Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_lakepipe")).args(["sql", "--lake", &fx.lake, "--brokers", &dead, "--format", "json", &q]).output().unwrap();
+    let elapsed = started.elapsed();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(elapsed < std::time::Duration::from_secs(20), "{elapsed:?}");
+    assert_eq!(err.lines().filter(|l| !l.trim().is_empty()).count(), 1, "one line: {err}");
+    assert!(err.contains("freshness(): no high watermarks from the broker") && err.contains(&dead), "{err}");
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(rows.as_array().unwrap().iter().all(|r| r["lag"].is_null() && r["committed_offset"].is_i64()), "{rows}");
+}

@@ -109,8 +109,9 @@ impl ConsumerContext for LakeOffsetsContext {
     }
 }
 
-/// Base librdkafka settings shared by consumers and producers, plus the user's overrides.
-fn client_config(brokers: &str, extra: &std::collections::BTreeMap<String, String>) -> ClientConfig {
+/// Base librdkafka settings shared by consumers and producers, plus the user's overrides: the
+/// one place every Kafka client of lakepipe (ingest, producers, audit, freshness) starts from.
+pub(crate) fn client_config(brokers: &str, extra: &std::collections::BTreeMap<String, String>) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", brokers);
     c.set("socket.connection.setup.timeout.ms", "10000");
@@ -119,6 +120,47 @@ fn client_config(brokers: &str, extra: &std::collections::BTreeMap<String, Strin
         c.set(k, v);
     }
     c
+}
+
+/// The high watermark of each of `partitions`, from one fetch at each log's end (exact even
+/// where ListOffsets is not), by one consumer with the `[kafka]` settings, within `timeout` in
+/// all. A broker that does not answer is one error, not a wait and a log line per partition;
+/// partitions that gave no answer in time are left out.
+pub async fn high_watermarks(brokers: &str, extra: &std::collections::BTreeMap<String, String>, partitions: &[TopicPartition], timeout: Duration) -> Result<HashMap<TopicPartition, i64>, SourceError> {
+    use rdkafka::consumer::BaseConsumer;
+    /// The caller reports an unreachable broker once: librdkafka's log lines and error
+    /// callbacks (a few per connection attempt) stay quiet.
+    struct Quiet;
+    impl ClientContext for Quiet {
+        fn log(&self, _: rdkafka::config::RDKafkaLogLevel, _: &str, _: &str) {}
+        fn error(&self, _: rdkafka::error::KafkaError, _: &str) {}
+    }
+    impl rdkafka::consumer::ConsumerContext for Quiet {}
+    let mut cfg = client_config(brokers, extra);
+    cfg.set("group.id", format!("lakepipe-watermarks-{}", uuid::Uuid::new_v4())).set("enable.auto.commit", "false");
+    let (brokers, partitions) = (brokers.to_string(), partitions.to_vec());
+    let unreachable = move |reason: String| SourceError::Unreachable { brokers: brokers.clone(), reason };
+    let work = move || -> Result<HashMap<TopicPartition, i64>, SourceError> {
+        let consumer: BaseConsumer<Quiet> = cfg.create_with_context(Quiet).map_err(|e| SourceError::Config { reason: e.to_string() })?;
+        let deadline = std::time::Instant::now() + timeout;
+        consumer.fetch_metadata(None, timeout).map_err(|e| unreachable(format!("no answer within {timeout:?}: {e}")))?;
+        let mut tpl = TopicPartitionList::new();
+        for (t, p) in &partitions {
+            tpl.add_partition_offset(t, *p, Offset::End).map_err(|e| unreachable(e.to_string()))?;
+        }
+        consumer.assign(&tpl).map_err(|e| unreachable(e.to_string()))?;
+        let mut out = HashMap::new();
+        while out.len() < partitions.len() && std::time::Instant::now() < deadline {
+            let _ = consumer.poll(Duration::from_millis(50));
+            for (t, p) in &partitions {
+                if let Some(hi) = cached_high_watermark(consumer.client(), t, *p) {
+                    out.insert((t.clone(), *p), hi);
+                }
+            }
+        }
+        Ok(out)
+    };
+    tokio::task::spawn_blocking(work).await.map_err(|e| SourceError::Broker { brokers: String::new(), reason: format!("the watermark lookup failed: {e}") })?
 }
 
 /// A consumer-group member for the given topics.
