@@ -58,6 +58,25 @@ struct Needs {
     relations: BTreeSet<String>,
     /// Table-function calls, as DataFusion SQL text (`changes('t', 3)`).
     calls: BTreeSet<String>,
+    /// Tables whose columns alone the statement needs (`DESCRIBE t`), no rows; `all_schemas`:
+    /// every table's (`SHOW TABLES`).
+    schemas: BTreeSet<String>,
+    all_schemas: bool,
+}
+
+impl Needs {
+    /// What a statement about tables rather than rows needs: their columns, not their data.
+    fn schema_statements(&mut self, statement: &Statement) {
+        match statement {
+            Statement::ExplainTable { table_name, .. } => {
+                if let Some(ident) = last_ident(table_name) {
+                    self.schemas.insert(ident.value.to_ascii_lowercase());
+                }
+            }
+            Statement::ShowTables { .. } => self.all_schemas = true,
+            _ => {}
+        }
+    }
 }
 
 fn last_ident(name: &ObjectName) -> Option<&Ident> {
@@ -126,16 +145,24 @@ pub async fn run(lake: &Lake, sql: &str, broker: Option<&BrokerInfo>, opts: &Duc
     let mut needs = Needs::default();
     if let Some(s) = &statement {
         let _ = s.visit(&mut Collect(&mut needs));
+        needs.schema_statements(s);
     }
     let existing = super::list_tables(lake).await?;
+    let wanted = |t: &String| {
+        let t = t.to_ascii_lowercase();
+        needs.relations.contains(&t) || needs.schemas.contains(&t) || needs.all_schemas
+    };
     let tables: Vec<String> = match &statement {
-        Some(_) => existing.into_iter().filter(|t| needs.relations.contains(&t.to_ascii_lowercase())).collect(),
+        Some(_) => existing.into_iter().filter(wanted).collect(),
         None => existing,
     };
 
     let mut inputs: Vec<(String, SchemaRef, Vec<RecordBatch>)> = Vec::new();
     for name in &tables {
-        let mut stream = super::stream(lake, &[name.as_str()], &format!("SELECT * FROM \"{name}\"")).await?;
+        // Only the columns, when that is all the statement looks at.
+        let rows_needed = statement.is_none() || needs.relations.contains(&name.to_ascii_lowercase());
+        let limit = if rows_needed { "" } else { " LIMIT 0" };
+        let mut stream = super::stream(lake, &[name.as_str()], &format!("SELECT * FROM \"{name}\"{limit}")).await?;
         let schema = stream.schema();
         let mut batches = Vec::new();
         while let Some(b) = stream.try_next().await.map_err(|e| QueryError::Sql(e.to_string()))? {

@@ -103,7 +103,7 @@ pub async fn execute(lake: &Lake, req: &Request<'_>) -> Result<(Arc<arrow::datat
         Engine::Duckdb => duck::run(lake, sql, req.broker, &duck::DuckOptions { limit: req.limit, sandboxed: req.read_only }).await,
         Engine::Datafusion => {
             use deltalake::datafusion::execution::context::SQLOptions;
-            let ctx = session(lake, req.broker, Some(sql)).await?;
+            let ctx = session(lake, req.broker, Some(sql), !req.read_only).await?;
             let options = SQLOptions::new().with_allow_ddl(!req.read_only).with_allow_dml(!req.read_only).with_allow_statements(!req.read_only);
             let failed = |e: DataFusionError| QueryError::Sql(df_message(&e));
             match ctx.sql_with_options(sql, options).await {
@@ -138,10 +138,12 @@ fn df_message(e: &DataFusionError) -> String {
 /// tables it does hold, on both engines.
 async fn in_user_words(lake: &Lake, message: String) -> QueryError {
     let Some(table) = missing_table(&message) else { return QueryError::Sql(message) };
-    let known = match list_tables(lake).await {
-        Ok(t) if !t.is_empty() => format!(" (tables: {})", t.join(", ")),
-        _ => " (it holds no table yet)".to_string(),
-    };
+    let tables = list_tables(lake).await.unwrap_or_default();
+    // The lake has it: the engine's message is about something else (a schema, a CTE).
+    if tables.iter().any(|t| t.eq_ignore_ascii_case(&table)) {
+        return QueryError::Sql(message);
+    }
+    let known = if tables.is_empty() { " (it holds no table yet)".to_string() } else { format!(" (tables: {})", tables.join(", ")) };
     QueryError::Lake(LakeError::NoTable { table, lake: lake.root().to_string(), known })
 }
 
@@ -184,9 +186,12 @@ async fn register(ctx: &SessionContext, lake: &Lake, name: &str) -> Result<(), Q
 }
 
 /// A DataFusion session with the lake's tables registered: those that `sql` names when it is
-/// given and parses, else every table. Tables are opened concurrently.
-pub async fn session(lake: &Lake, broker: Option<&functions::BrokerInfo>, sql: Option<&str>) -> Result<SessionContext, QueryError> {
-    let ctx = SessionContext::new();
+/// given and parses, else every table; with the information schema when asked. Tables are opened concurrently.
+pub async fn session(lake: &Lake, broker: Option<&functions::BrokerInfo>, sql: Option<&str>, information_schema: bool) -> Result<SessionContext, QueryError> {
+    // `SHOW TABLES` and `SHOW COLUMNS` read the information schema. The read-only API keeps it
+    // off: `df_settings` shows the server's settings (issue #15 decides what it may show).
+    let config = deltalake::datafusion::prelude::SessionConfig::new().with_information_schema(information_schema);
+    let ctx = SessionContext::new_with_config(config);
     functions::register_all(&ctx, lake, broker);
     let mut names = list_tables(lake).await?;
     if let Some(named) = sql.and_then(|sql| referenced_tables(&ctx, sql)).filter(|n| !n.is_empty()) {
@@ -203,7 +208,8 @@ fn referenced_tables(ctx: &SessionContext, sql: &str) -> Option<Vec<String>> {
     let state = ctx.state();
     let statement = state.sql_to_statement(sql, &deltalake::datafusion::config::Dialect::Generic).ok()?;
     let refs = state.resolve_table_references(&statement).ok()?;
-    Some(refs.iter().map(|r| r.table().to_string()).collect())
+    // `SHOW TABLES` reads only the information schema, which lists every registered table.
+    Some(refs.iter().filter(|r| r.schema() != Some("information_schema")).map(|r| r.table().to_string()).collect())
 }
 
 /// Run a statement over some tables and stream the result batch by batch.

@@ -6,7 +6,7 @@ use rustyline::error::ReadlineError;
 use super::{execute, format, list_tables, Engine, Format, Request};
 use crate::lake::Lake;
 
-const HELP: &str = "Statements end with ';'. Commands: \\d (tables), \\f table|csv|json (output format), \\e datafusion|duckdb (engine), \\q (quit).\n\
+const HELP: &str = "Statements end with ';'. Commands: \\d (tables), \\d TABLE (its columns), \\f table|csv|json (output format), \\e datafusion|duckdb (engine), \\q (quit).\n\
 Table functions: as_of('t', version | TIMESTAMP '…'), history('t'), changes('t', from[, to]), freshness().";
 
 /// Run the shell until `\q` or end of input.
@@ -38,9 +38,12 @@ pub async fn run_shell(lake: &Lake, mut fmt: Format, mut engine: Engine) -> Resu
             let mut parts = trimmed.split_whitespace();
             match parts.next() {
                 Some("\\q") => break,
-                Some("\\d") => match list_tables(lake).await {
-                    Ok(t) => println!("{}", t.join("\n")),
-                    Err(e) => eprintln!("error: {e}"),
+                Some("\\d") => match parts.next() {
+                    Some(table) => run_and_print(lake, &format!("DESCRIBE \"{}\"", table.replace('"', "")), engine, fmt).await,
+                    None => match list_tables(lake).await {
+                        Ok(t) => println!("{}", t.join("\n")),
+                        Err(e) => eprintln!("error: {e}"),
+                    },
                 },
                 Some("\\f") => match parts.next() {
                     Some("table") => fmt = Format::Table,
@@ -64,20 +67,25 @@ pub async fn run_shell(lake: &Lake, mut fmt: Format, mut engine: Engine) -> Resu
         }
         let sql = std::mem::take(&mut buffer);
         let _ = editor.add_history_entry(sql.trim());
-        let started = std::time::Instant::now();
-        match execute(lake, &Request { sql: &sql, engine, ..Default::default() }).await {
-            Ok((schema, batches)) => match format(&schema, &batches, fmt) {
-                Ok(text) => {
-                    let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
-                    println!("{text}\n({rows} rows in {:.3} s)", started.elapsed().as_secs_f64());
-                }
-                Err(e) => eprintln!("error: {e}"),
-            },
-            Err(e) => eprintln!("error: {e}"),
-        }
+        run_and_print(lake, &sql, engine, fmt).await;
     }
     if let Some(h) = &history {
         let _ = editor.save_history(h);
     }
     Ok(())
+}
+
+/// Run one statement and print its result (or its error) with the row count and the time.
+async fn run_and_print(lake: &Lake, sql: &str, engine: Engine, fmt: Format) {
+    let started = std::time::Instant::now();
+    match execute(lake, &Request { sql, engine, ..Default::default() }).await {
+        Ok((schema, batches)) => match format(&schema, &batches, fmt) {
+            Ok(text) => {
+                let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+                println!("{text}\n({rows} rows in {:.3} s)", started.elapsed().as_secs_f64());
+            }
+            Err(e) => eprintln!("error: {e}"),
+        },
+        Err(e) => eprintln!("error: {e}"),
+    }
 }
