@@ -150,6 +150,9 @@ pub struct VacuumReport {
     pub table: String,
     /// Files deleted (or that would be, in a dry run).
     pub files_deleted: u64,
+    /// In a dry run, the files that would be deleted (paths in the table); empty otherwise.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub would_delete: Vec<String>,
 }
 
 /// Delete files that no version newer than the retention references.
@@ -163,9 +166,9 @@ pub async fn vacuum(lake: &Lake, opts: &VacuumOptions) -> Result<Vec<VacuumRepor
     let mut reports = Vec::new();
     for (i, name) in tables.iter().enumerate() {
         let mut attempt = 0;
-        let deleted = loop {
+        let files = loop {
             attempt += 1;
-            let Some(table) = lake.open(name).await? else { break 0 };
+            let Some(table) = lake.open(name).await? else { break Vec::new() };
             let result = table
                 .vacuum()
                 .with_retention_period(chrono::Duration::hours(opts.retain_hours as i64))
@@ -174,13 +177,15 @@ pub async fn vacuum(lake: &Lake, opts: &VacuumOptions) -> Result<Vec<VacuumRepor
                 .with_dry_run(opts.dry_run)
                 .await;
             match result {
-                Ok((_, m)) => break m.files_deleted.len() as u64,
+                Ok((_, m)) => break m.files_deleted,
                 Err(e) if attempt < 20 && is_conflict(&e) => tokio::time::sleep(Duration::from_millis(100 * attempt as u64)).await,
                 Err(e) => return Err(LakeError::delta(name, e).into()),
             }
         };
+        let deleted = files.len() as u64;
         tracing::info!(table = %name, files = deleted, dry_run = opts.dry_run, "vacuumed");
-        reports.push(VacuumReport { table: name.clone(), files_deleted: deleted });
+        let would_delete = if opts.dry_run { files } else { Vec::new() };
+        reports.push(VacuumReport { table: name.clone(), files_deleted: deleted, would_delete });
         progress.set(i as u64 + 1, None);
     }
     progress.finish();

@@ -283,9 +283,19 @@ async fn compaction_vacuum_and_checkpoints() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("refusing to vacuum"), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(parquet_files(), on_disk, "a refused vacuum deletes nothing");
+    // A dry run lists what the vacuum would delete, and deletes nothing.
+    let out = fx.cmd("vacuum").args(["--table", &fx.topic, "--retain-hours", "0", "--force", "--dry-run"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let listed: Vec<&str> = report[0]["would_delete"].as_array().unwrap().iter().map(|f| f.as_str().unwrap()).collect();
+    assert!(!listed.is_empty() && report[0]["files_deleted"] == listed.len(), "{report}");
+    assert!(listed.iter().all(|f| lake_dir.join(f).is_file()), "each file listed is on disk: {listed:?}");
+    assert_eq!(parquet_files(), on_disk, "a dry run deletes nothing");
     let out = fx.cmd("vacuum").args(["--table", &fx.topic, "--retain-hours", "0", "--force"]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(parquet_files() < on_disk, "forced vacuum deletes replaced files");
+    assert_eq!(parquet_files(), on_disk - listed.len(), "it deletes what the dry run listed");
+    assert!(listed.iter().all(|f| !lake_dir.join(f).exists()));
     assert_eq!(parquet_files(), file_count(&fx), "only live files remain");
     let cross = fx.cross_read("deltalake", &fx.topic, &["transaction_id"]);
     assert_eq!(cross.len(), model.rows.len());
