@@ -380,7 +380,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 source_name: cfg.source_name.clone(),
                 kafka: cfg.kafka.clone(),
             });
-            let request = lakepipe::query::Request { sql: &query, engine: a.engine, broker: broker.as_ref(), ..Default::default() };
+            let request = lakepipe::query::Request { sql: &query, engine: a.engine, broker: broker.as_ref(), read_only: true, ..Default::default() };
             let (schema, batches) = lakepipe::query::execute(&lake, &request).await?;
             match a.output {
                 Some(path) => {

@@ -193,7 +193,7 @@ async fn query(State(cfg): State<Arc<ServerConfig>>, headers: HeaderMap, body: R
         return error(StatusCode::BAD_REQUEST, reason);
     }
     let fmt = req.format.as_deref().unwrap_or("json");
-    let request = Request { sql: &req.sql, engine, broker: cfg.broker.as_ref(), limit: Some(cfg.max_rows + 1), read_only: true };
+    let request = Request { sql: &req.sql, engine, broker: cfg.broker.as_ref(), limit: Some(cfg.max_rows + 1), read_only: true, sandboxed: true };
     let run = crate::query::execute(&cfg.lake, &request);
     let (schema, batches) = match tokio::time::timeout(cfg.query_timeout, run).await {
         Err(_) => return error(StatusCode::BAD_REQUEST, format!("the query ran longer than the limit of {:?}", cfg.query_timeout)),

@@ -49,6 +49,18 @@ pub struct DuckOptions {
     pub limit: Option<usize>,
     /// Disable external access (files, network, extensions) and lock the configuration.
     pub sandboxed: bool,
+    /// Refuse a statement that writes (INSERT, CREATE, COPY …): it would change only DuckDB's
+    /// copy of the tables, or files on the machine.
+    pub read_only: bool,
+}
+
+/// Whether a statement only reads: a query, or a look at the tables (`DESCRIBE`, `SHOW`,
+/// `EXPLAIN`).
+fn reads_only(statement: &Statement) -> bool {
+    matches!(
+        statement,
+        Statement::Query(_) | Statement::ExplainTable { .. } | Statement::Explain { .. } | Statement::ShowTables { .. } | Statement::ShowColumns { .. }
+    )
 }
 
 /// What a statement needs from the lake.
@@ -142,6 +154,9 @@ fn parse(sql: &str) -> Option<Statement> {
 /// Run one statement on DuckDB over the lake.
 pub async fn run(lake: &Lake, sql: &str, broker: Option<&BrokerInfo>, opts: &DuckOptions) -> Result<(SchemaRef, Vec<RecordBatch>), QueryError> {
     let mut statement = parse(sql);
+    if opts.read_only && statement.as_ref().is_some_and(|s| !reads_only(s)) {
+        return Err(QueryError::Sql("only queries run here (SELECT, WITH, DESCRIBE, SHOW): the lake changes only through `lakepipe ingest`".into()));
+    }
     let mut needs = Needs::default();
     if let Some(s) = &statement {
         let _ = s.visit(&mut Collect(&mut needs));

@@ -91,19 +91,23 @@ pub struct Request<'a> {
     pub broker: Option<&'a functions::BrokerInfo>,
     /// Stop after this many rows.
     pub limit: Option<usize>,
-    /// Refuse DDL, DML and settings inside the engine, and (DuckDB) disable file and network
-    /// access. The HTTP API sets this; the CLI does not.
+    /// Refuse DDL, DML and statements that change state (the lake changes only through
+    /// `ingest`, which keeps its offsets with its rows). The HTTP API and the CLI set this.
     pub read_only: bool,
+    /// Also shut the engine off from the machine: DuckDB without file and network access and
+    /// with its configuration locked, DataFusion without its information schema. The HTTP API
+    /// sets this; the CLI does not, so that an analyst can join a local file.
+    pub sandboxed: bool,
 }
 
 /// Run one statement on the chosen engine and collect the result.
 pub async fn execute(lake: &Lake, req: &Request<'_>) -> Result<(Arc<arrow::datatypes::Schema>, Vec<RecordBatch>), QueryError> {
     let sql = req.sql.trim().trim_end_matches(';');
     let result = match req.engine {
-        Engine::Duckdb => duck::run(lake, sql, req.broker, &duck::DuckOptions { limit: req.limit, sandboxed: req.read_only }).await,
+        Engine::Duckdb => duck::run(lake, sql, req.broker, &duck::DuckOptions { limit: req.limit, sandboxed: req.sandboxed, read_only: req.read_only }).await,
         Engine::Datafusion => {
             use deltalake::datafusion::execution::context::SQLOptions;
-            let ctx = session(lake, req.broker, Some(sql), !req.read_only).await?;
+            let ctx = session(lake, req.broker, Some(sql), !req.sandboxed).await?;
             let options = SQLOptions::new().with_allow_ddl(!req.read_only).with_allow_dml(!req.read_only).with_allow_statements(!req.read_only);
             let failed = |e: DataFusionError| QueryError::Sql(df_message(&e));
             match ctx.sql_with_options(sql, options).await {

@@ -78,7 +78,7 @@ pub async fn run_shell(lake: &Lake, mut fmt: Format, mut engine: Engine) -> Resu
 /// Run one statement and print its result (or its error) with the row count and the time.
 async fn run_and_print(lake: &Lake, sql: &str, engine: Engine, fmt: Format) {
     let started = std::time::Instant::now();
-    match execute(lake, &Request { sql, engine, ..Default::default() }).await {
+    match execute(lake, &Request { sql, engine, read_only: true, ..Default::default() }).await {
         Ok((schema, batches)) => match format(&schema, &batches, fmt) {
             Ok(text) => {
                 let rows: usize = batches.iter().map(|b| b.num_rows()).sum();

@@ -189,3 +189,34 @@ async fn show_tables_and_describe_on_both_engines() {
         }
     }
 }
+
+/// `lakepipe sql` is read-only like the API: writes are refused on both engines and the table
+/// is unchanged (DataFusion could plan an INSERT into a lake table, which would have bypassed
+/// the ingest's offsets); unlike the API it may read a local file, for an analyst's join.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cli_is_read_only_but_may_read_local_files() {
+    let fx = Fixture::new(LakeKind::Local, "transactions", 1, "").await;
+    crate::harness::produce_to_partition(&fx.topic, 0, &[txn("r1")]).await;
+    fx.ingest_once();
+    let version = fx.table_version(&fx.topic);
+    let dir = tempfile::tempdir().unwrap();
+    let out_file = dir.path().join("out.csv");
+    for engine in ["datafusion", "duckdb"] {
+        for write in [
+            format!("INSERT INTO {} (transaction_id) VALUES ('x')", fx.topic),
+            format!("CREATE TABLE copy_of AS SELECT * FROM {}", fx.topic),
+            format!("DELETE FROM {}", fx.topic),
+            format!("COPY (SELECT 1) TO '{}'", out_file.display()),
+        ] {
+            let out = fx.cmd("sql").args(["--engine", engine, &write]).output().unwrap();
+            assert!(!out.status.success(), "{engine} ran `{write}`");
+        }
+    }
+    assert!(!out_file.exists());
+    assert_eq!(fx.table_version(&fx.topic), version, "no commit");
+    assert_eq!(fx.sql(&format!("SELECT count(*) AS n FROM {}", fx.topic))[0]["n"], 1);
+    let csv = dir.path().join("rates.csv");
+    std::fs::write(&csv, "currency,rate\nEUR,1.0\n").unwrap();
+    let rows = fx.sql_on("duckdb", &format!("SELECT t.transaction_id, r.rate FROM {} t JOIN read_csv('{}') r USING (currency)", fx.topic, csv.display()));
+    assert_eq!(rows.len(), 1, "{rows:?}");
+}
