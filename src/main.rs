@@ -530,9 +530,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let listener = tokio::net::TcpListener::bind(a.listen).await.with_context(|| format!("cannot listen on {}", a.listen))?;
             eprintln!("serving http://{} for {}", listener.local_addr()?, lake.root());
             axum::serve(listener, lakepipe::server::router(server, metrics))
-                .with_graceful_shutdown(async {
-                    let _ = tokio::signal::ctrl_c().await;
-                })
+                .with_graceful_shutdown(lakepipe::ingest::shutdown_signal())
                 .await?;
         }
         Command::Config(ConfigCommand::Show(a)) => print!("{}", load(&a.common, a.selection.overrides())?.to_toml()?),

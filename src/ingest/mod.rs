@@ -164,7 +164,9 @@ pub async fn run(cfg: &Config, opts: IngestOptions) -> Result<IngestSummary, Ing
     pipe.run().await
 }
 
-async fn shutdown_signal() {
+/// Resolves at SIGTERM or SIGINT (Ctrl-C): the ingest commits its open batch and stops;
+/// `serve` finishes the requests in flight and stops.
+pub async fn shutdown_signal() {
     #[cfg(unix)]
     {
         let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {

@@ -220,3 +220,27 @@ async fn the_cli_is_read_only_but_may_read_local_files() {
     let rows = fx.sql_on("duckdb", &format!("SELECT t.transaction_id, r.rate FROM {} t JOIN read_csv('{}') r USING (currency)", fx.topic, csv.display()));
     assert_eq!(rows.len(), 1, "{rows:?}");
 }
+
+/// `serve` stops cleanly on SIGTERM (what systemd and Docker send), not only on Ctrl-C.
+#[test]
+fn serve_stops_cleanly_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = crate::harness::free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lakepipe"))
+        .args(["serve", "--lake", dir.path().to_str().unwrap(), "--listen", &format!("127.0.0.1:{port}")])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    crate::harness::wait_port(port, "serve");
+    // SAFETY: a plain kill(2) of our own child.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(10), "serve ignored SIGTERM");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}");
+}
