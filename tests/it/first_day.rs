@@ -244,3 +244,27 @@ fn serve_stops_cleanly_on_sigterm() {
     };
     assert!(status.success(), "{status:?}");
 }
+
+/// The compose file (no Docker engine here to run it): the services a user expects, the host's
+/// ports, and images pinned to a version (Iggy's waits for the Iggy issue).
+#[test]
+fn the_compose_file_runs_the_whole_thing() {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docker-compose.yml")).unwrap();
+    let services: Vec<&str> = text
+        .lines()
+        .skip_while(|l| *l != "services:")
+        .filter(|l| l.starts_with("  ") && !l.starts_with("   ") && l.trim_end().ends_with(':'))
+        .map(|l| l.trim().trim_end_matches(':'))
+        .collect();
+    for want in ["kafka", "iggy", "localstack", "generate", "ingest", "serve", "prometheus", "grafana"] {
+        assert!(services.contains(&want), "no `{want}` service in {services:?}");
+    }
+    for port in ["29092:29092", "8080:8080", "4566:4566", "9464:9464"] {
+        assert!(text.contains(&format!("\"{port}\"")), "port {port} is not published");
+    }
+    assert!(text.contains("HOST://localhost:29092"), "Kafka must advertise a listener the host can reach");
+    for image in text.lines().filter_map(|l| l.trim().strip_prefix("image: ")) {
+        let tag = image.rsplit_once(':').map(|(_, t)| t).unwrap_or("");
+        assert!(image.starts_with("apache/iggy") || (!tag.is_empty() && tag != "latest"), "{image} is not pinned");
+    }
+}
