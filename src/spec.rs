@@ -210,7 +210,7 @@ pub fn builtin_specs() -> BTreeMap<String, TopicSpec> {
             vec![
                 f("transaction_id", true, string()),
                 f("user_id", true, string()),
-                f("amount", true, FieldType::Decimal { precision: 38, scale: 9, min: Some("0".into()) }),
+                f("amount", true, FieldType::Decimal { precision: 18, scale: 2, min: Some("0".into()) }),
                 f("currency", true, FieldType::String { allowed: None, pattern: Some("[A-Z]{3}".into()) }),
                 f("status", true, one_of(&["pending", "completed", "failed", "refunded"])),
                 f("payment_method", false, string()),

@@ -23,7 +23,7 @@ session = time.perf_counter() - started
 
 job = time.perf_counter()
 df = spark.read.schema(
-    "transaction_id STRING, user_id STRING, amount DECIMAL(38,9), currency STRING, status STRING, "
+    "transaction_id STRING, user_id STRING, amount DECIMAL(18,2), currency STRING, status STRING, "
     "payment_method STRING, merchant STRING, timestamp TIMESTAMP, channel STRING, note STRING"
 ).json(sys.argv[1])
 w = Window.partitionBy("transaction_id").orderBy(F.col("timestamp").desc())

@@ -21,7 +21,7 @@ from deltalake import DeltaTable, write_deltalake
 
 BATCH = 100_000
 SCHEMA = pa.schema([
-    ("transaction_id", pa.string()), ("user_id", pa.string()), ("amount", pa.decimal128(38, 9)),
+    ("transaction_id", pa.string()), ("user_id", pa.string()), ("amount", pa.decimal128(18, 2)),
     ("currency", pa.string()), ("status", pa.string()), ("payment_method", pa.string()),
     ("merchant", pa.string()), ("timestamp", pa.timestamp("us", tz="UTC")), ("channel", pa.string()),
     ("note", pa.string()), ("date", pa.date32()),

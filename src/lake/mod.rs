@@ -401,12 +401,43 @@ fn check_schema(name: &str, table: &DeltaTable, schema: &SchemaRef) -> Result<()
             reason: format!("table has columns {existing:?}, the topic spec gives {wanted:?}"),
         });
     }
+    // Types too: rows of another type would be written into the table's files unnoticed (a
+    // built-in spec whose decimal scale changed, a field's type edited).
+    let kernel: StructType = schema.as_ref().try_into_kernel().map_err(|e| LakeError::data(name, e))?;
+    for (have, want) in snapshot.schema().fields().zip(kernel.fields()) {
+        if have.data_type() != want.data_type() {
+            return Err(LakeError::SchemaMismatch {
+                table: name.to_string(),
+                reason: format!(
+                    "column `{}` is {} in the table and {} in the topic spec (the spec changed since the table was created): keep the table's type in [specs.{name}], or write to a new table",
+                    have.name(),
+                    have.data_type(),
+                    want.data_type()
+                ),
+            });
+        }
+    }
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A table created with one column type refuses a spec that now gives another (the
+    /// built-in `amount` went from decimal(38,9) to decimal(18,2)): the rows would otherwise be
+    /// written in the new type into the old table unnoticed.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_column_whose_type_changed_is_refused_naming_it() {
+        use arrow::datatypes::{DataType, Field, Schema};
+        let dir = tempfile::tempdir().unwrap();
+        let lake = Lake::parse(dir.path().to_str().unwrap()).unwrap();
+        let schema = |p, s| std::sync::Arc::new(Schema::new(vec![Field::new("id", DataType::Utf8, true), Field::new("amount", DataType::Decimal128(p, s), true)]));
+        lake.open_or_create("t", &schema(38, 9), &[]).await.unwrap();
+        lake.open_or_create("t", &schema(38, 9), &[]).await.expect("the same types open");
+        let err = lake.open_or_create("t", &schema(18, 2), &[]).await.unwrap_err().to_string();
+        assert!(err.contains("column `amount` is decimal(38,9) in the table and decimal(18,2) in the topic spec") && err.contains("[specs.t]"), "{err}");
+    }
 
     #[test]
     fn parses_uris() {
