@@ -160,7 +160,15 @@ impl Pipeline<'_> {
         let listed = if unlisted.is_empty() {
             HashMap::new()
         } else {
-            self.source.listed_watermarks(&unlisted, self.cfg.connect())
+            let mut listed = self.source.listed_watermarks(&unlisted, self.cfg.connect());
+            // tansu 0.6 lists an end below the true one: with it alone, a partition another
+            // member committed past its last batch's base counted as done with the rest unread.
+            for (tp, end) in self.source.fetched_ends(&unlisted, self.cfg.connect()) {
+                if let Some((_, hi)) = listed.get_mut(&tp) {
+                    *hi = (*hi).max(end);
+                }
+            }
+            listed
         };
         let starts = self
             .loader

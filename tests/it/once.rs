@@ -193,14 +193,13 @@ async fn once_interrupted_by_sigterm_exits_non_zero() {
 /// assigned and nothing moving, it reads every partition itself from the lake's offsets, and
 /// the table equals the model.
 ///
-/// Ignored: in one clean-clone CI run of about six this session (random-kill seed
-/// 8240776160044099405) the group gave `--once` its partitions and it exited 0 with the tail of
-/// partition 1 unread (keys from about offset 255 of 500 missing; passed in every other run,
-/// here and in the full suites). `--once` ended at an end below the log's: the next issue step
-/// is to find where (tansu's ListOffsets end, the statistics' stable offset, or the others'
-/// watch) and fix it; until then this test would fail CI about one run in six.
+/// Ignored: in one of four full runs (random-kill seed 8240776160044099405) `--once` exited 0
+/// with a partition's tail unread. The likeliest cause: it counted a partition another member
+/// held as done once the lake reached tansu's listed end (the last batch's base + 1, below the
+/// true end). The others' ends now come from a fetch response too, but that this was the cause
+/// is not yet shown: un-ignore once repeated runs stay green.
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "flaky: once in about six runs --once exited 0 with a partition's tail unread after the random kills (seed 8240776160044099405); see the comment"]
+#[ignore = "flaky before the others' fetched ends: once in four runs --once exited 0 with a partition's tail unread (seed 8240776160044099405); un-ignore after repeated green runs, see the comment"]
 async fn once_reads_every_partition_itself_when_the_group_assigns_nothing() {
     let fx = Fixture::new(LakeKind::Local, "transactions", 2, KAFKA_CONFIG).await;
     let model = produce_model(&fx, 2, 500).await;

@@ -393,6 +393,19 @@ impl KafkaSource {
         self.consumer.context().stable.end(topic, partition, live)
     }
 
+    /// The end of each of `partitions` from one fetch response each, by a short-lived consumer
+    /// outside the group (see [`high_watermarks`]); empty when the broker does not answer.
+    pub fn fetched_ends(&self, partitions: &[TopicPartition], timeout: Duration) -> HashMap<TopicPartition, i64> {
+        let lookup = high_watermarks(&self.brokers, &self.extra, partitions, timeout);
+        match tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(lookup)) {
+            Ok(ends) => ends,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot fetch the partitions' ends; relying on the listed ones");
+                HashMap::new()
+            }
+        }
+    }
+
     /// The log start and end librdkafka last saw in a fetch response (no broker round trip).
     pub fn cached_watermarks(&self, topic: &str, partition: i32) -> Option<(Option<i64>, i64)> {
         cached_watermarks(self.consumer.client(), topic, partition)

@@ -121,6 +121,10 @@ impl Source for KafkaSource {
         KafkaSource::listed_watermarks(self, partitions, timeout)
     }
 
+    fn fetched_ends(&self, partitions: &[TopicPartition], timeout: Duration) -> HashMap<TopicPartition, i64> {
+        KafkaSource::fetched_ends(self, partitions, timeout)
+    }
+
     fn all_partitions(&self, timeout: Duration) -> Result<Vec<TopicPartition>, SourceError> {
         KafkaSource::all_partitions(self, timeout)
     }
