@@ -101,8 +101,7 @@ impl Pipeline<'_> {
                     state.lost_unread = Some((sought, lo));
                     return false;
                 }
-                tracing::warn!(topic = %tp.0, partition = tp.1, from = sought, to = lo, "offsets were deleted from the broker before they were read (retention, DeleteRecords); skipping them (on_data_loss = skip): the next commit records the range");
-                state.skipped.push((sought, lo));
+                state.record_skip(tp, sought, lo);
             }
             state.gap_taken = true;
         }

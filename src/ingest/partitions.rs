@@ -141,12 +141,19 @@ impl PartState {
         log_start.filter(|lo| read_to < *lo).map(|lo| (read_to, lo))
     }
 
+    /// `on_data_loss = "skip"`: `[from, to)` was deleted before it was read; the batch's commit
+    /// records it.
+    pub(super) fn record_skip(&mut self, tp: &TopicPartition, from: i64, to: i64) {
+        tracing::warn!(topic = %tp.0, partition = tp.1, from, to, "offsets were deleted from the broker before they were read (retention, DeleteRecords); skipping them (on_data_loss = skip): the next commit records the range");
+        self.skipped.push((from, to));
+    }
+
     /// `on_data_loss = "skip"`: move past `[from, to)`, which the broker deleted before it was
     /// read; the batch's commit records the range. Returns whether the consumer must be sought
     /// to `to` (reading stands below it).
     #[must_use]
-    pub(super) fn skip_lost(&mut self, from: i64, to: i64) -> bool {
-        self.skipped.push((from, to));
+    pub(super) fn skip_lost(&mut self, tp: &TopicPartition, from: i64, to: i64) -> bool {
+        self.record_skip(tp, from, to);
         self.out_of_log_since = None;
         // `--once`: the log reaches at least its start.
         self.stop = self.stop.map(|stop| stop.max(to));
@@ -283,8 +290,7 @@ impl Pipeline<'_> {
             let (log_start, _) = log_bounds(Some(listed), self.source.cached_watermarks(&tp.0, tp.1));
             let Some(s) = self.parts.get_mut(tp) else { continue };
             let Some((from, to)) = s.lost(log_start) else { continue };
-            tracing::warn!(topic = %tp.0, partition = tp.1, from, to, "offsets were deleted from the broker before they were read (retention, DeleteRecords); skipping them (on_data_loss = skip): the next commit records the range");
-            if s.skip_lost(from, to) {
+            if s.skip_lost(tp, from, to) {
                 seeks.push((tp.clone(), Some(to)));
             }
             moved += 1;
