@@ -418,7 +418,7 @@ fn serve_stops_cleanly_on_sigterm() {
 /// ports, and images pinned to a version (Iggy's waits for the Iggy issue).
 #[test]
 fn the_compose_file_runs_the_whole_thing() {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docker-compose.yml"))
+    let text = std::fs::read_to_string(crate::harness::repo_file("docker-compose.yml"))
         .unwrap();
     let services: Vec<&str> = text
         .lines()

@@ -117,7 +117,7 @@ impl Fixture {
 
     /// Rows of a table read by a reader we did not write (`deltalake` or `duckdb` from PyPI).
     pub fn cross_read(&self, reader: &str, table: &str, cols: &[&str]) -> Vec<BTreeMap<String, Option<String>>> {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/crosscheck.py");
+        let script = repo_file("scripts/crosscheck.py");
         let out = Command::new(python()).arg(script).arg(reader).arg(self.table_uri(table)).args(cols).output().unwrap();
         assert!(out.status.success(), "{reader} cross-check failed: {}", String::from_utf8_lossy(&out.stderr));
         serde_json::from_slice(&out.stdout).unwrap()
@@ -371,4 +371,12 @@ impl Drop for Tansu {
         }
         self.kill();
     }
+}
+
+/// A file of this checkout. The path comes from cargo at run time: the test binary is shared by
+/// checkouts that use one target directory, and cargo does not rebuild it when only the
+/// checkout's path differs, so the path compiled in can name another (or a deleted) checkout.
+pub fn repo_file(rel: &str) -> std::path::PathBuf {
+    let root = std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into());
+    std::path::Path::new(&root).join(rel)
 }

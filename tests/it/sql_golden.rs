@@ -51,7 +51,7 @@ async fn analyst_queries_match_golden_files() {
     let dir = tempfile::tempdir().unwrap();
     let lake = Lake::parse(dir.path().join("lake").to_str().unwrap()).unwrap();
     build_lake(&lake).await;
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let root = crate::harness::repo_file("");
     let bless = std::env::var_os("LAKEPIPE_DEV_BLESS").is_some();
     let mut files: Vec<_> = std::fs::read_dir(root.join("sql")).unwrap().flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "sql")).collect();
     files.sort();
@@ -94,7 +94,7 @@ async fn notebook_runs_headless() {
     let lake_dir = dir.path().join("lake");
     let lake = Lake::parse(lake_dir.to_str().unwrap()).unwrap();
     build_lake(&lake).await;
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let root = crate::harness::repo_file("");
     let executed = dir.path().join("executed.ipynb");
     let code = r#"
 import sys, nbformat, nbclient

@@ -50,7 +50,7 @@ async fn web_ui_in_a_real_browser() {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/ui/ui_test.cjs");
+    let script = crate::harness::repo_file("tests/ui/ui_test.cjs");
     let out = Command::new("node")
         .arg(script)
         .env("NODE_PATH", &node_path)

@@ -87,6 +87,17 @@ impl Logs {
     fn stable_end(&self, tp: &TopicPartition) -> i64 {
         self.open.get(tp).copied().unwrap_or_else(|| self.end(tp))
     }
+
+    /// The end ListOffsets gives: tansu 0.6 (a fetch that is not exact) lists the last
+    /// batch's base + 1, below the true end.
+    fn listed_end(&self, tp: &TopicPartition) -> i64 {
+        let end = self.stable_end(tp);
+        if self.fetch == Fetch::Exact {
+            return end;
+        }
+        let last_base = self.batches.get(tp).and_then(|b| b.range(..end).next_back().copied());
+        last_base.map_or(end, |base| (base + 1).min(end))
+    }
 }
 
 /// A broker with partitions held in memory; cheap to clone, every clone sees the same logs.
@@ -358,10 +369,17 @@ impl Source for FakeSource {
         logs.logs.contains_key(&tp).then(|| logs.stable_end(&tp).min(logs.stale_report.unwrap_or(i64::MAX)))
     }
 
-    /// `read_committed`: ListOffsets gives the last stable offset as the end.
+    /// `read_committed`: ListOffsets gives the last stable offset as the end (on tansu, the
+    /// last batch's base + 1).
     fn listed_watermarks(&self, partitions: &[TopicPartition], _timeout: Duration) -> HashMap<TopicPartition, (i64, i64)> {
         let logs = lock(&self.broker.0);
-        partitions.iter().filter(|tp| logs.logs.contains_key(*tp) && !logs.unlisted).map(|tp| (tp.clone(), (logs.start(tp), logs.stable_end(tp)))).collect()
+        partitions.iter().filter(|tp| logs.logs.contains_key(*tp) && !logs.unlisted).map(|tp| (tp.clone(), (logs.start(tp), logs.listed_end(tp)))).collect()
+    }
+
+    /// A fetch response's end is exact on every broker.
+    fn fetched_ends(&self, partitions: &[TopicPartition], _timeout: Duration) -> HashMap<TopicPartition, i64> {
+        let logs = lock(&self.broker.0);
+        partitions.iter().filter(|tp| logs.logs.contains_key(*tp) && !logs.unlisted).map(|tp| (tp.clone(), logs.stable_end(tp))).collect()
     }
 
     fn all_partitions(&self, _timeout: Duration) -> Result<Vec<TopicPartition>, SourceError> {
