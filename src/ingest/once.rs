@@ -122,6 +122,19 @@ impl Pipeline<'_> {
                 return Ok(OnceStep::Done);
             }
         }
+        // Its own partitions are done, and the rest are held by members that neither commit
+        // them nor give them up (killed members until their session ends, a coordinator that
+        // does not rebalance): read them too.
+        if own_done
+            && assigned
+            && !self.direct
+            && !self.others.is_empty()
+            && w.last_progress.elapsed() >= self.cfg.once_group_wait()
+            && self.read_directly(w.last_progress.elapsed()).await?
+        {
+            w.last_progress = Instant::now();
+            return Ok(OnceStep::Go);
+        }
         if w.last_progress.elapsed() >= self.cfg.once_timeout() {
             // Keep what was read: a later run continues from there.
             self.flush_with_retry().await?;
@@ -288,10 +301,15 @@ impl Pipeline<'_> {
         let Some(direct) = self.source.direct(&seeks, self.generation + 1)? else {
             return Ok(false);
         };
+        let why = if self.parts.is_empty() {
+            "the group assigned this member no partitions"
+        } else {
+            "this member's partitions are done and the others' are held by members that do not commit them"
+        };
         tracing::warn!(
             partitions = all.len(),
             ?waited,
-            "--once: the group assigned this member no partitions and nothing moved; leaving the group and reading every partition directly (the lake's offset fences keep this exactly once)"
+            "--once: {why}, and nothing moved; leaving the group and reading every partition directly (the lake's offset fences keep this exactly once)"
         );
         // Dropping the member leaves the group (a blocking close).
         let member = std::mem::replace(&mut self.source, direct);

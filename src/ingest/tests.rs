@@ -209,6 +209,25 @@ async fn once_counts_another_members_partition_done_only_at_its_fetched_end() {
     assert_exact(&broker, &tables);
 }
 
+/// Hole 8, the other half: the group gives `--once` some partitions, and a member that is
+/// gone (killed, its session not over; a coordinator that does not rebalance) holds the rest.
+/// Once its own are done and nothing moves for `once_group_wait`, it reads every partition
+/// itself. It waited for `once_timeout` and failed (1 of 12 runs of the kill test on tansu).
+#[tokio::test(start_paused = true)]
+async fn once_reads_directly_when_a_gone_member_holds_the_rest() {
+    let broker = FakeBroker::new(&[tp(0), tp(1)]);
+    broker.produce(&tp(0), mixed(0, 90));
+    broker.produce(&tp(1), mixed(1, 90));
+    let tables = FakeTables::default();
+    let member = broker.member();
+    member.assign(&[tp(0)]);
+    let (r, took) = timed(run_once(&config(50), &member, &tables)).await;
+    r.expect("--once reads the gone member's partition itself");
+    assert!(took >= Duration::from_secs(30), "went direct after {took:?}");
+    assert_eq!(broker.0.lock().unwrap().directs, 1);
+    assert_exact(&broker, &tables);
+}
+
 /// Hole 8: the group assigns nothing and nothing moves: after `once_group_wait`, `--once`
 /// reads every partition itself, exactly once.
 #[tokio::test(start_paused = true)]
