@@ -48,6 +48,12 @@ install_tls() {
   install_apt stunnel4 openssl
 }
 
+install_compose() {
+  if command -v docker-compose >/dev/null; then return; fi
+  log "installing docker-compose (Debian package) to validate docker-compose.yml (no Docker engine is needed)"
+  install_apt docker-compose
+}
+
 install_ui() {
   if [ ! -x "$CHROMIUM_BIN" ]; then
     log "installing Chromium (Debian package) for the web UI test"
@@ -63,6 +69,6 @@ install_ui() {
 
 case "$what" in
   broker) install_tansu ;;
-  all) install_tansu; install_py; install_localstack; install_ui; install_tls ;;
+  all) install_tansu; install_py; install_localstack; install_ui; install_tls; install_compose ;;
   *) echo "usage: $0 [all|broker]" >&2; exit 2 ;;
 esac

@@ -414,12 +414,26 @@ fn serve_stops_cleanly_on_sigterm() {
     assert!(status.success(), "{status:?}");
 }
 
-/// The compose file (no Docker engine here to run it): the services a user expects, the host's
-/// ports, and images pinned to a version (Iggy's waits for the Iggy issue).
+/// The compose file (no Docker engine here to run it): valid for Compose itself (Debian's
+/// `docker-compose`, which scripts/setup.sh installs, checks it against the Compose schema
+/// without an engine), the services a user expects, the host's ports, and images pinned to a
+/// version (Iggy's waits for the Iggy issue).
 #[test]
 fn the_compose_file_runs_the_whole_thing() {
-    let text = std::fs::read_to_string(crate::harness::repo_file("docker-compose.yml"))
-        .unwrap();
+    let file = crate::harness::repo_file("docker-compose.yml");
+    let out = std::process::Command::new("docker-compose")
+        .arg("--file")
+        .arg(&file)
+        .args(["config", "--quiet"])
+        .output()
+        .expect("docker-compose: run the suite with scripts/test.sh, which installs it");
+    assert!(
+        out.status.success(),
+        "docker-compose config refused {}: {}",
+        file.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&file).unwrap();
     let services: Vec<&str> = text
         .lines()
         .skip_while(|l| *l != "services:")

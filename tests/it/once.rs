@@ -193,13 +193,14 @@ async fn once_interrupted_by_sigterm_exits_non_zero() {
 /// assigned and nothing moving, it reads every partition itself from the lake's offsets, and
 /// the table equals the model.
 ///
-/// Ignored: in one of four full runs (random-kill seed 8240776160044099405) `--once` exited 0
-/// with a partition's tail unread. The likeliest cause: it counted a partition another member
-/// held as done once the lake reached tansu's listed end (the last batch's base + 1, below the
-/// true end). The others' ends now come from a fetch response too, but that this was the cause
-/// is not yet shown: un-ignore once repeated runs stay green.
+/// It was ignored for a while: in one of four full runs (random-kill seed
+/// 8240776160044099405) `--once` exited 0 with a partition's tail unread, and in others it
+/// failed after `once_timeout`. The causes, each now a unit test in `ingest::tests` that failed
+/// before its fix: another member's partition counted as done at tansu's low listed end, and a
+/// gone member holding the rest of the topic after this member's own partitions were done.
+/// With the first fix, 14 of 15 runs were exact and the other failed after `once_timeout`
+/// (the second case); with both, 8 of 8.
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "flaky before the others' fetched ends: once in four runs --once exited 0 with a partition's tail unread (seed 8240776160044099405); un-ignore after repeated green runs, see the comment"]
 async fn once_reads_every_partition_itself_when_the_group_assigns_nothing() {
     let fx = Fixture::new(LakeKind::Local, "transactions", 2, KAFKA_CONFIG).await;
     let model = produce_model(&fx, 2, 500).await;
