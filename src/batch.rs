@@ -110,9 +110,11 @@ pub fn timestamp_type() -> DataType {
     DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
 }
 
-/// The table schema of a topic: its fields, then lakepipe's metadata columns.
+/// The table schema of a topic: its fields, then lakepipe's metadata columns. Key fields are
+/// not null (a record without its key is a dead letter), so readers' schemas say so.
 pub fn arrow_schema(spec: &TopicSpec) -> SchemaRef {
-    let mut fields: Vec<Field> = spec.fields.iter().map(|f| Field::new(&f.name, arrow_type(&f.kind), true)).collect();
+    let mut fields: Vec<Field> =
+        spec.fields.iter().map(|f| Field::new(&f.name, arrow_type(&f.kind), !spec.key.contains(&f.name))).collect();
     fields.push(Field::new(meta::EXTRA, DataType::Utf8, true));
     fields.push(Field::new(meta::INGESTED_AT, timestamp_type(), true));
     fields.push(Field::new(meta::SOURCE, DataType::Utf8, true));

@@ -520,6 +520,41 @@ mod tests {
         assert_eq!(a.stored_offset(&range(None, 0)[0].key).await.unwrap(), Some(5));
     }
 
+    /// New tables store the key as not null; a table created while it was nullable keeps its
+    /// schema and goes on taking upserts and deletes (the writer takes a not-null column into a
+    /// nullable one).
+    #[tokio::test(flavor = "multi_thread")]
+    async fn key_columns_are_not_null_and_older_nullable_tables_still_take_upserts() {
+        let spec = builtin_specs()["transactions"].clone();
+        let d = Decoder::new(spec.clone(), 1 << 20).unwrap();
+        let prov = Provenance::now("kafka", "transactions");
+        let nullable = |lake: &Lake| {
+            let s = arrow_schema(&spec);
+            let fields: Vec<_> = s.fields().iter().map(|f| f.as_ref().clone().with_nullable(true)).collect();
+            let s = Arc::new(arrow::datatypes::Schema::new(fields));
+            let lake = lake.clone();
+            async move { lake.open_or_create("transactions", &s, &[meta::DATE]).await.unwrap() }
+        };
+        for old in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let lake = Lake::parse(dir.path().to_str().unwrap()).unwrap();
+            if old {
+                nullable(&lake).await;
+            }
+            let mut t = TopicTable::open(&lake, spec.clone()).await.unwrap();
+            t.upsert(&[rec(&d, "k1", DAY, "pending", false, 0), rec(&d, "k2", DAY, "pending", false, 1)], &range(None, 2), &prov).await.unwrap();
+            let out = t.upsert(&[rec(&d, "k1", DAY, "completed", false, 2), rec(&d, "k2", DAY, "", true, 3)], &range(Some(2), 4), &prov).await.unwrap();
+            assert_eq!((out.updated, out.deleted), (1, 1), "old table: {old}");
+            assert_eq!(contents(&lake).await, BTreeMap::from([("k1".to_string(), ("completed".to_string(), "1970-01-02".to_string()))]));
+            let table = lake.open_existing("transactions").await.unwrap();
+            let stored = table.snapshot().unwrap().schema();
+            for f in stored.fields() {
+                let key = spec.key.contains(f.name());
+                assert_eq!(f.is_nullable(), old || !key, "old table: {old}, column {}", f.name());
+            }
+        }
+    }
+
     /// Batches of (day, value) rows, and the values each day must end with.
     fn day_batches(days: &[(i32, Vec<usize>)]) -> (BTreeMap<i32, Vec<RecordBatch>>, BTreeMap<i32, Vec<i64>>) {
         let schema = Arc::new(arrow::datatypes::Schema::new(vec![

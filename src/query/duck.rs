@@ -381,7 +381,15 @@ impl Database {
         };
         let result = if state == ffi::DuckDBSuccess {
             let quoted = name.replace('"', "\"\"");
-            self.execute(&format!("CREATE TABLE \"{quoted}\" AS SELECT * FROM __lakepipe_scan")).and_then(|_| self.execute("DROP VIEW __lakepipe_scan"))
+            self.execute(&format!("CREATE TABLE \"{quoted}\" AS SELECT * FROM __lakepipe_scan"))
+                .and_then(|_| self.execute("DROP VIEW __lakepipe_scan"))
+                // CREATE TABLE AS keeps no constraint: say which columns are not null (the key).
+                .and_then(|_| {
+                    schema.fields().iter().filter(|f| !f.is_nullable()).try_for_each(|f| {
+                        let column = f.name().replace('"', "\"\"");
+                        self.execute(&format!("ALTER TABLE \"{quoted}\" ALTER COLUMN \"{column}\" SET NOT NULL"))
+                    })
+                })
         } else {
             Err(engine_err(&format!("cannot read table `{name}` over the Arrow C interface")))
         };

@@ -333,7 +333,21 @@ async fn show_tables_and_describe_on_both_engines() {
         for want in ["transaction_id", "amount", "timestamp", "_offset", "date"] {
             assert!(names.contains(&want), "{engine}: {want} in {columns:?}");
         }
+        // The key is not null (DataFusion's `is_nullable`, DuckDB's `null`); other columns are.
+        let nullable = |column: &str| {
+            let row = columns
+                .iter()
+                .find(|r| r["column_name"] == column)
+                .unwrap_or_else(|| panic!("{engine}: no {column} in {columns:?}"));
+            row.get("is_nullable").or_else(|| row.get("null")).and_then(|v| v.as_str()).map(str::to_string)
+        };
+        assert_eq!(nullable("transaction_id").as_deref(), Some("NO"), "{engine}: {columns:?}");
+        assert_eq!(nullable("amount").as_deref(), Some("YES"), "{engine}: {columns:?}");
     }
+    // A reader we did not write sees the same schema.
+    let nullable = fx.nullable_columns(&fx.topic);
+    assert_eq!(nullable.get("transaction_id"), Some(&false), "{nullable:?}");
+    assert_eq!(nullable.get("amount"), Some(&true), "{nullable:?}");
 }
 
 /// `lakepipe sql` is read-only like the API: writes are refused on both engines and the table

@@ -123,6 +123,14 @@ impl Fixture {
         serde_json::from_slice(&out.stdout).unwrap()
     }
 
+    /// Each column's name and whether it is nullable, as the Python reader sees the schema.
+    pub fn nullable_columns(&self, table: &str) -> BTreeMap<String, bool> {
+        let code = "import sys, os, json\nfrom deltalake import DeltaTable\nkeys=['AWS_ENDPOINT_URL','AWS_ALLOW_HTTP','AWS_REGION','AWS_ACCESS_KEY_ID','AWS_SECRET_ACCESS_KEY']\nt=DeltaTable(sys.argv[1], storage_options={k: os.environ[k] for k in keys if k in os.environ})\nprint(json.dumps({f.name: f.nullable for f in t.schema().fields}), flush=True)\nos._exit(0)";
+        let out = Command::new(python()).args(["-c", code, &self.table_uri(table)]).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
     /// The latest table version, from `_delta_log` via SQL-independent means (the Python reader).
     pub fn table_version(&self, table: &str) -> i64 {
         let code = "import sys, os\nfrom deltalake import DeltaTable\nkeys=['AWS_ENDPOINT_URL','AWS_ALLOW_HTTP','AWS_REGION','AWS_ACCESS_KEY_ID','AWS_SECRET_ACCESS_KEY']\nprint(DeltaTable(sys.argv[1], storage_options={k: os.environ[k] for k in keys if k in os.environ}).version(), flush=True)\nos._exit(0)";
