@@ -569,14 +569,26 @@ fn main() -> ExitCode {
         lakepipe::tune_allocator_for_ingest();
     }
     init_logs(cli.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // Queries need a known stack on every thread that runs them: the workers, the blocking
+    // threads and this command's own thread (the main thread's depends on `ulimit -s`).
+    let stack = lakepipe::query::STACK_SIZE;
+    let runtime = match tokio::runtime::Builder::new_multi_thread().thread_stack_size(stack).enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    let command = std::thread::Builder::new().name("lakepipe".into()).stack_size(stack).spawn(move || runtime.block_on(run(cli)));
+    let outcome = match command.map(|t| t.join()) {
+        Ok(Ok(outcome)) => outcome,
+        Ok(Err(panic)) => std::panic::resume_unwind(panic),
+        Err(e) => {
+            eprintln!("error: cannot start the command's thread: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if e.downcast_ref::<Exit>().is_some() => ExitCode::from(e.downcast_ref::<Exit>().map_or(1, |x| x.0)),
         Err(e) => {

@@ -105,6 +105,8 @@ const FILE_READERS: [&str; 25] = [
 
 /// Check that `sql` is one read-only query. Returns the reason when it is not.
 pub fn check_read_only(sql: &str) -> Result<(), String> {
+    // Before anything parses it: a deep expression would overflow the parser's callers.
+    crate::query::depth::check(sql).map_err(|e| e.to_string())?;
     let statements = Parser::parse_sql(&GenericDialect {}, sql).map_err(|e| format!("cannot parse the query: {e}"))?;
     let [statement] = statements.as_slice() else {
         return Err(format!("send exactly one statement (got {})", statements.len()));

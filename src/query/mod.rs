@@ -3,6 +3,7 @@
 //! latest version, with the table functions `as_of`, `history`, `changes` and `freshness`
 //! ([`functions`]). [`execute`] is the one entry point for the CLI, the shell and the API.
 
+pub mod depth;
 pub mod duck;
 pub mod functions;
 pub mod shell;
@@ -100,9 +101,16 @@ pub struct Request<'a> {
     pub sandboxed: bool,
 }
 
-/// Run one statement on the chosen engine and collect the result.
+/// The stack that the threads running queries need (the runtime's workers and its blocking
+/// threads): planning, printing and freeing an expression recurse once per level, and a
+/// [`depth::MAX_DEPTH`]-deep one took about 8 MiB in a debug build.
+pub const STACK_SIZE: usize = 64 << 20;
+
+/// Run one statement on the chosen engine and collect the result. Run it on a thread with a
+/// stack of [`STACK_SIZE`].
 pub async fn execute(lake: &Lake, req: &Request<'_>) -> Result<(Arc<arrow::datatypes::Schema>, Vec<RecordBatch>), QueryError> {
     let sql = req.sql.trim().trim_end_matches(';');
+    depth::check(sql)?;
     let result = match req.engine {
         Engine::Duckdb => duck::run(lake, sql, req.broker, &duck::DuckOptions { limit: req.limit, sandboxed: req.sandboxed, read_only: req.read_only }).await,
         Engine::Datafusion => {

@@ -184,3 +184,38 @@ async fn read_only_api_with_token_limits_and_clear_errors() {
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     assert_eq!(serde_json::from_slice::<Value>(&body).unwrap()[0]["n"], 12);
 }
+
+/// A statement nested too deeply is a 400 on both engines, and the server stays up: one
+/// `SELECT 1+1+…` of 900,000 terms (1.8 MB) overflowed a worker's stack and killed `serve`.
+/// An expression just inside the bound runs, on the server's worker threads as in the CLI
+/// (it needed about 8 MiB of stack in a debug build; a worker had 2 MiB).
+#[tokio::test(flavor = "multi_thread")]
+async fn deep_expressions_get_a_400_and_the_server_stays_up() {
+    let fx = Fixture::new(LakeKind::Local, "transactions", 1, "").await;
+    let srv = serve(&fx, &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let post = |engine: &str, terms: usize| {
+        let file = dir.path().join("body.json");
+        std::fs::write(&file, q_on(engine, &format!("SELECT {}", vec!["1"; terms].join("+")), "json").to_string()).unwrap();
+        let out = Command::new("curl")
+            .args(["-s", "-o", "-", "-w", "\n%{http_code}", "--max-time", "120", "-H", "Content-Type: application/json"])
+            .arg("--data-binary")
+            .arg(format!("@{}", file.display()))
+            .arg(format!("http://127.0.0.1:{}/query", srv.port))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let (body, status) = text.rsplit_once('\n').unwrap_or((&text, "0"));
+        (status.parse::<u16>().unwrap_or(0), body.to_string())
+    };
+    for engine in ENGINES {
+        let (status, body) = post(engine, 900_000);
+        assert_eq!(status, 400, "{engine}: {body}");
+        assert!(body.contains("nests expressions too deeply"), "{engine}: {body}");
+        assert_eq!(curl(srv.port, "GET", "/health/live", None, None).0, 200, "{engine}: serve went down");
+    }
+    let (status, body) = post("datafusion", 900);
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("900"), "{body}");
+    assert_eq!(curl(srv.port, "GET", "/health/live", None, None).0, 200, "serve went down");
+}
