@@ -14,7 +14,9 @@
 //! or reads files is refused with a 400 before it reaches an engine, and the engine itself runs
 //! with DDL, DML and statements disabled (DuckDB: external access off, configuration locked). Results stop at the row limit (the engine is told, so
 //! it does not compute more). When `LAKEPIPE_API_TOKEN` is set, every API request needs
-//! `Authorization: Bearer <token>`; `/metrics` and `/health` stay open for scrapers and probes.
+//! `Authorization: Bearer <token>`, checked in one layer before a handler reads the body;
+//! `/metrics` and `/health` stay open for scrapers and probes. A query's own mistakes are 4xx,
+//! the lake's and the engine's failures 5xx.
 
 pub mod ui;
 
@@ -175,14 +177,38 @@ fn writes_allowed(headers: &HeaderMap) -> Result<(), String> {
     }
 }
 
+/// The token, checked before a handler reads the request's body: one place for every API route.
+async fn require_token(State(cfg): State<Arc<ServerConfig>>, req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    if !authorized(&cfg, req.headers()) {
+        return error(StatusCode::UNAUTHORIZED, "a bearer token is required (Authorization: Bearer …)");
+    }
+    next.run(req).await
+}
+
+/// [`writes_allowed`], before a handler reads the request's body.
+async fn same_origin_writes(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    if let Err(reason) = writes_allowed(req.headers()) {
+        return error(StatusCode::FORBIDDEN, reason);
+    }
+    next.run(req).await
+}
+
+/// The status of a failed query: the client's mistakes are 4xx, the lake's and the engine's
+/// failures 5xx (503 when retrying may succeed).
+fn query_status(e: &crate::query::QueryError) -> StatusCode {
+    use crate::query::QueryError;
+    match e {
+        e if e.is_user_error() => StatusCode::BAD_REQUEST,
+        QueryError::Lake(l) if l.is_retryable() => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-async fn query(State(cfg): State<Arc<ServerConfig>>, headers: HeaderMap, body: Result<Json<QueryRequest>, axum::extract::rejection::JsonRejection>) -> Response {
-    if !authorized(&cfg, &headers) {
-        return error(StatusCode::UNAUTHORIZED, "a bearer token is required (Authorization: Bearer …)");
-    }
+async fn query(State(cfg): State<Arc<ServerConfig>>, body: Result<Json<QueryRequest>, axum::extract::rejection::JsonRejection>) -> Response {
     let Json(req) = match body {
         Ok(b) => b,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad request body: {e}")),
@@ -199,7 +225,7 @@ async fn query(State(cfg): State<Arc<ServerConfig>>, headers: HeaderMap, body: R
     let run = crate::query::execute(&cfg.lake, &request);
     let (schema, batches) = match tokio::time::timeout(cfg.query_timeout, run).await {
         Err(_) => return error(StatusCode::BAD_REQUEST, format!("the query ran longer than the limit of {:?}", cfg.query_timeout)),
-        Ok(Err(e)) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+        Ok(Err(e)) => return error(query_status(&e), e.to_string()),
         Ok(Ok(r)) => r,
     };
     // The engine stopped at max_rows + 1, so "more" is known without computing everything.
@@ -220,7 +246,7 @@ async fn query(State(cfg): State<Arc<ServerConfig>>, headers: HeaderMap, body: R
             let f = if fmt == "json" { Format::Json } else { Format::Csv };
             match format(&schema, &kept, f) {
                 Ok(text) => (if fmt == "json" { "application/json" } else { "text/csv" }, text.into_bytes()),
-                Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+                Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
             }
         }
         "arrow" => {
@@ -233,7 +259,7 @@ async fn query(State(cfg): State<Arc<ServerConfig>>, headers: HeaderMap, body: R
                 w.finish()
             })();
             if let Err(e) = written {
-                return error(StatusCode::BAD_REQUEST, e.to_string());
+                return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
             }
             ("application/vnd.apache.arrow.stream", buf)
         }
@@ -248,10 +274,7 @@ async fn query(State(cfg): State<Arc<ServerConfig>>, headers: HeaderMap, body: R
     resp
 }
 
-async fn tables(State(cfg): State<Arc<ServerConfig>>, headers: HeaderMap) -> Response {
-    if !authorized(&cfg, &headers) {
-        return error(StatusCode::UNAUTHORIZED, "a bearer token is required (Authorization: Bearer …)");
-    }
+async fn tables(State(cfg): State<Arc<ServerConfig>>) -> Response {
     let names = match crate::query::list_tables(&cfg.lake).await {
         Ok(n) => n,
         Err(e) => return error(StatusCode::BAD_GATEWAY, e.to_string()),
@@ -279,10 +302,7 @@ async fn tables(State(cfg): State<Arc<ServerConfig>>, headers: HeaderMap) -> Res
     Json(out).into_response()
 }
 
-async fn history(State(cfg): State<Arc<ServerConfig>>, headers: HeaderMap, UrlPath(table): UrlPath<String>) -> Response {
-    if !authorized(&cfg, &headers) {
-        return error(StatusCode::UNAUTHORIZED, "a bearer token is required (Authorization: Bearer …)");
-    }
+async fn history(State(cfg): State<Arc<ServerConfig>>, UrlPath(table): UrlPath<String>) -> Response {
     match cfg.lake.open(&table).await {
         Ok(Some(_)) => {}
         Ok(None) => return error(StatusCode::NOT_FOUND, format!("no table `{table}`")),
@@ -301,9 +321,6 @@ async fn history(State(cfg): State<Arc<ServerConfig>>, headers: HeaderMap, UrlPa
 
 async fn ingest(State(cfg): State<Arc<ServerConfig>>, headers: HeaderMap, UrlPath(topic): UrlPath<String>, body: axum::body::Bytes) -> Response {
     use crate::publish::load::{parse_text, FileFormat};
-    if !authorized(&cfg, &headers) {
-        return error(StatusCode::UNAUTHORIZED, "a bearer token is required (Authorization: Bearer …)");
-    }
     let Some(api) = &cfg.ingest else {
         return error(StatusCode::NOT_FOUND, "HTTP ingest is not enabled on this server");
     };
@@ -311,9 +328,6 @@ async fn ingest(State(cfg): State<Arc<ServerConfig>>, headers: HeaderMap, UrlPat
         let known: Vec<&str> = api.specs.keys().map(String::as_str).collect();
         return error(StatusCode::NOT_FOUND, format!("unknown topic `{topic}` (known: {})", known.join(", ")));
     };
-    if let Err(reason) = writes_allowed(&headers) {
-        return error(StatusCode::FORBIDDEN, reason);
-    }
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default().to_ascii_lowercase();
     let csv = content_type.starts_with("text/csv");
     if !csv && !content_type.starts_with("application/json") && !content_type.starts_with("application/x-ndjson") {
@@ -407,26 +421,48 @@ pub fn spawn_broker_metrics(cfg: &ServerConfig, metrics: Arc<crate::metrics::Met
 /// The API routes, with metrics and health.
 pub fn router(cfg: ServerConfig, metrics: Arc<crate::metrics::Metrics>) -> Router {
     spawn_broker_metrics(&cfg, metrics.clone());
-    let api = Router::new()
+    let state = Arc::new(cfg);
+    let same_origin = || axum::middleware::from_fn(same_origin_writes);
+    // Checked in the layers, before any handler reads a body.
+    let guarded = Router::new()
         .route("/query", post(query))
         .route("/tables", get(tables))
         .route("/tables/{table}/history", get(history))
-        .route("/topics/{topic}/records", post(ingest).layer(axum::extract::DefaultBodyLimit::max(256 << 20)))
-        .route("/topics/{topic}/generate", post(ui::generate))
+        .route("/topics/{topic}/records", post(ingest).layer(axum::extract::DefaultBodyLimit::max(256 << 20)).layer(same_origin()))
+        .route("/topics/{topic}/generate", post(ui::generate).layer(same_origin()))
         .route("/api/topics", get(ui::topics))
         .route("/api/examples", get(ui::examples))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), require_token));
+    let open = Router::new()
         .route("/", get(ui::index))
         .route("/ui/app.js", get(ui::script))
         .route("/ui/style.css", get(ui::style))
         .route("/health", get(all_brokers))
-        .route("/health/{broker}", get(one_broker))
-        .with_state(Arc::new(cfg));
-    api.merge(crate::metrics::router(metrics))
+        .route("/health/{broker}", get(one_broker));
+    guarded.merge(open).with_state(state).merge(crate::metrics::router(metrics))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The client's mistakes are 4xx; the lake's and the engine's failures are 5xx.
+    #[test]
+    fn failures_that_are_not_the_clients_are_5xx() {
+        use crate::lake::LakeError;
+        use crate::query::QueryError;
+        let unreachable = LakeError::Unreachable { uri: "s3://b".into(), reason: "timed out".into() };
+        let no_table = LakeError::NoTable { table: "t".into(), lake: "file:///l".into(), known: String::new() };
+        for (e, want) in [
+            (QueryError::Sql("syntax".into()), 400),
+            (QueryError::Lake(no_table), 400),
+            (QueryError::Lake(unreachable), 503),
+            (QueryError::Engine("panicked".into()), 500),
+            (QueryError::Format("arrow".into()), 500),
+        ] {
+            assert_eq!(query_status(&e).as_u16(), want, "{e}");
+        }
+    }
 
     #[test]
     fn read_only_guard() {

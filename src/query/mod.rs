@@ -43,9 +43,14 @@ pub enum QueryError {
 }
 
 impl QueryError {
-    /// Whether the user must change the query.
+    /// Whether the user must change the query (or name a table, a version or a file that is
+    /// there).
     pub fn is_user_error(&self) -> bool {
-        matches!(self, QueryError::Sql(_))
+        match self {
+            QueryError::Sql(_) | QueryError::Export { .. } => true,
+            QueryError::Lake(e) => e.is_user_error(),
+            QueryError::Engine(_) | QueryError::Format(_) => false,
+        }
     }
 }
 

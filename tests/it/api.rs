@@ -55,6 +55,19 @@ fn curl(port: u16, method: &str, path: &str, body: Option<&Value>, token: Option
     (status, h.to_ascii_lowercase(), out.stdout)
 }
 
+/// curl: POST the JSON in `file` (too large for an argument), with `args`; returns stdout.
+fn post_file(port: u16, path: &str, file: &std::path::Path, args: &[&str]) -> String {
+    let out = Command::new("curl")
+        .args(["-s", "--max-time", "120", "-H", "Content-Type: application/json"])
+        .args(args)
+        .arg("--data-binary")
+        .arg(format!("@{}", file.display()))
+        .arg(format!("http://127.0.0.1:{port}{path}"))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
 fn q(sql: &str, format: &str) -> Value {
     q_on("datafusion", sql, format)
 }
@@ -197,14 +210,7 @@ async fn deep_expressions_get_a_400_and_the_server_stays_up() {
     let post = |engine: &str, terms: usize| {
         let file = dir.path().join("body.json");
         std::fs::write(&file, q_on(engine, &format!("SELECT {}", vec!["1"; terms].join("+")), "json").to_string()).unwrap();
-        let out = Command::new("curl")
-            .args(["-s", "-o", "-", "-w", "\n%{http_code}", "--max-time", "120", "-H", "Content-Type: application/json"])
-            .arg("--data-binary")
-            .arg(format!("@{}", file.display()))
-            .arg(format!("http://127.0.0.1:{}/query", srv.port))
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let text = post_file(srv.port, "/query", &file, &["-o", "-", "-w", "\n%{http_code}"]);
         let (body, status) = text.rsplit_once('\n').unwrap_or((&text, "0"));
         (status.parse::<u16>().unwrap_or(0), body.to_string())
     };
@@ -218,4 +224,23 @@ async fn deep_expressions_get_a_400_and_the_server_stays_up() {
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("900"), "{body}");
     assert_eq!(curl(srv.port, "GET", "/health/live", None, None).0, 200, "serve went down");
+}
+
+/// The token is checked before the body is read: a 32 MB upload without it gets its 401 at
+/// once, with (almost) nothing sent. The route took up to 256 MiB into memory first.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_token_is_checked_before_the_body_is_read() {
+    let fx = Fixture::new(LakeKind::Local, "transactions", 1, "").await;
+    let srv = serve(&fx, &[("LAKEPIPE_API_TOKEN", "s3cret")]);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("big.json");
+    let size = 32usize << 20;
+    std::fs::write(&file, vec![b' '; size]).unwrap();
+    for path in [format!("/topics/{}/records", fx.topic), "/query".to_string()] {
+        let text = post_file(srv.port, &path, &file, &["-o", "/dev/null", "-w", "%{http_code} %{size_upload}"]);
+        let (status, sent) = text.split_once(' ').unwrap_or((&text, "0"));
+        assert_eq!(status, "401", "{path}: {text}");
+        let sent: f64 = sent.parse().unwrap_or(f64::MAX);
+        assert!(sent < (1 << 20) as f64, "{path}: the server read {sent} bytes of {size} before refusing");
+    }
 }
