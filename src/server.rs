@@ -364,6 +364,20 @@ async fn ingest(State(cfg): State<Arc<ServerConfig>>, headers: HeaderMap, UrlPat
     if parsed.messages.is_empty() {
         return error(StatusCode::BAD_REQUEST, "no records in the body (send a JSON array or one JSON object per line)");
     }
+    // Refused here, not in the producer, where it would count against every broker's breaker.
+    let limit = crate::publish::max_record_bytes(&api.options.kafka);
+    let too_large = crate::publish::oversized(&parsed.messages, limit);
+    if !too_large.is_empty() {
+        let errors: Vec<serde_json::Value> = too_large
+            .iter()
+            .map(|(index, bytes)| serde_json::json!({"index": index, "error": format!("the record is {bytes} bytes with its key; the producer takes at most {limit} (message.max.bytes)")}))
+            .collect();
+        let body = serde_json::json!({
+            "error": format!("{} of {} records are too large to publish; nothing was published", too_large.len(), parsed.messages.len()),
+            "errors": errors,
+        });
+        return (StatusCode::PAYLOAD_TOO_LARGE, Json(body)).into_response();
+    }
     if let Err(e) = ensure_created(api, &topic).await {
         return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
     }

@@ -19,6 +19,20 @@ use router::{Router, Sink, Strategy};
 /// A record to publish: key and payload (`None` payload: a delete).
 pub type Message = (Option<Vec<u8>>, Option<Vec<u8>>);
 
+/// The largest record (key and value together) the Kafka producer takes: its
+/// `message.max.bytes` (librdkafka's default 1,000,000 unless `[kafka]` sets another). A larger
+/// record fails in the producer before any broker sees it, so it is the sender's to fix and
+/// must not count against a broker's breaker.
+pub fn max_record_bytes(kafka: &std::collections::BTreeMap<String, String>) -> usize {
+    kafka.get("message.max.bytes").and_then(|v| v.trim().parse().ok()).unwrap_or(1_000_000)
+}
+
+/// The records of `messages` larger than `limit` (key and value together): (index, bytes).
+pub fn oversized(messages: &[Message], limit: usize) -> Vec<(usize, usize)> {
+    let size = |(k, v): &Message| k.as_ref().map_or(0, Vec::len) + v.as_ref().map_or(0, Vec::len);
+    messages.iter().enumerate().map(|(i, m)| (i, size(m))).filter(|&(_, bytes)| bytes > limit).collect()
+}
+
 /// Errors of the publish path.
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {

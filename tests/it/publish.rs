@@ -103,6 +103,17 @@ async fn http_ingest_validates_everything_before_publishing() {
     let (status, v) = post_with(port, &path, csv, &["Content-Type: text/csv"]);
     assert_eq!((status, v["published"].as_u64()), (200, Some(1)), "{v}");
 
+    // A record that validates but is over the producer's message.max.bytes (1,000,000) with
+    // its key: 413 naming it, before the producer. It was a producer failure, and five such
+    // requests opened every breaker for 30 s (the breaker must still be closed below).
+    let big = txn("h4", 1_700_000_000_000, "completed").replacen('{', &format!("{{\"note\": \"{}\", ", "x".repeat(1_010_000)), 1);
+    for _ in 0..6 {
+        let (status, v) = post(port, &path, &format!("[{one}, {big}]"));
+        assert_eq!(status, 413, "{v}");
+        assert_eq!(v["errors"][0]["index"], 1, "{v}");
+        assert!(v["errors"][0]["error"].as_str().unwrap().contains("message.max.bytes"), "{v}");
+    }
+
     // Valid NDJSON: 200 once acknowledged, then in the lake after an ingest.
     let ndjson = format!("{}\n{}\n", txn("h1", 1_700_000_000_000, "completed"), txn("h3", 1_700_000_000_000, "pending"));
     let (status, v) = post(port, &path, &ndjson);
