@@ -9,8 +9,9 @@
 //! which the tokenizer reads without recursion.
 //!
 //! The bound is conservative: every operator token and operator keyword counts as one level,
-//! within its parenthesis or bracket, until a comma or a `WHEN`, `THEN` or `ELSE` starts a new
-//! expression there; nested groups add their enclosing groups' counts. A statement passes when
+//! within its parenthesis, bracket or `CASE … END`, until a comma (or, in a `CASE`, a `WHEN`,
+//! `THEN` or `ELSE`) starts a new expression there; nested groups add their enclosing groups'
+//! counts, and the count around a group goes on after it closes. A statement passes when
 //! no point in it is deeper than [`MAX_DEPTH`], DuckDB's own default `max_expression_depth`.
 
 use deltalake::datafusion::sql::sqlparser::dialect::{Dialect, DuckDbDialect, GenericDialect};
@@ -40,32 +41,69 @@ pub fn check(sql: &str) -> Result<(), QueryError> {
     Ok(())
 }
 
+/// An open group: a bracket, or a `CASE … END` (whose `WHEN`, `THEN` and `ELSE` start new
+/// expressions inside it, while the chain around the `CASE` goes on after its `END`).
+struct Group {
+    case: bool,
+    /// Operators counted here since the group's last new expression (its own level included).
+    count: usize,
+}
+
 /// An upper bound of the expression depth of a token stream (see the module's comment).
 fn deepest(tokens: &[Token]) -> usize {
-    // Operators counted in each open group, innermost last; their sum is the depth here.
-    let mut open: Vec<usize> = vec![0];
+    // The open groups, innermost last; the sum of their counts is the depth here.
+    let mut open: Vec<Group> = vec![Group {
+        case: false,
+        count: 0,
+    }];
     let mut depth = 0usize;
     let mut deepest = 0usize;
+    let close = |open: &mut Vec<Group>, depth: &mut usize| {
+        if open.len() > 1 {
+            *depth -= open.pop().map_or(0, |g| g.count);
+        }
+    };
     for token in tokens {
         match token {
             Token::LParen | Token::LBracket | Token::LBrace => {
-                open.push(1);
+                open.push(Group {
+                    case: false,
+                    count: 1,
+                });
                 depth += 1;
             }
-            Token::RParen | Token::RBracket | Token::RBrace if open.len() > 1 => {
-                depth -= open.pop().unwrap_or(0);
+            Token::Word(w) if w.quote_style.is_none() && w.keyword == Keyword::CASE => {
+                open.push(Group {
+                    case: true,
+                    count: 1,
+                });
+                depth += 1;
+            }
+            Token::RParen | Token::RBracket | Token::RBrace => {
+                // A `CASE` left open inside the bracket ends with it.
+                while open.len() > 1 && open.last().is_some_and(|g| g.case) {
+                    close(&mut open, &mut depth);
+                }
+                close(&mut open, &mut depth);
+            }
+            Token::Word(w)
+                if w.quote_style.is_none()
+                    && w.keyword == Keyword::END
+                    && open.last().is_some_and(|g| g.case) =>
+            {
+                close(&mut open, &mut depth);
             }
             t if starts_expression(t) => {
-                // A new expression in this group; a group keeps the level its bracket counts for.
+                // A new expression in this group; a group keeps the level it counts for.
                 let keep = usize::from(open.len() > 1);
                 if let Some(here) = open.last_mut() {
-                    depth = depth - *here + keep;
-                    *here = keep;
+                    depth = depth - here.count + keep;
+                    here.count = keep;
                 }
             }
             t if is_operator(t) => {
                 if let Some(here) = open.last_mut() {
-                    *here += 1;
+                    here.count += 1;
                     depth += 1;
                 }
             }
@@ -100,6 +138,8 @@ fn is_operator(token: &Token) -> bool {
                         | Keyword::XOR
                         | Keyword::NOT
                         | Keyword::IS
+                        | Keyword::NOTNULL
+                        | Keyword::MEMBER
                         | Keyword::IN
                         | Keyword::LIKE
                         | Keyword::ILIKE
@@ -240,5 +280,11 @@ mod tests {
             );
         }
         assert!(check(&format!("SELECT {}", chain(MAX_DEPTH, "+"))).is_ok());
+        // A CASE inside a chain: its branches start new expressions, the chain goes on after
+        // END (resetting the chain's count at WHEN let any depth through in pieces).
+        let case = format!("CASE WHEN k = 1 THEN 1 ELSE 2 END + {}", chain(400, "+"));
+        assert!(check(&format!("SELECT {}", [case.as_str(); 3].join(" + "))).is_err());
+        // An unclosed CASE inside brackets ends with them.
+        assert_eq!(depth("SELECT (CASE WHEN a THEN b) + 1 + 1"), 2);
     }
 }
