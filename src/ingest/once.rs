@@ -79,16 +79,6 @@ impl Pipeline<'_> {
             w.last_positions = positions;
             w.last_progress = Instant::now();
         }
-        // The group gave this member nothing and nothing moves: a coordinator that assigns
-        // nothing, or members that hold partitions and are gone. Read them itself.
-        if !assigned
-            && !self.direct
-            && w.last_progress.elapsed() >= self.cfg.once_group_wait()
-            && self.read_directly(w.last_progress.elapsed()).await?
-        {
-            w.last_progress = Instant::now();
-            return Ok(OnceStep::Go);
-        }
         let own_done = if assigned
             && self
                 .parts
@@ -122,13 +112,13 @@ impl Pipeline<'_> {
                 return Ok(OnceStep::Done);
             }
         }
-        // Its own partitions are done, and the rest are held by members that neither commit
-        // them nor give them up (killed members until their session ends, a coordinator that
-        // does not rebalance): read them too.
-        if own_done
-            && assigned
+        // Nothing moves, and the group keeps partitions from this member: it gave it none (a
+        // coordinator that assigns nothing), or its own are done and the rest are held by
+        // members that neither commit them nor give them up (killed members until their
+        // session ends). Read them itself.
+        let held_elsewhere = !assigned || (own_done && !self.others.is_empty());
+        if held_elsewhere
             && !self.direct
-            && !self.others.is_empty()
             && w.last_progress.elapsed() >= self.cfg.once_group_wait()
             && self.read_directly(w.last_progress.elapsed()).await?
         {

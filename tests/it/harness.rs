@@ -125,18 +125,21 @@ impl Fixture {
 
     /// Each column's name and whether it is nullable, as the Python reader sees the schema.
     pub fn nullable_columns(&self, table: &str) -> BTreeMap<String, bool> {
-        let code = "import sys, os, json\nfrom deltalake import DeltaTable\nkeys=['AWS_ENDPOINT_URL','AWS_ALLOW_HTTP','AWS_REGION','AWS_ACCESS_KEY_ID','AWS_SECRET_ACCESS_KEY']\nt=DeltaTable(sys.argv[1], storage_options={k: os.environ[k] for k in keys if k in os.environ})\nprint(json.dumps({f.name: f.nullable for f in t.schema().fields}), flush=True)\nos._exit(0)";
-        let out = Command::new(python()).args(["-c", code, &self.table_uri(table)]).output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        serde_json::from_slice(&out.stdout).unwrap()
+        serde_json::from_str(&self.python_delta(table, "json.dumps({f.name: f.nullable for f in t.schema().fields})")).unwrap()
     }
 
     /// The latest table version, from `_delta_log` via SQL-independent means (the Python reader).
     pub fn table_version(&self, table: &str) -> i64 {
-        let code = "import sys, os\nfrom deltalake import DeltaTable\nkeys=['AWS_ENDPOINT_URL','AWS_ALLOW_HTTP','AWS_REGION','AWS_ACCESS_KEY_ID','AWS_SECRET_ACCESS_KEY']\nprint(DeltaTable(sys.argv[1], storage_options={k: os.environ[k] for k in keys if k in os.environ}).version(), flush=True)\nos._exit(0)";
-        let out = Command::new(python()).args(["-c", code, &self.table_uri(table)]).output().unwrap();
+        self.python_delta(table, "t.version()").trim().parse().unwrap()
+    }
+
+    /// What the Python expression `expr` prints, with `t` the table opened by Python `deltalake`
+    /// (with the S3 settings of the environment).
+    fn python_delta(&self, table: &str, expr: &str) -> String {
+        let code = format!("import sys, os, json\nfrom deltalake import DeltaTable\nkeys=['AWS_ENDPOINT_URL','AWS_ALLOW_HTTP','AWS_REGION','AWS_ACCESS_KEY_ID','AWS_SECRET_ACCESS_KEY']\nt=DeltaTable(sys.argv[1], storage_options={{k: os.environ[k] for k in keys if k in os.environ}})\nprint({expr}, flush=True)\nos._exit(0)");
+        let out = Command::new(python()).args(["-c", &code, &self.table_uri(table)]).output().unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+        String::from_utf8_lossy(&out.stdout).to_string()
     }
 }
 
