@@ -97,6 +97,21 @@ pub struct Config {
     pub query_timeout: String,
     /// `serve`: most rows a query result returns (longer results are cut and marked).
     pub max_result_rows: usize,
+    /// `serve`: most bytes of a query result's body (JSON, CSV or Arrow); longer results are
+    /// cut at a row and marked, as at `max_result_rows`.
+    pub max_result_bytes: usize,
+    /// `serve` and `sql`: each query's memory budget in bytes: DataFusion's memory pool (it
+    /// spills sorts, joins and aggregates to disk, or fails the query cleanly) and DuckDB's
+    /// `memory_limit`.
+    pub query_memory: usize,
+    /// `serve`: queries that run at once (0: the number of cores). A query beyond them waits
+    /// up to 2 s for a turn, then gets a 503 with `Retry-After`.
+    pub max_concurrent_queries: usize,
+    /// `serve`: the host names a request's `Host` may carry besides `localhost` and IP
+    /// addresses (`"*"`: any), so that no web page can reach the API through a name of its
+    /// own that it points at this machine (DNS rebinding). Add the names clients use, e.g.
+    /// `["lake.internal"]`.
+    pub allowed_hosts: Vec<String>,
     /// Ingest from Apache Iggy instead of Kafka: `iggy://user:pass@host:port[/stream]`
     /// (empty: Kafka at `brokers`). Offsets are stored under `source_name` (`iggy` by default).
     pub iggy: String,
@@ -145,6 +160,10 @@ impl Default for Config {
             min_vacuum_retention_hours: 168,
             query_timeout: "30s".into(),
             max_result_rows: 100_000,
+            max_result_bytes: 64 << 20,
+            query_memory: 1 << 30,
+            max_concurrent_queries: 0,
+            allowed_hosts: Vec::new(),
             iggy: String::new(),
             primary: String::new(),
             fallback: String::new(),
@@ -257,7 +276,7 @@ pub struct Overrides {
     pub strategy: Option<String>,
 }
 
-const LIST_KEYS: [&str; 1] = ["topics"];
+const LIST_KEYS: [&str; 2] = ["topics", "allowed_hosts"];
 
 /// `LAKEPIPE_*` variables that are not configuration keys: the log filter and the API token.
 /// `LAKEPIPE_DEV_*` are reserved for lakepipe's own scripts and tests. Any other

@@ -380,7 +380,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 source_name: cfg.source_name.clone(),
                 kafka: cfg.kafka.clone(),
             });
-            let request = lakepipe::query::Request { sql: &query, engine: a.engine, broker: broker.as_ref(), read_only: true, ..Default::default() };
+            let request = lakepipe::query::Request { sql: &query, engine: a.engine, broker: broker.as_ref(), read_only: true, memory: Some(cfg.query_memory), ..Default::default() };
             let (schema, batches) = lakepipe::query::execute(&lake, &request).await?;
             match a.output {
                 Some(path) => {
@@ -500,6 +500,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 token,
                 query_timeout: lakepipe::config::parse_duration(&cfg.query_timeout).map_err(anyhow::Error::msg)?,
                 max_rows: cfg.max_result_rows,
+                max_bytes: cfg.max_result_bytes,
+                query_memory: cfg.query_memory,
+                queries: lakepipe::server::limits::QueryGate::new(cfg.max_concurrent_queries),
+                allowed_hosts: cfg.allowed_hosts.clone(),
                 ingest: None,
             };
             let server = if publishing {

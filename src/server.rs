@@ -17,8 +17,16 @@
 //! `Authorization: Bearer <token>`, checked in one layer before a handler reads the body;
 //! `/metrics` and `/health` stay open for scrapers and probes. A query's own mistakes are 4xx,
 //! the lake's and the engine's failures 5xx.
+//!
+//! Limits ([`limits`], [`result`]): the API and the page answer only to `localhost`, IP
+//! addresses and the `allowed_hosts` (421 otherwise, against DNS rebinding); at most
+//! `max_concurrent_queries` queries run at once (a query beyond them waits 2 s for a turn, then
+//! gets a 503 with `Retry-After`); each has a memory budget (`query_memory`) on either engine;
+//! a result's body stops at `max_result_rows` rows and `max_result_bytes` bytes.
 
 pub mod guard;
+pub mod limits;
+pub mod result;
 pub mod ui;
 
 use std::sync::Arc;
@@ -49,6 +57,14 @@ pub struct ServerConfig {
     pub query_timeout: Duration,
     /// Most rows a result may return; longer results are cut and marked.
     pub max_rows: usize,
+    /// Most bytes of a result's body; longer results are cut at a row and marked.
+    pub max_bytes: usize,
+    /// Each query's memory budget in bytes.
+    pub query_memory: usize,
+    /// The queries that may run at once.
+    pub queries: limits::QueryGate,
+    /// Host names a request may carry besides `localhost` and IP addresses (`*`: any).
+    pub allowed_hosts: Vec<String>,
     /// HTTP ingest: the router and the topics' specs (`None`: ingest disabled).
     pub ingest: Option<Arc<IngestApi>>,
 }
@@ -153,68 +169,75 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// The largest body `POST /query` reads.
+const QUERY_BODY_LIMIT: usize = 2 << 20;
+
 async fn query(State(cfg): State<Arc<ServerConfig>>, body: Result<Json<QueryRequest>, axum::extract::rejection::JsonRejection>) -> Response {
     let Json(req) = match body {
         Ok(b) => b,
+        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return error(StatusCode::PAYLOAD_TOO_LARGE, format!("the request body is larger than the limit of {} MiB for a query", QUERY_BODY_LIMIT >> 20))
+        }
+        Err(e) if e.status() == StatusCode::UNSUPPORTED_MEDIA_TYPE => return error(StatusCode::UNSUPPORTED_MEDIA_TYPE, e.body_text()),
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad request body: {e}")),
     };
     let engine: Engine = match req.engine.as_deref().unwrap_or("datafusion").parse() {
         Ok(e) => e,
         Err(reason) => return error(StatusCode::BAD_REQUEST, reason),
     };
+    let format = match result::BodyFormat::parse(req.format.as_deref()) {
+        Ok(f) => f,
+        Err(reason) => return error(StatusCode::BAD_REQUEST, reason),
+    };
+    // A turn first: even checking a statement takes memory in proportion to its size.
+    let turn = match cfg.queries.enter().await {
+        Ok(permit) => permit,
+        Err(busy) => return busy,
+    };
     if let Err(reason) = check_read_only(&req.sql) {
         return error(StatusCode::BAD_REQUEST, reason);
     }
-    let fmt = req.format.as_deref().unwrap_or("json");
-    let request = Request { sql: &req.sql, engine, broker: cfg.broker.as_ref(), limit: Some(cfg.max_rows + 1), read_only: true, sandboxed: true };
-    let run = crate::query::execute(&cfg.lake, &request);
+    // DuckDB's threads: a fair share of the cores among the queries that may run at once.
+    let threads = (limits::cores() / cfg.queries.size()).max(1);
+    // On a task of the query runtime, which keeps the turn until the work really ends: the
+    // timeout answers the client even when an operator computes for long without yielding,
+    // and the task is cancelled at its next yield.
+    let (lake, broker, sql) = (cfg.lake.clone(), cfg.broker.clone(), req.sql);
+    let (max_rows, memory) = (cfg.max_rows, cfg.query_memory);
+    let run = limits::query_runtime().spawn(async move {
+        let _turn = turn;
+        let request = Request {
+            sql: &sql,
+            engine,
+            broker: broker.as_ref(),
+            limit: Some(max_rows + 1),
+            read_only: true,
+            sandboxed: true,
+            memory: Some(memory),
+            threads: Some(threads),
+        };
+        crate::query::execute(&lake, &request).await
+    });
+    let abort = run.abort_handle();
     let (schema, batches) = match tokio::time::timeout(cfg.query_timeout, run).await {
-        Err(_) => return error(StatusCode::BAD_REQUEST, format!("the query ran longer than the limit of {:?}", cfg.query_timeout)),
-        Ok(Err(e)) => return error(query_status(&e), e.to_string()),
-        Ok(Ok(r)) => r,
+        Err(_) => {
+            abort.abort();
+            return error(StatusCode::BAD_REQUEST, format!("the query ran longer than the limit of {:?}", cfg.query_timeout));
+        }
+        Ok(Err(e)) => return error(StatusCode::INTERNAL_SERVER_ERROR, format!("the query's task failed: {e}")),
+        Ok(Ok(Err(e))) => return error(query_status(&e), e.to_string()),
+        Ok(Ok(Ok(r))) => r,
     };
     // The engine stopped at max_rows + 1, so "more" is known without computing everything.
-    let total: usize = batches.iter().map(|b| b.num_rows()).sum();
-    let mut kept = Vec::new();
-    let mut left = cfg.max_rows;
-    for b in batches {
-        if left == 0 {
-            break;
-        }
-        let n = b.num_rows().min(left);
-        kept.push(b.slice(0, n));
-        left -= n;
-    }
-    let truncated = total > cfg.max_rows;
-    let (content_type, body) = match fmt {
-        "json" | "csv" => {
-            let f = if fmt == "json" { Format::Json } else { Format::Csv };
-            match format(&schema, &kept, f) {
-                Ok(text) => (if fmt == "json" { "application/json" } else { "text/csv" }, text.into_bytes()),
-                Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-            }
-        }
-        "arrow" => {
-            let mut buf = Vec::new();
-            let written = (|| {
-                let mut w = arrow::ipc::writer::StreamWriter::try_new(&mut buf, &schema)?;
-                for b in &kept {
-                    w.write(b)?;
-                }
-                w.finish()
-            })();
-            if let Err(e) = written {
-                return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
-            }
-            ("application/vnd.apache.arrow.stream", buf)
-        }
-        other => return error(StatusCode::BAD_REQUEST, format!("unknown format `{other}`: use json, csv or arrow")),
+    let (max_rows, max_bytes) = (cfg.max_rows, cfg.max_bytes);
+    let body = match tokio::task::spawn_blocking(move || result::encode(&schema, &batches, format, max_rows, max_bytes)).await {
+        Ok(Ok(body)) => body,
+        Ok(Err(e)) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     };
-    let mut resp = (StatusCode::OK, [(header::CONTENT_TYPE, content_type)], body).into_response();
-    if truncated {
-        if let Ok(v) = format!("first {} rows", cfg.max_rows).parse() {
-            resp.headers_mut().insert("x-lakepipe-truncated", v);
-        }
+    let mut resp = (StatusCode::OK, [(header::CONTENT_TYPE, format.content_type())], body.bytes).into_response();
+    if let Some(v) = body.truncated.and_then(|t| t.parse().ok()) {
+        resp.headers_mut().insert("x-lakepipe-truncated", v);
     }
     resp
 }
@@ -384,7 +407,7 @@ pub fn router(cfg: ServerConfig, metrics: Arc<crate::metrics::Metrics>) -> Route
     let same_origin = || axum::middleware::from_fn(same_origin_writes);
     // Checked in the layers, before any handler reads a body.
     let guarded = Router::new()
-        .route("/query", post(query))
+        .route("/query", post(query).layer(axum::extract::DefaultBodyLimit::max(QUERY_BODY_LIMIT)))
         .route("/tables", get(tables))
         .route("/tables/{table}/history", get(history))
         .route("/topics/{topic}/records", post(ingest).layer(axum::extract::DefaultBodyLimit::max(256 << 20)).layer(same_origin()))
@@ -392,13 +415,12 @@ pub fn router(cfg: ServerConfig, metrics: Arc<crate::metrics::Metrics>) -> Route
         .route("/api/topics", get(ui::topics))
         .route("/api/examples", get(ui::examples))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), require_token));
-    let open = Router::new()
-        .route("/", get(ui::index))
-        .route("/ui/app.js", get(ui::script))
-        .route("/ui/style.css", get(ui::style))
-        .route("/health", get(all_brokers))
-        .route("/health/{broker}", get(one_broker));
-    guarded.merge(open).with_state(state).merge(crate::metrics::router(metrics))
+    let page = Router::new().route("/", get(ui::index)).route("/ui/app.js", get(ui::script)).route("/ui/style.css", get(ui::style));
+    // The API and the page answer only to known host names; health and metrics to any, for
+    // probes and scrapers that name the machine.
+    let named = guarded.merge(page).route_layer(axum::middleware::from_fn_with_state(state.clone(), limits::check_host));
+    let open = Router::new().route("/health", get(all_brokers)).route("/health/{broker}", get(one_broker));
+    named.merge(open).with_state(state).merge(crate::metrics::router(metrics))
 }
 
 #[cfg(test)]

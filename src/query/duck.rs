@@ -52,6 +52,10 @@ pub struct DuckOptions {
     /// Refuse a statement that writes (INSERT, CREATE, COPY …): it would change only DuckDB's
     /// copy of the tables, or files on the machine.
     pub read_only: bool,
+    /// DuckDB's `memory_limit` in bytes (`None`: its default, 80% of RAM).
+    pub memory: Option<usize>,
+    /// DuckDB's `threads` (`None`: one per core).
+    pub threads: Option<usize>,
 }
 
 /// Whether a statement only reads: a query, or a look at the tables (`DESCRIBE`, `SHOW`,
@@ -213,9 +217,17 @@ pub async fn run(lake: &Lake, sql: &str, broker: Option<&BrokerInfo>, opts: &Duc
     let handle = Interrupt::default();
     let _guard = InterruptOnDrop(handle.clone());
     let sandboxed = opts.sandboxed;
+    let (memory, threads) = (opts.memory, opts.threads);
     tokio::task::spawn_blocking(move || {
         handle.check()?;
         let db = Database::open(&handle)?;
+        // Before the tables load: their copies count against the budget too.
+        if let Some(bytes) = memory {
+            db.execute(&format!("SET memory_limit = '{}KiB'", (bytes >> 10).max(1)))?;
+        }
+        if let Some(n) = threads {
+            db.execute(&format!("SET threads = {}", n.max(1)))?;
+        }
         for (name, schema, batches) in inputs {
             handle.check()?;
             db.load(&name, &schema, &batches)?;

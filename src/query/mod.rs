@@ -104,6 +104,12 @@ pub struct Request<'a> {
     /// with its configuration locked, DataFusion without its information schema. The HTTP API
     /// sets this; the CLI does not, so that an analyst can join a local file.
     pub sandboxed: bool,
+    /// The query's memory budget in bytes (`query_memory`): DataFusion's memory pool (sorts,
+    /// joins and aggregates spill to disk beyond it, or the query fails cleanly) and DuckDB's
+    /// `memory_limit`. `None`: unbounded.
+    pub memory: Option<usize>,
+    /// Threads DuckDB may use for the query (`None`: one per core).
+    pub threads: Option<usize>,
 }
 
 /// The stack that the threads running queries need (the runtime's workers and its blocking
@@ -117,12 +123,21 @@ pub async fn execute(lake: &Lake, req: &Request<'_>) -> Result<(Arc<arrow::datat
     let sql = req.sql.trim().trim_end_matches(';');
     depth::check(sql)?;
     let result = match req.engine {
-        Engine::Duckdb => duck::run(lake, sql, req.broker, &duck::DuckOptions { limit: req.limit, sandboxed: req.sandboxed, read_only: req.read_only }).await,
+        Engine::Duckdb => {
+            let opts = duck::DuckOptions { limit: req.limit, sandboxed: req.sandboxed, read_only: req.read_only, memory: req.memory, threads: req.threads };
+            match duck::run(lake, sql, req.broker, &opts).await {
+                Err(QueryError::Sql(m)) if m.contains("Out of Memory Error") => Err(QueryError::Sql(over_budget(req.memory, &m))),
+                other => other,
+            }
+        }
         Engine::Datafusion => {
             use deltalake::datafusion::execution::context::SQLOptions;
-            let ctx = session(lake, req.broker, Some(sql), !req.sandboxed).await?;
+            let ctx = session(lake, req.broker, Some(sql), !req.sandboxed, req.memory).await?;
             let options = SQLOptions::new().with_allow_ddl(!req.read_only).with_allow_dml(!req.read_only).with_allow_statements(!req.read_only);
-            let failed = |e: DataFusionError| QueryError::Sql(df_message(&e));
+            let failed = |e: DataFusionError| match e.find_root() {
+                DataFusionError::ResourcesExhausted(m) => QueryError::Sql(over_budget(req.memory, m)),
+                _ => QueryError::Sql(df_message(&e)),
+            };
             match ctx.sql_with_options(sql, options).await {
                 Err(e) => Err(failed(e)),
                 Ok(mut df) => {
@@ -139,6 +154,12 @@ pub async fn execute(lake: &Lake, req: &Request<'_>) -> Result<(Arc<arrow::datat
         Err(QueryError::Sql(message)) => Err(in_user_words(lake, message).await),
         other => other,
     }
+}
+
+/// The message of a query that needed more memory than its budget.
+fn over_budget(budget: Option<usize>, engine_message: &str) -> String {
+    let budget = budget.map_or(String::new(), |b| format!(" of {} MiB", b >> 20));
+    format!("the query needs more memory than its budget{budget} (query_memory): {engine_message}")
 }
 
 /// A DataFusion error's own message, without the variant's prefix ("Error during planning: ",
@@ -203,12 +224,29 @@ async fn register(ctx: &SessionContext, lake: &Lake, name: &str) -> Result<(), Q
 }
 
 /// A DataFusion session with the lake's tables registered: those that `sql` names when it is
-/// given and parses, else every table; with the information schema when asked. Tables are opened concurrently.
-pub async fn session(lake: &Lake, broker: Option<&functions::BrokerInfo>, sql: Option<&str>, information_schema: bool) -> Result<SessionContext, QueryError> {
+/// given and parses, else every table; with the information schema when asked, and a memory
+/// pool of `memory` bytes when given. Tables are opened concurrently.
+pub async fn session(
+    lake: &Lake,
+    broker: Option<&functions::BrokerInfo>,
+    sql: Option<&str>,
+    information_schema: bool,
+    memory: Option<usize>,
+) -> Result<SessionContext, QueryError> {
+    use deltalake::datafusion::execution::memory_pool::{FairSpillPool, TrackConsumersPool};
+    use deltalake::datafusion::execution::runtime_env::RuntimeEnvBuilder;
     // `SHOW TABLES` and `SHOW COLUMNS` read the information schema. The read-only API keeps it
     // off: `df_settings` shows the server's settings (issue #15 decides what it may show).
     let config = deltalake::datafusion::prelude::SessionConfig::new().with_information_schema(information_schema);
-    let ctx = SessionContext::new_with_config(config);
+    let mut runtime = RuntimeEnvBuilder::new();
+    if let Some(bytes) = memory {
+        // Fair: each spilling operator gets its share, so one sort cannot starve a join. The
+        // largest consumers are named in the error.
+        let consumers = std::num::NonZeroUsize::new(3).unwrap_or(std::num::NonZeroUsize::MIN);
+        runtime = runtime.with_memory_pool(Arc::new(TrackConsumersPool::new(FairSpillPool::new(bytes), consumers)));
+    }
+    let runtime = runtime.build_arc().map_err(|e| QueryError::Engine(e.to_string()))?;
+    let ctx = SessionContext::new_with_config_rt(config, runtime);
     functions::register_all(&ctx, lake, broker);
     let mut names = list_tables(lake).await?;
     if let Some(named) = sql.and_then(|sql| referenced_tables(&ctx, sql)).filter(|n| !n.is_empty()) {

@@ -7,9 +7,9 @@ use serde_json::Value;
 
 use crate::harness::{produce_to_partition, Fixture, LakeKind, Msg};
 
-struct Server {
-    child: Child,
-    port: u16,
+pub(crate) struct Server {
+    pub(crate) child: Child,
+    pub(crate) port: u16,
 }
 
 impl Drop for Server {
@@ -19,7 +19,7 @@ impl Drop for Server {
     }
 }
 
-fn serve(fx: &Fixture, env: &[(&str, &str)]) -> Server {
+pub(crate) fn serve(fx: &Fixture, env: &[(&str, &str)]) -> Server {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let mut cmd = fx.cmd("serve");
     cmd.args(["--listen", &format!("127.0.0.1:{port}")]).stdout(Stdio::null()).stderr(Stdio::null());

@@ -6,6 +6,7 @@ mod failures;
 mod first_day;
 mod faults;
 mod harness;
+mod hostile;
 mod kill;
 mod once;
 mod operate;
