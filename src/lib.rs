@@ -28,7 +28,7 @@
 //! * [`ingest`]: the micro-batch loop that ties them together.
 //! * [`query`]: SQL over the lake on DataFusion or embedded DuckDB, with `as_of`, `history`,
 //!   `changes` and `freshness()`.
-//! * [`server`]: the read-only HTTP API, its read-only check and its limits (host names,
+//! * [`server`]: the read-only HTTP API (what a query may run: [`query::allow`]) and its limits (host names,
 //!   queries at once, memory, result size: [`server::limits`]); [`metrics`]: Prometheus
 //!   metrics and health.
 //! * [`audit`], [`maintain`]: proving exactly-once, compaction and vacuum.

@@ -3,6 +3,7 @@
 //! latest version, with the table functions `as_of`, `history`, `changes` and `freshness`
 //! ([`functions`]). [`execute`] is the one entry point for the CLI, the shell and the API.
 
+pub mod allow;
 pub mod depth;
 pub mod duck;
 pub mod functions;
@@ -132,6 +133,9 @@ pub async fn execute(lake: &Lake, req: &Request<'_>) -> Result<(Arc<arrow::datat
         }
         Engine::Datafusion => {
             use deltalake::datafusion::execution::context::SQLOptions;
+            if req.sandboxed {
+                allow::datafusion_statement(sql)?;
+            }
             let ctx = session(lake, req.broker, Some(sql), !req.sandboxed, req.memory).await?;
             let options = SQLOptions::new().with_allow_ddl(!req.read_only).with_allow_dml(!req.read_only).with_allow_statements(!req.read_only);
             let failed = |e: DataFusionError| match e.find_root() {
@@ -141,6 +145,14 @@ pub async fn execute(lake: &Lake, req: &Request<'_>) -> Result<(Arc<arrow::datat
             match ctx.sql_with_options(sql, options).await {
                 Err(e) => Err(failed(e)),
                 Ok(mut df) => {
+                    if req.sandboxed {
+                        let tables: std::collections::BTreeSet<String> = ctx
+                            .catalog("datafusion")
+                            .and_then(|c| c.schema("public"))
+                            .map(|s| s.table_names().into_iter().map(|t| t.to_ascii_lowercase()).collect())
+                            .unwrap_or_default();
+                        allow::datafusion_plan(df.logical_plan(), &tables)?;
+                    }
                     if let Some(limit) = req.limit {
                         df = df.limit(0, Some(limit)).map_err(failed)?;
                     }

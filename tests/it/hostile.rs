@@ -204,9 +204,56 @@ async fn hostile_requests_get_their_status_and_the_server_stays_up() {
             "the settings table",
             "SELECT * FROM information_schema.df_settings",
         ),
+        (
+            "quoted duckdb_settings",
+            "SELECT * FROM \"duckdb_settings\"()",
+        ),
+        (
+            "the settings as a view",
+            "SELECT name, setting FROM pg_catalog.pg_settings",
+        ),
+        (
+            "the settings beside a table",
+            "SELECT * FROM {t}, pg_settings LIMIT 1",
+        ),
+        (
+            "a setting by value",
+            "SELECT current_setting('temp_directory') AS d",
+        ),
+        (
+            "a setting in a subquery",
+            "SELECT * FROM {t} WHERE status = (SELECT current_setting('home_directory'))",
+        ),
+        ("the catalog", "SELECT * FROM information_schema.tables"),
+        ("the catalog as a view", "SELECT * FROM duckdb_tables"),
+        ("the extensions", "SELECT * FROM duckdb_extensions()"),
+        (
+            "the temporary files",
+            "SELECT * FROM duckdb_temporary_files()",
+        ),
+        (
+            "a statement hidden after a string's quotes",
+            "SELECT 'a'';DROP TABLE {t};--' AS s; DROP TABLE {t}",
+        ),
     ] {
         cases.extend(both(what, sql, 400, ""));
     }
+    // sqlparser reads on to the end of the line after `--` (one query, which runs); DuckDB
+    // ends the comment at the carriage return, and the rest is a syntax error inside the row
+    // limit's parentheses. Neither drops the table (checked at the end).
+    let hidden = "SELECT 1 AS one --\r; DROP TABLE {t}".to_string();
+    cases.push(case(
+        "a statement behind a carriage return",
+        Send::Query("datafusion", hidden.clone()),
+        200,
+        "one",
+    ));
+    cases.push(case(
+        "a statement behind a carriage return",
+        Send::Query("duckdb", hidden),
+        400,
+        "syntax error",
+    ));
     // Mistakes of the client's own.
     cases.extend(both("a syntax error", "SELEC 1", 400, ""));
     cases.extend(both(
@@ -414,6 +461,11 @@ async fn hostile_requests_get_their_status_and_the_server_stays_up() {
     }
     let peak = peak_rss_mib(srv.child.id());
     eprintln!("{} cases; peak RSS {peak} MiB", cases.len());
+    assert_eq!(
+        fx.sql(&format!("SELECT count(*) AS n FROM {}", fx.topic))[0]["n"],
+        2000,
+        "the table changed"
+    );
     assert!(
         failures.is_empty(),
         "{} of {} cases failed:\n{}",

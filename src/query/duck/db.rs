@@ -57,6 +57,19 @@ fn engine_err(what: &str) -> QueryError {
     QueryError::Engine(format!("DuckDB: {what}"))
 }
 
+/// A message DuckDB owns, copied ("unknown error" for none).
+///
+/// # Safety
+/// `p` must be null or a NUL-terminated string that lives for the call.
+unsafe fn message(p: *const std::os::raw::c_char) -> String {
+    if p.is_null() {
+        "unknown error".to_string()
+    } else {
+        // SAFETY: as the caller promises.
+        unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
+    }
+}
+
 fn c_string(s: &str) -> Result<CString, QueryError> {
     CString::new(s).map_err(|_| QueryError::Sql("the statement contains a NUL byte".into()))
 }
@@ -188,21 +201,83 @@ impl Database {
         let mut res: ffi::duckdb_arrow = std::ptr::null_mut();
         // SAFETY: the connection is open; `res` is written (or left null on an internal failure).
         let state = unsafe { ffi::duckdb_query_arrow(self.con, text.as_ptr(), &mut res) };
+        // SAFETY: `res` came from `duckdb_query_arrow` and is not used again.
+        unsafe { Self::collect(state, res) }
+    }
+
+    /// Run `sql` only when DuckDB's own parser finds exactly one statement in it, that
+    /// statement prepares as a `SELECT`, and `check` accepts its plan (`EXPLAIN (FORMAT JSON)`);
+    /// what runs is that prepared statement.
+    pub(super) fn query_checked(&self, sql: &str, check: impl Fn(&str) -> Result<(), QueryError>) -> Result<(SchemaRef, Vec<RecordBatch>), QueryError> {
+        let text = c_string(sql)?;
+        let mut extracted: ffi::duckdb_extracted_statements = std::ptr::null_mut();
+        // SAFETY: the connection is open; `extracted` is written and destroyed below.
+        let count = unsafe { ffi::duckdb_extract_statements(self.con, text.as_ptr(), &mut extracted) };
+        let result = (|| {
+            if count == 0 {
+                // SAFETY: `extracted` holds the parser's message until it is destroyed below.
+                let msg = unsafe { message(ffi::duckdb_extract_statements_error(extracted)) };
+                return Err(QueryError::Sql(if msg.is_empty() { "there is no statement to run".into() } else { msg }));
+            }
+            if count != 1 {
+                return Err(QueryError::Sql(format!("not allowed: send exactly one statement (DuckDB's parser found {count})")));
+            }
+            let mut prepared: ffi::duckdb_prepared_statement = std::ptr::null_mut();
+            // SAFETY: `extracted` holds one statement; `prepared` is destroyed below.
+            let state = unsafe { ffi::duckdb_prepare_extracted_statement(self.con, extracted, 0, &mut prepared) };
+            let run = (|| {
+                if state != ffi::DuckDBSuccess {
+                    // SAFETY: `prepared` holds the binder's message until it is destroyed below.
+                    let msg = unsafe { message(ffi::duckdb_prepare_error(prepared)) };
+                    let refused = msg.contains("Permission Error") || msg.contains("disabled by configuration");
+                    return Err(QueryError::Sql(if refused { format!("not allowed: {msg}") } else { msg }));
+                }
+                // SAFETY: `prepared` is a successfully prepared statement.
+                if unsafe { ffi::duckdb_prepared_statement_type(prepared) } != ffi::duckdb_statement_type_DUCKDB_STATEMENT_TYPE_SELECT {
+                    return Err(QueryError::Sql("not allowed: the API is read-only: only SELECT and WITH queries run here".into()));
+                }
+                check(&self.plan(sql)?)?;
+                let mut res: ffi::duckdb_arrow = std::ptr::null_mut();
+                // SAFETY: `prepared` is a successfully prepared statement; `res` is collected once.
+                let state = unsafe { ffi::duckdb_execute_prepared_arrow(prepared, &mut res) };
+                // SAFETY: `res` came from `duckdb_execute_prepared_arrow` and is not used again.
+                unsafe { Self::collect(state, res) }
+            })();
+            // SAFETY: `prepared` came from `duckdb_prepare_extracted_statement`, destroyed once.
+            unsafe { ffi::duckdb_destroy_prepare(&mut prepared) };
+            run
+        })();
+        // SAFETY: `extracted` came from `duckdb_extract_statements` and is destroyed once.
+        unsafe { ffi::duckdb_destroy_extracted(&mut extracted) };
+        result
+    }
+
+    /// DuckDB's physical plan of `sql` as JSON.
+    fn plan(&self, sql: &str) -> Result<String, QueryError> {
+        let (_, batches) = self.query(&format!("EXPLAIN (FORMAT JSON) {sql}"))?;
+        let value = batches.first().filter(|b| b.num_columns() == 2 && b.num_rows() > 0).and_then(|b| {
+            let text = arrow::compute::cast(b.column(1), &DataType::Utf8).ok()?;
+            Some(text.as_any().downcast_ref::<arrow::array::StringArray>()?.value(0).to_string())
+        });
+        value.ok_or_else(|| engine_err("EXPLAIN gave no plan"))
+    }
+
+    /// The batches of an arrow result, and destroy it.
+    ///
+    /// # Safety
+    /// `res` must be null or an arrow result that is not used after this call.
+    unsafe fn collect(state: ffi::duckdb_state, mut res: ffi::duckdb_arrow) -> Result<(SchemaRef, Vec<RecordBatch>), QueryError> {
         let result = if res.is_null() {
             Err(engine_err("the query failed without a message"))
         } else if state != ffi::DuckDBSuccess {
             // SAFETY: `res` is a valid result; the message lives until it is destroyed below.
-            let msg = unsafe {
-                let p = ffi::duckdb_query_arrow_error(res);
-                if p.is_null() { "unknown error".to_string() } else { CStr::from_ptr(p).to_string_lossy().into_owned() }
-            };
-            Err(QueryError::Sql(msg))
+            Err(QueryError::Sql(unsafe { message(ffi::duckdb_query_arrow_error(res)) }))
         } else {
             // SAFETY: `res` is a successful result, read before it is destroyed below.
             unsafe { Self::fetch(res) }
         };
         if !res.is_null() {
-            // SAFETY: `res` came from `duckdb_query_arrow` and is destroyed once.
+            // SAFETY: `res` is destroyed once, here.
             unsafe { ffi::duckdb_destroy_arrow(&mut res) };
         }
         result

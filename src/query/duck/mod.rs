@@ -16,7 +16,9 @@
 //!
 //! Sandboxed runs (the HTTP API) disable DuckDB's external access and lock its configuration
 //! before the user's statement runs, so file readers, `ATTACH`, `INSTALL`/`LOAD` and `SET` fail
-//! inside DuckDB too, whatever the static read-only check let through. Dropping the future of
+//! inside DuckDB too. There, DuckDB's own parser must find one statement, it must prepare as a
+//! `SELECT`, its plan may scan only the loaded tables and the allowed table functions
+//! ([`super::allow`]), and the prepared statement is what runs. Dropping the future of
 //! a running query (a timeout) interrupts DuckDB.
 
 mod db;
@@ -158,7 +160,13 @@ fn parse(sql: &str) -> Option<Statement> {
 pub async fn run(lake: &Lake, sql: &str, broker: Option<&BrokerInfo>, opts: &DuckOptions) -> Result<(SchemaRef, Vec<RecordBatch>), QueryError> {
     let mut statement = parse(sql);
     if opts.read_only && statement.as_ref().is_some_and(|s| !reads_only(s)) {
-        return Err(QueryError::Sql("only queries run here (SELECT, WITH, DESCRIBE, SHOW): the lake changes only through `lakepipe ingest`".into()));
+        return Err(QueryError::Sql("not allowed: only queries run here (SELECT, WITH, DESCRIBE, SHOW): the lake changes only through `lakepipe ingest`".into()));
+    }
+    // The API: one reading query on the statement as parsed, when the parser knows its syntax
+    // (DuckDB folds a setting's value into the plan, where no check could see it); then
+    // DuckDB's own parser and plan decide, in `query_checked`.
+    if let (true, Some(s)) = (opts.sandboxed, &statement) {
+        super::allow::one_query(std::slice::from_ref(s))?;
     }
     let mut needs = Needs::default();
     if let Some(s) = &statement {
@@ -213,6 +221,7 @@ pub async fn run(lake: &Lake, sql: &str, broker: Option<&BrokerInfo>, opts: &Duc
         None => text,
     };
 
+    let loaded: BTreeSet<String> = inputs.iter().map(|(name, _, _)| name.to_ascii_lowercase()).collect();
     let handle = Interrupt::default();
     let _guard = InterruptOnDrop(handle.clone());
     let sandboxed = opts.sandboxed;
@@ -236,7 +245,11 @@ pub async fn run(lake: &Lake, sql: &str, broker: Option<&BrokerInfo>, opts: &Duc
             db.execute("SET lock_configuration = true")?;
         }
         handle.check()?;
-        let result = db.query(&text);
+        let result = if sandboxed {
+            db.query_checked(&text, |plan| super::allow::duckdb_plan(plan, &loaded))
+        } else {
+            db.query(&text)
+        };
         handle.check()?;
         result
     })
