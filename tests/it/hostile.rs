@@ -140,7 +140,9 @@ async fn lake_with(rows: i64) -> Fixture {
 }
 
 /// Every hostile or heavy request gets its status and says why; the server stays up, with
-/// its peak RSS under 1.5 GiB (two queries of 256 MiB at once, plus the server).
+/// its peak RSS under 1.5 GiB (two queries of 256 MiB at once, plus the server). The time
+/// limit is 10 s: DataFusion needs 3 to 4 s (debug build, alone) to build the 300 MB that
+/// exceed the budget, and more beside the other tests.
 #[tokio::test(flavor = "multi_thread")]
 async fn hostile_requests_get_their_status_and_the_server_stays_up() {
     let fx = lake_with(2000).await;
@@ -148,7 +150,7 @@ async fn hostile_requests_get_their_status_and_the_server_stays_up() {
         &fx,
         &[
             ("LAKEPIPE_API_TOKEN", TOKEN),
-            ("LAKEPIPE_QUERY_TIMEOUT", "5s"),
+            ("LAKEPIPE_QUERY_TIMEOUT", "10s"),
             ("LAKEPIPE_QUERY_MEMORY", &(256u64 << 20).to_string()),
             ("LAKEPIPE_MAX_RESULT_BYTES", "100000"),
             ("LAKEPIPE_ALLOWED_HOSTS", "lake.internal"),

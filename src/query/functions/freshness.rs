@@ -9,7 +9,7 @@ use arrow::record_batch::RecordBatch;
 use deltalake::datafusion::catalog::{TableFunctionArgs, TableFunctionImpl, TableProvider};
 use deltalake::datafusion::common::Result as DfResult;
 
-use super::{block, ext, in_memory, plan_err};
+use super::{plan_err, Lazy};
 use crate::lake::log::read_commit;
 use crate::lake::{Lake, LakeError};
 
@@ -187,7 +187,13 @@ impl TableFunctionImpl for Freshness {
         if !args.exprs().is_empty() {
             return Err(plan_err("freshness() takes no arguments"));
         }
-        let batch = block(freshness(&self.lake, self.broker.as_ref())).map_err(ext)?;
-        in_memory(batch)
+        let (lake, broker) = (self.lake.clone(), self.broker.clone());
+        Ok(Lazy::table(
+            freshness_schema(),
+            Box::new(move || {
+                let (lake, broker) = (lake.clone(), broker.clone());
+                Box::pin(async move { freshness(&lake, broker.as_ref()).await })
+            }),
+        ))
     }
 }

@@ -3,6 +3,7 @@
 //! incremental query), derived exactly from the Delta log.
 
 mod freshness;
+mod lazy;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,7 +14,6 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::record_batch::RecordBatch;
 use deltalake::datafusion::catalog::{TableFunctionArgs, TableFunctionImpl, TableProvider};
 use deltalake::datafusion::common::{DataFusionError, Result as DfResult, ScalarValue};
-use deltalake::datafusion::datasource::MemTable;
 use deltalake::datafusion::logical_expr::Expr;
 use deltalake::DeltaTable;
 use object_store::ObjectStoreExt;
@@ -26,6 +26,7 @@ use crate::lake::{Lake, LakeError};
 use crate::spec::meta;
 
 pub use freshness::{freshness, freshness_schema, BrokerInfo, Freshness};
+use lazy::Lazy;
 
 fn plan_err(msg: impl Into<String>) -> DataFusionError {
     DataFusionError::Plan(msg.into())
@@ -86,10 +87,6 @@ async fn open(lake: &Lake, name: &str) -> DfResult<DeltaTable> {
     lake.open_existing(name).await.map_err(ext)
 }
 
-/// A computed result as a table.
-fn in_memory(batch: RecordBatch) -> DfResult<Arc<dyn TableProvider>> {
-    Ok(Arc::new(MemTable::try_new(batch.schema(), vec![vec![batch]])?))
-}
 
 fn ext(e: LakeError) -> DataFusionError {
     DataFusionError::External(Box::new(e))
@@ -198,9 +195,33 @@ pub struct History {
 impl TableFunctionImpl for History {
     fn call_with_args(&self, args: TableFunctionArgs) -> DfResult<Arc<dyn TableProvider>> {
         let name = string_arg(args.exprs(), 0, "history")?;
-        let batch = block(history(&self.lake, &name)).map_err(ext)?;
-        in_memory(batch)
+        let lake = self.lake.clone();
+        Ok(Lazy::table(
+            history_schema(),
+            Box::new(move || {
+                let (lake, name) = (lake.clone(), name.clone());
+                Box::pin(async move { history(&lake, &name).await })
+            }),
+        ))
     }
+}
+
+/// A table's columns at its loaded version, in Arrow.
+fn table_schema(table: &DeltaTable, name: &str) -> Result<SchemaRef, LakeError> {
+    let snapshot = table.snapshot().map_err(|e| LakeError::delta(name, e))?;
+    let arrow_schema: arrow::datatypes::Schema = deltalake::kernel::engine::arrow_conversion::TryIntoArrow::try_into_arrow(snapshot.schema().as_ref())
+        .map_err(|e: deltalake::arrow::error::ArrowError| LakeError::data(name, e))?;
+    Ok(Arc::new(arrow_schema))
+}
+
+/// The schema of `changes('t', …)`: the table's columns, then the change's type, version and
+/// time.
+fn change_schema(schema: &SchemaRef) -> SchemaRef {
+    let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+    fields.push(Field::new("_change_type", DataType::Utf8, false));
+    fields.push(Field::new("_commit_version", DataType::Int64, false));
+    fields.push(Field::new("_commit_timestamp", DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())), true));
+    Arc::new(Schema::new(fields))
 }
 
 /// Every row inserted, updated or deleted by versions `from..=to` of a table.
@@ -212,16 +233,9 @@ pub async fn changes(lake: &Lake, name: &str, from: u64, to: Option<u64>) -> Res
     let table = lake.open_existing(name).await?;
     let latest = table.version().unwrap_or(0);
     let to = to.unwrap_or(latest).min(latest);
-    let snapshot = table.snapshot().map_err(|e| LakeError::delta(name, e))?;
-    let arrow_schema: arrow::datatypes::Schema = deltalake::kernel::engine::arrow_conversion::TryIntoArrow::try_into_arrow(snapshot.schema().as_ref())
-        .map_err(|e: deltalake::arrow::error::ArrowError| LakeError::data(name, e))?;
-    let schema: SchemaRef = Arc::new(arrow_schema);
+    let schema = table_schema(&table, name)?;
     let spec_key = key_columns(&table, name, &schema);
-    let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
-    fields.push(Field::new("_change_type", DataType::Utf8, false));
-    fields.push(Field::new("_commit_version", DataType::Int64, false));
-    fields.push(Field::new("_commit_timestamp", DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())), true));
-    let out_schema = Arc::new(Schema::new(fields));
+    let out_schema = change_schema(&schema);
     let store = table.object_store();
     let mut out: Vec<RecordBatch> = Vec::new();
     for v in from..=to {
@@ -339,8 +353,20 @@ impl TableFunctionImpl for Changes {
         };
         let from = version(1)?.ok_or_else(|| plan_err("changes('table', from_version[, to_version]) needs a start version"))?;
         let to = version(2)?;
-        let batch = block(changes(&self.lake, &name, from, to)).map_err(ext)?;
-        in_memory(batch)
+        // The schema now (the table's columns); the rows when the query scans them.
+        let schema = block(async {
+            let table = self.lake.open_existing(&name).await?;
+            table_schema(&table, &name).map(|s| change_schema(&s))
+        })
+        .map_err(ext)?;
+        let lake = self.lake.clone();
+        Ok(Lazy::table(
+            schema,
+            Box::new(move || {
+                let (lake, name) = (lake.clone(), name.clone());
+                Box::pin(async move { changes(&lake, &name, from, to).await })
+            }),
+        ))
     }
 }
 
