@@ -375,11 +375,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Some(file) => std::fs::read_to_string(file).with_context(|| format!("cannot read {file}"))?,
                 None => query,
             };
-            let broker = cfg.is_set("brokers").then(|| lakepipe::query::functions::BrokerInfo {
-                brokers: cfg.brokers.clone(),
-                source_name: cfg.source_name.clone(),
-                kafka: cfg.kafka.clone(),
-            });
+            let broker = cfg.is_set("brokers").then(|| lakepipe::query::functions::BrokerInfo::new(&cfg.brokers, &cfg.source_name, &cfg.kafka));
             let request = lakepipe::query::Request { sql: &query, engine: a.engine, broker: broker.as_ref(), read_only: true, memory: Some(cfg.query_memory), ..Default::default() };
             let (schema, batches) = lakepipe::query::execute(&lake, &request).await?;
             match a.output {
@@ -488,11 +484,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             lake.check(cfg.connect()).await?;
             let metrics = lakepipe::metrics::Metrics::new()?;
             metrics.set_ready(true);
-            let broker = cfg.is_set("brokers").then(|| lakepipe::query::functions::BrokerInfo {
-                brokers: cfg.brokers.clone(),
-                source_name: cfg.source_name.clone(),
-                kafka: cfg.kafka.clone(),
-            });
+            let broker = cfg.is_set("brokers").then(|| lakepipe::query::functions::BrokerInfo::new(&cfg.brokers, &cfg.source_name, &cfg.kafka));
             let token = std::env::var("LAKEPIPE_API_TOKEN").ok().filter(|t| !t.is_empty());
             let server = lakepipe::server::ServerConfig {
                 lake: lake.clone(),

@@ -22,6 +22,16 @@ pub struct BrokerInfo {
     pub source_name: String,
     /// The `[kafka]` properties (TLS, SASL).
     pub kafka: std::collections::BTreeMap<String, String>,
+    /// The high watermarks, shared by every query of the process.
+    pub watermarks: Arc<crate::source::kafka::watermarks::Watermarks>,
+}
+
+impl BrokerInfo {
+    /// The broker at `brokers`, holding `source_name`'s offsets.
+    pub fn new(brokers: &str, source_name: &str, kafka: &std::collections::BTreeMap<String, String>) -> Self {
+        let watermarks = Arc::new(crate::source::kafka::watermarks::Watermarks::new(brokers, kafka));
+        BrokerInfo { brokers: brokers.to_string(), source_name: source_name.to_string(), kafka: kafka.clone(), watermarks }
+    }
 }
 
 /// The schema of `freshness()`.
@@ -160,7 +170,7 @@ async fn fill_watermarks(out: &mut [FreshRow], broker: &BrokerInfo, wanted: &[(S
     if wanted.is_empty() {
         return;
     }
-    let marks = match crate::source::kafka::high_watermarks(&broker.brokers, &broker.kafka, wanted, WATERMARK_TIMEOUT).await {
+    let marks = match broker.watermarks.get(wanted, WATERMARK_TIMEOUT).await {
         Ok(m) => m,
         Err(e) => {
             tracing::warn!(error = %e, "freshness(): no high watermarks from the broker; high_watermark and lag are NULL");

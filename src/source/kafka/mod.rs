@@ -21,6 +21,7 @@ use super::{Assignment, PartitionStarts, SourceError, StartLoader, TopicPartitio
 mod poll;
 mod produce;
 mod stats;
+pub mod watermarks;
 
 pub use poll::{consumer_fault, ConsumerFault};
 pub use produce::{ensure_topics, KafkaProducer};
