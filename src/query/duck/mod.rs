@@ -79,6 +79,13 @@ struct Needs {
     /// every table's (`SHOW TABLES`).
     schemas: BTreeSet<String>,
     all_schemas: bool,
+    /// Every identifier in the statement's expressions (lower-cased): the columns it may read;
+    /// `bare`: those that stand alone (not `t.` before a column).
+    identifiers: BTreeSet<String>,
+    bare: BTreeSet<String>,
+    /// Whether it may read columns it does not name (`*`, `NATURAL JOIN`, `USING`, a table used
+    /// as a value, `COLUMNS(…)`, `PIVOT`): then every column is loaded.
+    all_columns: bool,
 }
 
 impl Needs {
@@ -121,12 +128,83 @@ impl Visitor for Collect<'_> {
     fn pre_visit_table_factor(&mut self, factor: &TableFactor) -> ControlFlow<()> {
         if let Some(call) = call_text(factor) {
             self.0.calls.insert(call);
-        } else if let TableFactor::Table { name, args: None, .. } = factor {
+        } else if let TableFactor::Table { name, args: None, alias, .. } = factor {
             if let Some(ident) = last_ident(name) {
                 self.0.relations.insert(ident.value.to_ascii_lowercase());
             }
+            if let Some(a) = alias {
+                self.0.relations.insert(a.name.value.to_ascii_lowercase());
+            }
+        }
+        if !matches!(factor, TableFactor::Table { .. } | TableFactor::Derived { .. } | TableFactor::NestedJoin { .. }) {
+            self.0.all_columns = true;
         }
         ControlFlow::Continue(())
+    }
+
+    fn pre_visit_query(&mut self, query: &deltalake::datafusion::sql::sqlparser::ast::Query) -> ControlFlow<()> {
+        use deltalake::datafusion::sql::sqlparser::ast::{JoinConstraint, JoinOperator, SelectItem, SetExpr};
+        fn reads_unnamed(body: &SetExpr) -> bool {
+            match body {
+                SetExpr::Select(select) => {
+                    let wildcard = select.projection.iter().any(|i| matches!(i, SelectItem::Wildcard(_) | SelectItem::QualifiedWildcard(..)));
+                    let implicit = select.from.iter().flat_map(|t| &t.joins).any(|j| {
+                        let constraint = match &j.join_operator {
+                            JoinOperator::Join(c) | JoinOperator::Inner(c) | JoinOperator::Left(c) | JoinOperator::LeftOuter(c) | JoinOperator::Right(c) | JoinOperator::RightOuter(c) | JoinOperator::FullOuter(c) => Some(c),
+                            _ => None,
+                        };
+                        // A join this list does not know may match columns by name.
+                        constraint.is_none_or(|c| matches!(c, JoinConstraint::Natural | JoinConstraint::Using(_)))
+                            && !matches!(j.join_operator, JoinOperator::CrossJoin(_))
+                    });
+                    wildcard || implicit
+                }
+                SetExpr::SetOperation { left, right, .. } => reads_unnamed(left) || reads_unnamed(right),
+                SetExpr::Query(q) => reads_unnamed(&q.body),
+                _ => false,
+            }
+        }
+        if reads_unnamed(&query.body) {
+            self.0.all_columns = true;
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_expr(&mut self, expr: &deltalake::datafusion::sql::sqlparser::ast::Expr) -> ControlFlow<()> {
+        use deltalake::datafusion::sql::sqlparser::ast::{Expr, FunctionArgExpr, FunctionArguments};
+        match expr {
+            Expr::Identifier(i) => {
+                self.0.identifiers.insert(i.value.to_ascii_lowercase());
+                self.0.bare.insert(i.value.to_ascii_lowercase());
+            }
+            Expr::CompoundIdentifier(parts) => self.0.identifiers.extend(parts.iter().map(|i| i.value.to_ascii_lowercase())),
+            Expr::Function(f) => {
+                let name = last_ident(&f.name).map(|i| i.value.to_ascii_lowercase()).unwrap_or_default();
+                let star = match &f.args {
+                    FunctionArguments::List(list) => list.args.iter().any(|a| {
+                        use deltalake::datafusion::sql::sqlparser::ast::FunctionArg;
+                        matches!(a, FunctionArg::Unnamed(FunctionArgExpr::Wildcard | FunctionArgExpr::QualifiedWildcard(_)))
+                    }),
+                    _ => false,
+                };
+                if name == "columns" || (star && name != "count") {
+                    self.0.all_columns = true;
+                }
+            }
+            Expr::Wildcard(_) | Expr::QualifiedWildcard(..) => self.0.all_columns = true,
+            _ => {}
+        }
+        ControlFlow::Continue(())
+    }
+}
+
+impl Needs {
+    /// The columns to load: `None` for all of them.
+    fn columns(&self, statement: &Statement) -> Option<&BTreeSet<String>> {
+        // A table's or alias's name used as a value is a row of every column (`SELECT t FROM t`).
+        let table_as_value = self.bare.iter().any(|i| self.relations.contains(i));
+        let only_query = matches!(statement, Statement::Query(_));
+        (only_query && !self.all_columns && !table_as_value).then_some(&self.identifiers)
     }
 }
 
@@ -184,11 +262,12 @@ pub async fn run(lake: &Lake, sql: &str, broker: Option<&BrokerInfo>, opts: &Duc
     };
 
     let mut inputs: Vec<(String, SchemaRef, Vec<RecordBatch>)> = Vec::new();
+    // Only the columns the statement names, when it names every one it reads.
+    let columns = statement.as_ref().and_then(|s| needs.columns(s));
     for name in &tables {
-        // Only the columns, when that is all the statement looks at.
+        // No rows, when the table's columns are all the statement looks at.
         let rows_needed = statement.is_none() || needs.relations.contains(&name.to_ascii_lowercase());
-        let limit = if rows_needed { "" } else { " LIMIT 0" };
-        let mut stream = super::stream(lake, &[name.as_str()], &format!("SELECT * FROM \"{name}\"{limit}")).await?;
+        let mut stream = super::stream_columns(lake, name, columns, rows_needed).await?;
         let schema = stream.schema();
         let mut batches = Vec::new();
         while let Some(b) = stream.try_next().await.map_err(|e| QueryError::Sql(e.to_string()))? {
@@ -272,6 +351,30 @@ mod tests {
         let n = needs("WITH x AS (SELECT * FROM Transactions) SELECT * FROM x JOIN changes('transactions', 0, 3) c ON true, history('t') h");
         assert!(n.relations.contains("transactions") && n.relations.contains("x"));
         assert_eq!(n.calls.iter().cloned().collect::<Vec<_>>(), vec!["changes('transactions', 0, 3)".to_string(), "history('t')".to_string()]);
+    }
+
+    /// Only the columns a statement names are loaded, unless it may read others.
+    #[test]
+    fn loads_only_the_columns_named() {
+        let columns = |sql: &str| {
+            let n = needs(sql);
+            n.columns(&parse(sql).unwrap()).map(|c| c.iter().cloned().collect::<Vec<_>>().join(","))
+        };
+        assert_eq!(columns("SELECT date, sum(Amount) AS s FROM t WHERE t.status = 'x' GROUP BY date").as_deref(), Some("amount,date,status,t"));
+        assert_eq!(columns("SELECT count(*) FROM t").as_deref(), Some(""));
+        for all in [
+            "SELECT * FROM t",
+            "SELECT x.* FROM t x",
+            "SELECT t FROM t",
+            "SELECT a FROM t JOIN u USING (k)",
+            "SELECT a FROM t NATURAL JOIN u",
+            "SELECT max(COLUMNS('a.*')) FROM t",
+            "SELECT a FROM (SELECT * FROM t) s",
+            "SELECT struct_pack(*) FROM t",
+            "DESCRIBE t",
+        ] {
+            assert_eq!(columns(all), None, "{all}");
+        }
     }
 
     #[test]
