@@ -142,19 +142,21 @@ for engine in datafusion duckdb; do
 done
 # The same query over the HTTP API of a running `lakepipe serve`: the engine is warm, as DuckDB
 # is in the Python process below, and every query still opens a fresh snapshot of the table.
+# One server per engine, so that each one's peak RSS is its own.
 QPORT=19380
-"$BIN" serve --config "$CFG" --lake "$WORK/lake" --listen "127.0.0.1:$QPORT" >"$WORK/serve.log" 2>&1 &
-SERVE_PID=$!
-for _ in $(seq 100); do curl -sf "http://127.0.0.1:$QPORT/health/live" >/dev/null 2>&1 && break; sleep 0.1; done
 for engine in datafusion duckdb; do
+  "$BIN" serve --config "$CFG" --lake "$WORK/lake" --listen "127.0.0.1:$QPORT" >"$WORK/serve-$engine.log" 2>&1 &
+  SERVE_PID=$!
+  for _ in $(seq 100); do curl -sf "http://127.0.0.1:$QPORT/health/live" >/dev/null 2>&1 && break; sleep 0.1; done
   "$PY" -c 'import json,sys; print(json.dumps({"sql": sys.argv[1], "engine": sys.argv[2], "format": "csv"}))' "$Q" "$engine" >"$WORK/q-$engine.json"
   times=()
   for _ in $(seq $(( qruns + 1 ))); do # the first call also warms the server's allocator
     times+=("$(curl -sf -o "$WORK/q-http-$engine.csv" -w '%{time_total}' -H 'Content-Type: application/json' --data-binary "@$WORK/q-$engine.json" "http://127.0.0.1:$QPORT/query")")
   done
   put "queries.lakepipe_http_$engine" "$(fastest "${times[@]}")"
+  put "queries.lakepipe_http_${engine}_peak_rss_mib" "$(awk '/^VmHWM:/ { printf "%d", $2 / 1024 }' "/proc/$SERVE_PID/status")"
+  kill "$SERVE_PID" 2>/dev/null; wait "$SERVE_PID" 2>/dev/null || true
 done
-kill "$SERVE_PID" 2>/dev/null; wait "$SERVE_PID" 2>/dev/null || true
 q=$("$PY" scripts/bench/queries.py "$WORK/lake/$TOPIC" "$EXT" "$qruns")
 put queries.duckdb_delta "$(echo "$q" | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["duckdb_delta"])')"
 put queries.rownumber "$(echo "$q" | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["rownumber"])')"
