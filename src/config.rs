@@ -490,6 +490,16 @@ impl Config {
         })
     }
 
+    /// The built-in shape that generated records of `topic` take: its own when it is a
+    /// built-in topic, else the built-in its spec extends (`None`: no generator fits).
+    pub fn shape_of(&self, topic: &str) -> Option<String> {
+        let shape = match self.specs.get(topic).and_then(|s| s.extends.clone()) {
+            Some(base) => base,
+            None => topic.to_string(),
+        };
+        crate::spec::builtin_specs().contains_key(&shape).then_some(shape)
+    }
+
     /// Every known spec: built-ins, overridden or extended by the config.
     pub fn all_specs(&self) -> Result<BTreeMap<String, TopicSpec>, ConfigError> {
         let mut specs = builtin_specs();
@@ -695,6 +705,15 @@ mod tests {
         std::fs::write(&path, &text).unwrap();
         let again = Config::load(Some(&path), vec![], &Overrides::default()).unwrap();
         assert_eq!(again.to_toml().unwrap(), text, "what show prints loads back as the same config");
+    }
+
+    /// A topic whose spec extends a built-in is generated in that built-in's shape.
+    #[test]
+    fn a_spec_extending_a_built_in_takes_its_shape() {
+        let cfg: Config = toml::from_str("[specs.orders]\nextends = \"transactions\"\n[specs.own]\nkey = [\"id\"]\nfields = [{ name = \"id\", type = \"string\" }]\n").unwrap();
+        assert_eq!(cfg.shape_of("orders").as_deref(), Some("transactions"));
+        assert_eq!(cfg.shape_of("sensor_data").as_deref(), Some("sensor_data"));
+        assert_eq!(cfg.shape_of("own"), None);
     }
 
     /// `lakepipe.example.toml` is the reference: it loads, sets every key to its default, and

@@ -57,7 +57,10 @@ struct Known {
 /// Generate messages in memory, in order.
 pub fn generate(opts: &GenerateOptions, now_ms: i64) -> Result<Vec<Message>, String> {
     if !crate::spec::builtin_specs().contains_key(&opts.shape) {
-        return Err(format!("no generator for `{}`: choose one of user_events, transactions, sensor_data, log_events, bulk_upload", opts.shape));
+        return Err(format!(
+            "no generator for `{}`: give --shape, one of user_events, transactions, sensor_data, log_events, bulk_upload (a topic whose spec extends one takes its shape)",
+            opts.shape
+        ));
     }
     let mut rng = StdRng::seed_from_u64(opts.seed);
     let span_ms = opts.days.max(1) as i64 * 86_400_000;

@@ -389,7 +389,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Generate(a) => {
             let cfg = load(&a.common, a.route.overrides())?;
             let opts = lakepipe::generate::GenerateOptions {
-                shape: a.shape.unwrap_or_else(|| a.topic.clone()),
+                // A topic of the config's own that extends a built-in takes that shape.
+                shape: a.shape.or_else(|| cfg.shape_of(&a.topic)).unwrap_or_else(|| a.topic.clone()),
                 count: a.count,
                 update_ratio: a.update_ratio,
                 late_ratio: a.late_ratio,
@@ -507,17 +508,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     max_message_bytes: cfg.max_message_bytes,
                     partitions: 3,
                     created: Default::default(),
-                    shapes: cfg
-                        .all_specs()?
-                        .keys()
-                        .filter_map(|t| {
-                            let shape = match cfg.specs.get(t).and_then(|s| s.extends.clone()) {
-                                Some(base) => base,
-                                None => t.clone(),
-                            };
-                            lakepipe::spec::builtin_specs().contains_key(&shape).then(|| (t.clone(), shape))
-                        })
-                        .collect(),
+                    shapes: cfg.all_specs()?.keys().filter_map(|t| cfg.shape_of(t).map(|shape| (t.clone(), shape))).collect(),
                 };
                 lakepipe::server::ServerConfig { ingest: Some(std::sync::Arc::new(api)), ..server }
             } else {
