@@ -197,9 +197,11 @@ async fn query(State(cfg): State<Arc<ServerConfig>>, body: Result<Json<QueryRequ
     let threads = (limits::cores() / cfg.queries.size()).max(1);
     // On a task of the query runtime, which keeps the turn until the work really ends: the
     // timeout answers the client even when an operator computes for long without yielding,
-    // and the task is cancelled at its next yield.
+    // and the task is cancelled at its next yield. The task times itself out too, and is
+    // aborted when this handler is dropped (the client hung up), so no query outlives the
+    // limit holding a turn.
     let (lake, broker, sql) = (cfg.lake.clone(), cfg.broker.clone(), req.sql);
-    let (max_rows, memory) = (cfg.max_rows, cfg.query_memory);
+    let (max_rows, memory, limit) = (cfg.max_rows, cfg.query_memory, cfg.query_timeout);
     let run = limits::query_runtime().spawn(async move {
         let _turn = turn;
         let request = Request {
@@ -212,17 +214,15 @@ async fn query(State(cfg): State<Arc<ServerConfig>>, body: Result<Json<QueryRequ
             memory: Some(memory),
             threads: Some(threads),
         };
-        crate::query::execute(&lake, &request).await
+        tokio::time::timeout(limit, crate::query::execute(&lake, &request)).await
     });
-    let abort = run.abort_handle();
+    let _abort = limits::AbortOnDrop(run.abort_handle());
+    let too_long = || error(StatusCode::BAD_REQUEST, format!("the query ran longer than the limit of {:?}", cfg.query_timeout));
     let (schema, batches) = match tokio::time::timeout(cfg.query_timeout, run).await {
-        Err(_) => {
-            abort.abort();
-            return error(StatusCode::BAD_REQUEST, format!("the query ran longer than the limit of {:?}", cfg.query_timeout));
-        }
+        Err(_) | Ok(Ok(Err(_))) => return too_long(),
         Ok(Err(e)) => return error(StatusCode::INTERNAL_SERVER_ERROR, format!("the query's task failed: {e}")),
-        Ok(Ok(Err(e))) => return error(query_status(&e), e.to_string()),
-        Ok(Ok(Ok(r))) => r,
+        Ok(Ok(Ok(Err(e)))) => return error(query_status(&e), e.to_string()),
+        Ok(Ok(Ok(Ok(r)))) => r,
     };
     // The engine stopped at max_rows + 1, so "more" is known without computing everything.
     let (max_rows, max_bytes) = (cfg.max_rows, cfg.max_bytes);

@@ -156,6 +156,23 @@ pub fn calls(statement: &Statement) -> Result<(), QueryError> {
     }
 }
 
+/// No block comment inside a block comment: DuckDB nests them and sqlparser does not, so the
+/// two would read different statements out of the same text.
+pub fn no_nested_comments(sql: &str) -> Result<(), QueryError> {
+    use deltalake::datafusion::sql::sqlparser::dialect::DuckDbDialect;
+    use deltalake::datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer, Whitespace};
+    let tokens = Tokenizer::new(&DuckDbDialect {}, sql)
+        .tokenize()
+        .map_err(|e| QueryError::Sql(format!("cannot parse the query: {e}")))?;
+    let nested = tokens.iter().any(
+        |t| matches!(t, Token::Whitespace(Whitespace::MultiLineComment(c)) if c.contains("/*")),
+    );
+    if nested {
+        return Err(refused("a comment inside a comment (DuckDB nests them; the check would read another statement than DuckDB runs)"));
+    }
+    Ok(())
+}
+
 /// DataFusion: `sql` as DataFusion's parser reads it is one query that only reads.
 pub fn datafusion_statement(sql: &str) -> Result<(), QueryError> {
     use deltalake::datafusion::sql::parser::{DFParser, Statement as DfStatement};
@@ -228,10 +245,12 @@ pub fn duckdb_plan(json: &str, tables: &BTreeSet<String>) -> Result<(), QueryErr
         if let Some(table) = info["Table"].as_str() {
             // DuckDB names a table with its catalog and schema: the copies are in `memory.main`.
             let name = table.trim().to_ascii_lowercase();
-            let name = name
-                .strip_prefix("memory.main.")
-                .unwrap_or(&name)
-                .to_string();
+            let name = name.strip_prefix("memory.main.").unwrap_or(&name);
+            // A name DuckDB quotes (`"my-topic"`) is the name inside the quotes.
+            let name = match name.strip_prefix('"').and_then(|n| n.strip_suffix('"')) {
+                Some(quoted) => quoted.replace("\"\"", "\""),
+                None => name.to_string(),
+            };
             if !tables.contains(&name) {
                 return Err(not_listed(&name));
             }
@@ -295,6 +314,14 @@ mod tests {
         };
         assert!(duckdb_plan(&scan("Table", "t"), &tables).is_ok());
         assert!(duckdb_plan(&scan("Table", "memory.main.t"), &tables).is_ok());
+        let quoted: BTreeSet<String> = ["my-topic".to_string()].into();
+        let plan = r#"[{"name":"SEQ_SCAN","children":[],"extra_info":{"Table":"memory.main.\"My-Topic\""}}]"#;
+        assert!(duckdb_plan(plan, &quoted).is_ok());
+        assert!(no_nested_comments("SELECT 1 /* a */ AS x").is_ok());
+        assert!(no_nested_comments(
+            r#"SELECT 1 AS a /* /* */, 2 AS "*/, current_setting('x') AS v --""#
+        )
+        .is_err());
         assert!(duckdb_plan(&scan("Function", "GENERATE_SERIES"), &tables).is_ok());
         for (key, name) in [
             ("Function", "DUCKDB_SETTINGS"),

@@ -169,7 +169,7 @@ pub async fn execute(lake: &Lake, req: &Request<'_>) -> Result<(Arc<arrow::datat
 }
 
 /// The message of a query that needed more memory than its budget.
-fn over_budget(budget: Option<usize>, engine_message: &str) -> String {
+pub(crate) fn over_budget(budget: Option<usize>, engine_message: &str) -> String {
     let budget = budget.map_or(String::new(), |b| format!(" of {} MiB", b >> 20));
     format!("the query needs more memory than its budget{budget} (query_memory): {engine_message}")
 }

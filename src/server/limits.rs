@@ -123,6 +123,15 @@ pub fn query_runtime() -> &'static tokio::runtime::Handle {
     }
 }
 
+/// Aborts a task when dropped: a query whose client is gone, or that ran out of time.
+pub struct AbortOnDrop(pub tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// The cores this process may use.
 pub fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())

@@ -165,25 +165,44 @@ pub fn encode(
                 break 'batches;
             }
             let chunk = batch.slice(offset, n);
-            let bytes = encoder.rows(&chunk, rows == 0)?;
-            if out.len() + bytes.len() <= budget {
-                out.extend_from_slice(&bytes);
+            let left = budget.saturating_sub(out.len());
+            // The most rows of the chunk that fit: `lo` rows do (encoded as `best`); `hi` rows
+            // do not (`n + 1`: not known). The whole chunk first, when its Arrow size suggests
+            // it may fit; else (rows of megabytes each) grown from one row, so that the work
+            // stays in proportion to the body, not to the chunk.
+            let (mut lo, mut hi, mut best) = (0, n + 1, Vec::new());
+            if chunk.get_array_memory_size() <= left {
+                let bytes = encoder.rows(&chunk, rows == 0)?;
+                if bytes.len() <= left {
+                    (lo, best) = (n, bytes);
+                } else {
+                    hi = n;
+                }
+            }
+            let mut probe = 1;
+            while lo < n && probe < hi {
+                let bytes = encoder.rows(&chunk.slice(0, probe), rows == 0)?;
+                if bytes.len() > left {
+                    hi = probe;
+                } else {
+                    (lo, best) = (probe, bytes);
+                    probe = (probe * 2).min(n);
+                }
+            }
+            while hi.min(n + 1) - lo > 1 && lo < n {
+                let mid = lo + (hi - lo) / 2;
+                let bytes = encoder.rows(&chunk.slice(0, mid), rows == 0)?;
+                if bytes.len() <= left {
+                    (lo, best) = (mid, bytes);
+                } else {
+                    hi = mid;
+                }
+            }
+            if lo == n {
+                out.extend_from_slice(&best);
                 rows += n;
                 offset += n;
                 continue;
-            }
-            // The longest prefix of this chunk that fits.
-            let (mut lo, mut hi) = (0, n - 1);
-            let mut best = Vec::new();
-            while lo < hi {
-                let mid = (lo + hi).div_ceil(2);
-                let bytes = encoder.rows(&chunk.slice(0, mid), rows == 0)?;
-                if out.len() + bytes.len() <= budget {
-                    lo = mid;
-                    best = bytes;
-                } else {
-                    hi = mid - 1;
-                }
             }
             out.extend_from_slice(&best);
             rows += lo;

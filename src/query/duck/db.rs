@@ -237,6 +237,9 @@ impl Database {
                     return Err(QueryError::Sql("not allowed: the API is read-only: only SELECT and WITH queries run here".into()));
                 }
                 check(&self.plan(sql)?)?;
+                // DuckDB clears an interrupt at each statement: one sent during the checks
+                // would be lost.
+                self.interrupt.check()?;
                 let mut res: ffi::duckdb_arrow = std::ptr::null_mut();
                 // SAFETY: `prepared` is a successfully prepared statement; `res` is collected once.
                 let state = unsafe { ffi::duckdb_execute_prepared_arrow(prepared, &mut res) };

@@ -121,6 +121,26 @@ fn call_text(factor: &TableFactor) -> Option<String> {
     Some(format!("{}({})", name.to_string().to_ascii_lowercase(), args.join(", ")))
 }
 
+/// Whether joins may match columns the statement does not name (`NATURAL`, `USING`, or a
+/// kind of join this list does not know).
+fn implicit_join(joins: &[deltalake::datafusion::sql::sqlparser::ast::Join]) -> bool {
+    use deltalake::datafusion::sql::sqlparser::ast::{JoinConstraint, JoinOperator};
+    joins.iter().any(|j| {
+        let constraint = match &j.join_operator {
+            JoinOperator::Join(c)
+            | JoinOperator::Inner(c)
+            | JoinOperator::Left(c)
+            | JoinOperator::LeftOuter(c)
+            | JoinOperator::Right(c)
+            | JoinOperator::RightOuter(c)
+            | JoinOperator::FullOuter(c) => Some(c),
+            JoinOperator::CrossJoin(_) => return false,
+            _ => None,
+        };
+        constraint.is_none_or(|c| matches!(c, JoinConstraint::Natural | JoinConstraint::Using(_)))
+    })
+}
+
 struct Collect<'a>(&'a mut Needs);
 
 impl Visitor for Collect<'_> {
@@ -136,28 +156,24 @@ impl Visitor for Collect<'_> {
                 self.0.relations.insert(a.name.value.to_ascii_lowercase());
             }
         }
-        if !matches!(factor, TableFactor::Table { .. } | TableFactor::Derived { .. } | TableFactor::NestedJoin { .. }) {
-            self.0.all_columns = true;
+        match factor {
+            TableFactor::Table { .. } | TableFactor::Derived { .. } => {}
+            // `(t NATURAL JOIN u)`: joins in brackets match columns by name too.
+            TableFactor::NestedJoin { table_with_joins, .. } if !implicit_join(&table_with_joins.joins) => {}
+            _ => self.0.all_columns = true,
         }
         ControlFlow::Continue(())
     }
 
     fn pre_visit_query(&mut self, query: &deltalake::datafusion::sql::sqlparser::ast::Query) -> ControlFlow<()> {
-        use deltalake::datafusion::sql::sqlparser::ast::{JoinConstraint, JoinOperator, SelectItem, SetExpr};
+        use deltalake::datafusion::sql::sqlparser::ast::{SelectItem, SetExpr};
         fn reads_unnamed(body: &SetExpr) -> bool {
             match body {
                 SetExpr::Select(select) => {
-                    let wildcard = select.projection.iter().any(|i| matches!(i, SelectItem::Wildcard(_) | SelectItem::QualifiedWildcard(..)));
-                    let implicit = select.from.iter().flat_map(|t| &t.joins).any(|j| {
-                        let constraint = match &j.join_operator {
-                            JoinOperator::Join(c) | JoinOperator::Inner(c) | JoinOperator::Left(c) | JoinOperator::LeftOuter(c) | JoinOperator::Right(c) | JoinOperator::RightOuter(c) | JoinOperator::FullOuter(c) => Some(c),
-                            _ => None,
-                        };
-                        // A join this list does not know may match columns by name.
-                        constraint.is_none_or(|c| matches!(c, JoinConstraint::Natural | JoinConstraint::Using(_)))
-                            && !matches!(j.join_operator, JoinOperator::CrossJoin(_))
-                    });
-                    wildcard || implicit
+                    // `FROM t` alone (DuckDB's FROM-first) has no projection: every column.
+                    let wildcard = select.projection.is_empty()
+                        || select.projection.iter().any(|i| matches!(i, SelectItem::Wildcard(_) | SelectItem::QualifiedWildcard(..)));
+                    wildcard || select.from.iter().any(|t| implicit_join(&t.joins))
                 }
                 SetExpr::SetOperation { left, right, .. } => reads_unnamed(left) || reads_unnamed(right),
                 SetExpr::Query(q) => reads_unnamed(&q.body),
@@ -240,10 +256,16 @@ pub async fn run(lake: &Lake, sql: &str, broker: Option<&BrokerInfo>, opts: &Duc
     if opts.read_only && statement.as_ref().is_some_and(|s| !reads_only(s)) {
         return Err(QueryError::Sql("not allowed: only queries run here (SELECT, WITH, DESCRIBE, SHOW): the lake changes only through `lakepipe ingest`".into()));
     }
-    // The API: one reading query on the statement as parsed, when the parser knows its syntax
-    // (DuckDB folds a setting's value into the plan, where no check could see it); then
-    // DuckDB's own parser and plan decide, in `query_checked`.
-    if let (true, Some(s)) = (opts.sandboxed, &statement) {
+    // The API: one reading query on the statement as sqlparser reads it (DuckDB folds a
+    // setting's value into the plan, where no check could see it), so the API runs only what
+    // sqlparser parses, with no comment inside a comment (DuckDB nests them, sqlparser does
+    // not: the two would read different statements); then DuckDB's own parser and plan
+    // decide, in `query_checked`.
+    if opts.sandboxed {
+        let Some(s) = &statement else {
+            return Err(QueryError::Sql("cannot parse the query (DuckDB dialect as lakepipe reads it); the API runs only statements it can check".into()));
+        };
+        super::allow::no_nested_comments(sql)?;
         super::allow::one_query(std::slice::from_ref(s))?;
     }
     let mut needs = Needs::default();
@@ -264,6 +286,7 @@ pub async fn run(lake: &Lake, sql: &str, broker: Option<&BrokerInfo>, opts: &Duc
     let mut inputs: Vec<(String, SchemaRef, Vec<RecordBatch>)> = Vec::new();
     // Only the columns the statement names, when it names every one it reads.
     let columns = statement.as_ref().and_then(|s| needs.columns(s));
+    let mut loaded_bytes = 0usize;
     for name in &tables {
         // No rows, when the table's columns are all the statement looks at.
         let rows_needed = statement.is_none() || needs.relations.contains(&name.to_ascii_lowercase());
@@ -271,6 +294,11 @@ pub async fn run(lake: &Lake, sql: &str, broker: Option<&BrokerInfo>, opts: &Duc
         let schema = stream.schema();
         let mut batches = Vec::new();
         while let Some(b) = stream.try_next().await.map_err(|e| QueryError::Sql(e.to_string()))? {
+            // The copies count against the budget before DuckDB sees them.
+            loaded_bytes += b.get_array_memory_size();
+            if let Some(budget) = opts.memory.filter(|m| loaded_bytes > *m) {
+                return Err(QueryError::Sql(super::over_budget(Some(budget), &format!("the columns it reads take more than {} MiB", budget >> 20))));
+            }
             batches.push(b);
         }
         inputs.push((name.clone(), schema, batches));
@@ -320,6 +348,11 @@ pub async fn run(lake: &Lake, sql: &str, broker: Option<&BrokerInfo>, opts: &Duc
             db.load(&name, &schema, &batches)?;
         }
         if sandboxed {
+            // Nothing a setting's value could show about the machine: the directories that
+            // derive from the home directory are set to none.
+            for setting in ["home_directory", "extension_directory", "secret_directory"] {
+                db.execute(&format!("SET {setting} = '/nonexistent'"))?;
+            }
             db.execute("SET enable_external_access = false")?;
             db.execute("SET lock_configuration = true")?;
         }
@@ -368,6 +401,9 @@ mod tests {
             "SELECT t FROM t",
             "SELECT a FROM t JOIN u USING (k)",
             "SELECT a FROM t NATURAL JOIN u",
+            "SELECT count(*) FROM (t NATURAL JOIN u)",
+            "FROM t",
+            "FROM t ORDER BY ts LIMIT 5",
             "SELECT max(COLUMNS('a.*')) FROM t",
             "SELECT a FROM (SELECT * FROM t) s",
             "SELECT struct_pack(*) FROM t",

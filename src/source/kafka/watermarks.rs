@@ -78,9 +78,18 @@ impl Watermarks {
         let fresh = cache.at.is_some_and(|t| t.elapsed() < max_age)
             && wanted.iter().all(|tp| cache.asked.contains(tp));
         if !fresh {
-            let result = lookup(wanted.to_vec()).await;
+            // With the partitions asked for last time too, so that queries asking for
+            // different ones share one lookup instead of taking turns.
+            let recent = cache.at.is_some_and(|t| t.elapsed() < 10 * max_age);
+            let mut ask: BTreeSet<TopicPartition> = if recent {
+                std::mem::take(&mut cache.asked)
+            } else {
+                BTreeSet::new()
+            };
+            ask.extend(wanted.iter().cloned());
+            let result = lookup(ask.iter().cloned().collect()).await;
             cache.at = Some(Instant::now());
-            cache.asked = wanted.iter().cloned().collect();
+            cache.asked = ask;
             match result {
                 Ok(values) => (cache.values, cache.failed) = (values, None),
                 Err(SourceError::Unreachable { reason, .. }) => {
