@@ -236,8 +236,24 @@ pub fn duckdb_plan(json: &str, tables: &BTreeSet<String>) -> Result<(), QueryErr
             return nodes.iter().try_for_each(|n| walk(n, tables));
         }
         let info = &node["extra_info"];
-        if let Some(function) = info["Function"].as_str() {
-            let name = function.trim().to_ascii_lowercase();
+        // A table function's scan names it under "Function"; an in-out table function (one
+        // fed by rows, as `unnest` in a lateral join) under "Name". Any other value there
+        // (a list, say) is not one this check can read: refused.
+        let in_out = node["name"]
+            .as_str()
+            .is_some_and(|n| n.trim() == "INOUT_FUNCTION");
+        for key in ["Function", "Name"]
+            .into_iter()
+            .filter(|k| *k == "Function" || in_out)
+        {
+            let value = &info[key];
+            if value.is_null() {
+                continue;
+            }
+            let name = value
+                .as_str()
+                .map(|f| f.trim().to_ascii_lowercase())
+                .unwrap_or_else(|| value.to_string());
             if !TABLE_FUNCTIONS.contains(&name.as_str()) {
                 return Err(not_listed(&name));
             }
@@ -317,6 +333,19 @@ mod tests {
         let quoted: BTreeSet<String> = ["my-topic".to_string()].into();
         let plan = r#"[{"name":"SEQ_SCAN","children":[],"extra_info":{"Table":"memory.main.\"My-Topic\""}}]"#;
         assert!(duckdb_plan(plan, &quoted).is_ok());
+        let in_out = |name: &str| {
+            format!(
+                r#"[{{"name":"INOUT_FUNCTION","children":[],"extra_info":{{"Name":"{name}"}}}}]"#
+            )
+        };
+        assert!(duckdb_plan(&in_out("UNNEST"), &tables).is_ok());
+        assert!(duckdb_plan(&in_out("SUMMARY"), &tables).is_err());
+        let listed =
+            r#"[{"name":"READ_CSV","children":[],"extra_info":{"Function":["READ_CSV","x"]}}]"#;
+        assert!(
+            duckdb_plan(listed, &tables).is_err(),
+            "a value this check cannot read is refused"
+        );
         assert!(no_nested_comments("SELECT 1 /* a */ AS x").is_ok());
         assert!(no_nested_comments(
             r#"SELECT 1 AS a /* /* */, 2 AS "*/, current_setting('x') AS v --""#

@@ -295,6 +295,16 @@ async fn hostile_requests_get_their_status_and_the_server_stays_up() {
         400,
         "query_memory",
     ));
+    // An analyst's lateral unnest: an in-out table function on the allow-list.
+    cases.push(case(
+        "a lateral unnest",
+        Send::Query(
+            "duckdb",
+            "SELECT count(*) AS n FROM {t}, unnest([amount, amount]) AS u(v)".into(),
+        ),
+        200,
+        "4000",
+    ));
     // sqlparser and DuckDB read these differently; DuckDB would see a setting's value.
     cases.extend(both(
         "a comment inside a comment",
