@@ -201,7 +201,7 @@ async fn query(State(cfg): State<Arc<ServerConfig>>, body: Result<Json<QueryRequ
     // aborted when this handler is dropped (the client hung up), so no query outlives the
     // limit holding a turn.
     let (lake, broker, sql) = (cfg.lake.clone(), cfg.broker.clone(), req.sql);
-    let (max_rows, memory, limit) = (cfg.max_rows, cfg.query_memory, cfg.query_timeout);
+    let (max_rows, memory, limit, max_bytes) = (cfg.max_rows, cfg.query_memory, cfg.query_timeout, cfg.max_bytes);
     let run = limits::query_runtime().spawn(async move {
         let _turn = turn;
         let request = Request {
@@ -213,17 +213,21 @@ async fn query(State(cfg): State<Arc<ServerConfig>>, body: Result<Json<QueryRequ
             sandboxed: true,
             memory: Some(memory),
             threads: Some(threads),
+            // A body of `max_bytes` takes at most a few times as many bytes of Arrow rows (CSV
+            // of small numbers is the densest); the encoder cuts exactly.
+            max_bytes: Some(max_bytes.saturating_mul(4)),
         };
-        tokio::time::timeout(limit, crate::query::execute(&lake, &request)).await
+        tokio::time::timeout(limit, crate::query::execute_bounded(&lake, &request)).await
     });
     let _abort = limits::AbortOnDrop(run.abort_handle());
     let too_long = || error(StatusCode::BAD_REQUEST, format!("the query ran longer than the limit of {:?}", cfg.query_timeout));
-    let (schema, batches) = match tokio::time::timeout(cfg.query_timeout, run).await {
+    let answer = match tokio::time::timeout(cfg.query_timeout, run).await {
         Err(_) | Ok(Ok(Err(_))) => return too_long(),
         Ok(Err(e)) => return error(StatusCode::INTERNAL_SERVER_ERROR, format!("the query's task failed: {e}")),
         Ok(Ok(Ok(Err(e)))) => return error(query_status(&e), e.to_string()),
-        Ok(Ok(Ok(Ok(r)))) => r,
+        Ok(Ok(Ok(Ok(answer)))) => answer,
     };
+    let crate::query::Answer { schema, batches, cut } = answer;
     // The engine stopped at max_rows + 1, so "more" is known without computing everything.
     let (max_rows, max_bytes) = (cfg.max_rows, cfg.max_bytes);
     let body = match tokio::task::spawn_blocking(move || result::encode(&schema, &batches, format, max_rows, max_bytes)).await {
@@ -232,7 +236,9 @@ async fn query(State(cfg): State<Arc<ServerConfig>>, body: Result<Json<QueryRequ
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     };
     let mut resp = (StatusCode::OK, [(header::CONTENT_TYPE, format.content_type())], body.bytes).into_response();
-    if let Some(v) = body.truncated.and_then(|t| t.parse().ok()) {
+    // Collecting stopped short: more rows may follow those the body holds.
+    let truncated = body.truncated.or_else(|| cut.then(|| format!("first {} rows (max_result_bytes: {} bytes)", body.rows, cfg.max_bytes)));
+    if let Some(v) = truncated.and_then(|t| t.parse().ok()) {
         resp.headers_mut().insert("x-lakepipe-truncated", v);
     }
     resp

@@ -111,6 +111,20 @@ pub struct Request<'a> {
     pub memory: Option<usize>,
     /// Threads DuckDB may use for the query (`None`: one per core).
     pub threads: Option<usize>,
+    /// DataFusion stops collecting rows once they take more than this many bytes of Arrow
+    /// memory (`None`: all of them), so a huge result is not held whole before it is cut.
+    pub max_bytes: Option<usize>,
+}
+
+/// A statement's result.
+#[derive(Debug)]
+pub struct Answer {
+    /// The result's columns.
+    pub schema: Arc<arrow::datatypes::Schema>,
+    /// Its rows.
+    pub batches: Vec<RecordBatch>,
+    /// Whether collecting stopped at [`Request::max_bytes`], so more rows may follow.
+    pub cut: bool,
 }
 
 /// The stack that the threads running queries need (the runtime's workers and its blocking
@@ -121,6 +135,11 @@ pub const STACK_SIZE: usize = 64 << 20;
 /// Run one statement on the chosen engine and collect the result. Run it on a thread with a
 /// stack of [`STACK_SIZE`].
 pub async fn execute(lake: &Lake, req: &Request<'_>) -> Result<(Arc<arrow::datatypes::Schema>, Vec<RecordBatch>), QueryError> {
+    execute_bounded(lake, req).await.map(|a| (a.schema, a.batches))
+}
+
+/// [`execute`], collecting DataFusion's rows only up to [`Request::max_bytes`].
+pub async fn execute_bounded(lake: &Lake, req: &Request<'_>) -> Result<Answer, QueryError> {
     let sql = req.sql.trim().trim_end_matches(';');
     depth::check(sql)?;
     let result = match req.engine {
@@ -128,7 +147,8 @@ pub async fn execute(lake: &Lake, req: &Request<'_>) -> Result<(Arc<arrow::datat
             let opts = duck::DuckOptions { limit: req.limit, sandboxed: req.sandboxed, read_only: req.read_only, memory: req.memory, threads: req.threads };
             match duck::run(lake, sql, req.broker, &opts).await {
                 Err(QueryError::Sql(m)) if m.contains("Out of Memory Error") => Err(QueryError::Sql(over_budget(req.memory, &m))),
-                other => other,
+                Err(e) => Err(e),
+                Ok((schema, batches)) => Ok(Answer { schema, batches, cut: false }),
             }
         }
         Engine::Datafusion => {
@@ -157,7 +177,20 @@ pub async fn execute(lake: &Lake, req: &Request<'_>) -> Result<(Arc<arrow::datat
                         df = df.limit(0, Some(limit)).map_err(failed)?;
                     }
                     let schema = Arc::new(df.schema().as_arrow().clone());
-                    df.collect().await.map_err(failed).map(|batches| (schema, batches))
+                    let Some(cap) = req.max_bytes else {
+                        return df.collect().await.map_err(failed).map(|batches| Answer { schema, batches, cut: false });
+                    };
+                    let mut stream = df.execute_stream().await.map_err(failed)?;
+                    let (mut batches, mut bytes, mut cut) = (Vec::new(), 0usize, false);
+                    while let Some(b) = futures::TryStreamExt::try_next(&mut stream).await.map_err(failed)? {
+                        bytes += b.get_array_memory_size();
+                        batches.push(b);
+                        if bytes > cap {
+                            cut = true;
+                            break;
+                        }
+                    }
+                    Ok(Answer { schema, batches, cut })
                 }
             }
         }
