@@ -73,7 +73,7 @@ impl Encoder {
         let (head, tail) = match format {
             BodyFormat::Json => (b"[".to_vec(), b"]".to_vec()),
             BodyFormat::Csv => (
-                format_text(&schema, &[], Format::Csv)?.into_bytes(),
+                crate::query::format(&schema, &[], Format::Csv)?.into_bytes(),
                 Vec::new(),
             ),
             BodyFormat::Arrow => {
@@ -97,7 +97,7 @@ impl Encoder {
         let batch = std::slice::from_ref(rows);
         Ok(match self.format {
             BodyFormat::Json => {
-                let text = format_text(&self.schema, batch, Format::Json)?;
+                let text = format(&self.schema, batch, Format::Json)?;
                 let inner = text.trim().trim_start_matches('[').trim_end_matches(']');
                 if first || inner.is_empty() {
                     inner.as_bytes().to_vec()
@@ -106,7 +106,7 @@ impl Encoder {
                 }
             }
             BodyFormat::Csv => {
-                let text = format_text(&self.schema, batch, Format::Csv)?.into_bytes();
+                let text = format(&self.schema, batch, Format::Csv)?.into_bytes();
                 text[self.head.len().min(text.len())..].to_vec()
             }
             // Each chunk carries its own dictionaries, which replace the previous ones: a
@@ -119,14 +119,6 @@ impl Encoder {
             }
         })
     }
-}
-
-fn format_text(
-    schema: &Arc<Schema>,
-    batches: &[RecordBatch],
-    f: Format,
-) -> Result<String, QueryError> {
-    format(schema, batches, f)
 }
 
 fn arrow_stream(schema: &Arc<Schema>, batches: &[RecordBatch]) -> Result<Vec<u8>, QueryError> {
@@ -189,7 +181,7 @@ pub fn encode(
                     probe = (probe * 2).min(n);
                 }
             }
-            while hi.min(n + 1) - lo > 1 && lo < n {
+            while lo < n && hi - lo > 1 {
                 let mid = lo + (hi - lo) / 2;
                 let bytes = encoder.rows(&chunk.slice(0, mid), rows == 0)?;
                 if bytes.len() <= left {

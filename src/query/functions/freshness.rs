@@ -16,13 +16,10 @@ use crate::lake::{Lake, LakeError};
 /// Where `freshness()` finds the broker.
 #[derive(Debug, Clone)]
 pub struct BrokerInfo {
-    /// Bootstrap servers.
-    pub brokers: String,
     /// The source name whose offsets this broker holds.
     pub source_name: String,
-    /// The `[kafka]` properties (TLS, SASL).
-    pub kafka: std::collections::BTreeMap<String, String>,
-    /// The high watermarks, shared by every query of the process.
+    /// The broker's high watermarks (its address and `[kafka]` properties are theirs),
+    /// shared by every query of the process.
     pub watermarks: Arc<crate::source::kafka::watermarks::Watermarks>,
 }
 
@@ -30,7 +27,7 @@ impl BrokerInfo {
     /// The broker at `brokers`, holding `source_name`'s offsets.
     pub fn new(brokers: &str, source_name: &str, kafka: &std::collections::BTreeMap<String, String>) -> Self {
         let watermarks = Arc::new(crate::source::kafka::watermarks::Watermarks::new(brokers, kafka));
-        BrokerInfo { brokers: brokers.to_string(), source_name: source_name.to_string(), kafka: kafka.clone(), watermarks }
+        BrokerInfo { source_name: source_name.to_string(), watermarks }
     }
 }
 
@@ -200,10 +197,10 @@ impl TableFunctionImpl for Freshness {
         let (lake, broker) = (self.lake.clone(), self.broker.clone());
         Ok(Lazy::table(
             freshness_schema(),
-            Box::new(move || {
+            move || {
                 let (lake, broker) = (lake.clone(), broker.clone());
-                Box::pin(async move { freshness(&lake, broker.as_ref()).await })
-            }),
+                async move { freshness(&lake, broker.as_ref()).await }
+            },
         ))
     }
 }

@@ -18,8 +18,7 @@ use super::ext;
 use crate::lake::LakeError;
 
 /// Computes a table function's result.
-pub(super) type Compute =
-    Box<dyn Fn() -> BoxFuture<'static, Result<RecordBatch, LakeError>> + Send + Sync>;
+type Compute = Box<dyn Fn() -> BoxFuture<'static, Result<RecordBatch, LakeError>> + Send + Sync>;
 
 /// A table of `schema` whose one batch `compute` makes at each scan.
 pub(super) struct Lazy {
@@ -28,7 +27,13 @@ pub(super) struct Lazy {
 }
 
 impl Lazy {
-    pub(super) fn table(schema: SchemaRef, compute: Compute) -> Arc<dyn TableProvider> {
+    /// A table of `schema` whose rows `compute` makes at each scan.
+    pub(super) fn table<F, Fut>(schema: SchemaRef, compute: F) -> Arc<dyn TableProvider>
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<RecordBatch, LakeError>> + Send + 'static,
+    {
+        let compute: Compute = Box::new(move || Box::pin(compute()));
         Arc::new(Lazy { schema, compute })
     }
 }

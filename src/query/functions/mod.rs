@@ -198,10 +198,10 @@ impl TableFunctionImpl for History {
         let lake = self.lake.clone();
         Ok(Lazy::table(
             history_schema(),
-            Box::new(move || {
+            move || {
                 let (lake, name) = (lake.clone(), name.clone());
-                Box::pin(async move { history(&lake, &name).await })
-            }),
+                async move { history(&lake, &name).await }
+            },
         ))
     }
 }
@@ -362,10 +362,10 @@ impl TableFunctionImpl for Changes {
         let lake = self.lake.clone();
         Ok(Lazy::table(
             schema,
-            Box::new(move || {
+            move || {
                 let (lake, name) = (lake.clone(), name.clone());
-                Box::pin(async move { changes(&lake, &name, from, to).await })
-            }),
+                async move { changes(&lake, &name, from, to).await }
+            },
         ))
     }
 }
