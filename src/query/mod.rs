@@ -260,7 +260,6 @@ pub async fn list_tables(lake: &Lake) -> Result<Vec<String>, LakeError> {
 
 /// Register one table of the lake, at its latest version, if it exists.
 async fn register(ctx: &SessionContext, lake: &Lake, name: &str) -> Result<(), QueryError> {
-
     let Some(table) = lake.open(name).await? else { return Ok(()) };
     let provider = table.table_provider().await.map_err(|e| QueryError::Sql(e.to_string()))?;
     table.update_datafusion_session(&ctx.state()).map_err(|e| QueryError::Sql(e.to_string()))?;
@@ -321,33 +320,6 @@ pub async fn stream(lake: &Lake, tables: &[&str], sql: &str) -> Result<deltalake
     }
     let df = ctx.sql(sql).await.map_err(|e| QueryError::Sql(e.to_string()))?;
     df.execute_stream().await.map_err(|e| QueryError::Sql(e.to_string()))
-}
-
-/// Stream the rows of table `name` with only the columns in `columns` (lower-cased names; all
-/// of them when `None`), and no rows when `rows` is false. A table none of whose columns is
-/// wanted still gives its first column, so that its rows can be counted.
-pub async fn stream_columns(
-    lake: &Lake,
-    name: &str,
-    columns: Option<&std::collections::BTreeSet<String>>,
-    rows: bool,
-) -> Result<deltalake::datafusion::execution::SendableRecordBatchStream, QueryError> {
-    let ctx = SessionContext::new();
-    register(&ctx, lake, name).await?;
-    let sql_err = |e: DataFusionError| QueryError::Sql(e.to_string());
-    let mut df = ctx.table(name).await.map_err(sql_err)?;
-    if let Some(wanted) = columns {
-        let all: Vec<String> = df.schema().fields().iter().map(|f| f.name().clone()).collect();
-        let mut kept: Vec<&str> = all.iter().filter(|c| wanted.contains(&c.to_ascii_lowercase())).map(String::as_str).collect();
-        if kept.is_empty() {
-            kept.extend(all.first().map(String::as_str));
-        }
-        df = df.select_columns(&kept).map_err(sql_err)?;
-    }
-    if !rows {
-        df = df.limit(0, Some(0)).map_err(sql_err)?;
-    }
-    df.execute_stream().await.map_err(sql_err)
 }
 
 /// Run one statement on DataFusion and collect the result.

@@ -61,7 +61,7 @@ fn engine_err(what: &str) -> QueryError {
 ///
 /// # Safety
 /// `p` must be null or a NUL-terminated string that lives for the call.
-unsafe fn message(p: *const std::os::raw::c_char) -> String {
+pub(super) unsafe fn message(p: *const std::os::raw::c_char) -> String {
     if p.is_null() {
         "unknown error".to_string()
     } else {
@@ -193,6 +193,19 @@ impl Database {
         drop(array);
         drop(ffi_schema);
         result
+    }
+
+    /// Make each of `sources` a view named after it, over the lake scan
+    /// ([`super::scan`]): DuckDB reads their rows from `open` as it needs them.
+    pub(super) fn scan_tables(&self, sources: Vec<super::scan::Source>, open: super::scan::Open) -> Result<(), QueryError> {
+        let names: Vec<String> = sources.iter().map(|s| s.name.clone()).collect();
+        super::scan::register(self.con, sources, open)?;
+        for name in names {
+            let quoted = name.replace('"', "\"\"");
+            let literal = name.replace('\'', "''");
+            self.execute(&format!("CREATE VIEW \"{quoted}\" AS SELECT * FROM {}('{literal}')", super::scan::FUNCTION))?;
+        }
+        Ok(())
     }
 
     /// Run one statement and collect its result as Arrow batches.

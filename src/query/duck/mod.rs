@@ -5,12 +5,13 @@
 //!
 //! 1. The statement is parsed (DuckDB dialect) to find the lake tables it names and the
 //!    lakepipe table functions it calls (`as_of`, `changes`, `history`, `freshness`).
-//! 2. Each named table is read at its current snapshot (only the live files of the latest Delta
-//!    version, through delta-rs) and each table function is evaluated by the same code the
-//!    DataFusion engine uses, so both engines start from identical rows.
-//! 3. The Arrow batches cross into DuckDB over the Arrow C Data Interface (no copy through Rust
-//!    types, and no dependency on the arrow version DuckDB's crate links), become DuckDB tables
-//!    named after the lake tables, and the function calls are rewritten to read their results.
+//! 2. Each named table becomes a view over the lake scan ([`scan`]), a table function that
+//!    streams the table's current snapshot (only the live files of the latest Delta version,
+//!    through delta-rs), with only the columns DuckDB asks for, as DuckDB pulls the rows. Each
+//!    table function call is evaluated by the same code the DataFusion engine uses, so both
+//!    engines start from identical rows; its result crosses into DuckDB over the Arrow C Data
+//!    Interface and the call is rewritten to read it.
+//! 3. The statement runs with a budget: DuckDB's `memory_limit` and `threads`.
 //! 4. DuckDB runs the statement; the result comes back over the same interface as arrow batches,
 //!    so formatting and export are shared with the DataFusion engine.
 //!
@@ -22,6 +23,7 @@
 //! a running query (a timeout) interrupts DuckDB.
 
 mod db;
+pub(crate) mod scan;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::ControlFlow;
@@ -33,7 +35,7 @@ use deltalake::datafusion::prelude::SessionContext;
 use deltalake::datafusion::sql::sqlparser::ast::{Ident, ObjectName, ObjectNamePart, Statement, TableAlias, TableFactor, Visit, VisitMut, Visitor, VisitorMut};
 use deltalake::datafusion::sql::sqlparser::dialect::DuckDbDialect;
 use deltalake::datafusion::sql::sqlparser::parser::Parser;
-use futures::TryStreamExt;
+use futures::StreamExt;
 
 use super::functions::{self, BrokerInfo};
 use super::QueryError;
@@ -79,13 +81,6 @@ struct Needs {
     /// every table's (`SHOW TABLES`).
     schemas: BTreeSet<String>,
     all_schemas: bool,
-    /// Every identifier in the statement's expressions (lower-cased): the columns it may read;
-    /// `bare`: those that stand alone (not `t.` before a column).
-    identifiers: BTreeSet<String>,
-    bare: BTreeSet<String>,
-    /// Whether it may read columns it does not name (`*`, `NATURAL JOIN`, `USING`, a table used
-    /// as a value, `COLUMNS(…)`, `PIVOT`): then every column is loaded.
-    all_columns: bool,
 }
 
 impl Needs {
@@ -121,26 +116,6 @@ fn call_text(factor: &TableFactor) -> Option<String> {
     Some(format!("{}({})", name.to_string().to_ascii_lowercase(), args.join(", ")))
 }
 
-/// Whether joins may match columns the statement does not name (`NATURAL`, `USING`, or a
-/// kind of join this list does not know).
-fn implicit_join(joins: &[deltalake::datafusion::sql::sqlparser::ast::Join]) -> bool {
-    use deltalake::datafusion::sql::sqlparser::ast::{JoinConstraint, JoinOperator};
-    joins.iter().any(|j| {
-        let constraint = match &j.join_operator {
-            JoinOperator::Join(c)
-            | JoinOperator::Inner(c)
-            | JoinOperator::Left(c)
-            | JoinOperator::LeftOuter(c)
-            | JoinOperator::Right(c)
-            | JoinOperator::RightOuter(c)
-            | JoinOperator::FullOuter(c) => Some(c),
-            JoinOperator::CrossJoin(_) => return false,
-            _ => None,
-        };
-        constraint.is_none_or(|c| matches!(c, JoinConstraint::Natural | JoinConstraint::Using(_)))
-    })
-}
-
 struct Collect<'a>(&'a mut Needs);
 
 impl Visitor for Collect<'_> {
@@ -156,71 +131,7 @@ impl Visitor for Collect<'_> {
                 self.0.relations.insert(a.name.value.to_ascii_lowercase());
             }
         }
-        match factor {
-            TableFactor::Table { .. } | TableFactor::Derived { .. } => {}
-            // `(t NATURAL JOIN u)`: joins in brackets match columns by name too.
-            TableFactor::NestedJoin { table_with_joins, .. } if !implicit_join(&table_with_joins.joins) => {}
-            _ => self.0.all_columns = true,
-        }
         ControlFlow::Continue(())
-    }
-
-    fn pre_visit_query(&mut self, query: &deltalake::datafusion::sql::sqlparser::ast::Query) -> ControlFlow<()> {
-        use deltalake::datafusion::sql::sqlparser::ast::{SelectItem, SetExpr};
-        fn reads_unnamed(body: &SetExpr) -> bool {
-            match body {
-                SetExpr::Select(select) => {
-                    // `FROM t` alone (DuckDB's FROM-first) has no projection: every column.
-                    let wildcard = select.projection.is_empty()
-                        || select.projection.iter().any(|i| matches!(i, SelectItem::Wildcard(_) | SelectItem::QualifiedWildcard(..)));
-                    wildcard || select.from.iter().any(|t| implicit_join(&t.joins))
-                }
-                SetExpr::SetOperation { left, right, .. } => reads_unnamed(left) || reads_unnamed(right),
-                SetExpr::Query(q) => reads_unnamed(&q.body),
-                _ => false,
-            }
-        }
-        if reads_unnamed(&query.body) {
-            self.0.all_columns = true;
-        }
-        ControlFlow::Continue(())
-    }
-
-    fn pre_visit_expr(&mut self, expr: &deltalake::datafusion::sql::sqlparser::ast::Expr) -> ControlFlow<()> {
-        use deltalake::datafusion::sql::sqlparser::ast::{Expr, FunctionArgExpr, FunctionArguments};
-        match expr {
-            Expr::Identifier(i) => {
-                self.0.identifiers.insert(i.value.to_ascii_lowercase());
-                self.0.bare.insert(i.value.to_ascii_lowercase());
-            }
-            Expr::CompoundIdentifier(parts) => self.0.identifiers.extend(parts.iter().map(|i| i.value.to_ascii_lowercase())),
-            Expr::Function(f) => {
-                let name = last_ident(&f.name).map(|i| i.value.to_ascii_lowercase()).unwrap_or_default();
-                let star = match &f.args {
-                    FunctionArguments::List(list) => list.args.iter().any(|a| {
-                        use deltalake::datafusion::sql::sqlparser::ast::FunctionArg;
-                        matches!(a, FunctionArg::Unnamed(FunctionArgExpr::Wildcard | FunctionArgExpr::QualifiedWildcard(_)))
-                    }),
-                    _ => false,
-                };
-                if name == "columns" || (star && name != "count") {
-                    self.0.all_columns = true;
-                }
-            }
-            Expr::Wildcard(_) | Expr::QualifiedWildcard(..) => self.0.all_columns = true,
-            _ => {}
-        }
-        ControlFlow::Continue(())
-    }
-}
-
-impl Needs {
-    /// The columns to load: `None` for all of them.
-    fn columns(&self, statement: &Statement) -> Option<&BTreeSet<String>> {
-        // A table's or alias's name used as a value is a row of every column (`SELECT t FROM t`).
-        let table_as_value = self.bare.iter().any(|i| self.relations.contains(i));
-        let only_query = matches!(statement, Statement::Query(_));
-        (only_query && !self.all_columns && !table_as_value).then_some(&self.identifiers)
     }
 }
 
@@ -244,10 +155,41 @@ impl VisitorMut for Rewrite<'_> {
 }
 
 /// Parse `sql` as one DuckDB statement. `None` when the parser does not know the syntax: DuckDB
-/// then gets the text unchanged, with every lake table loaded.
+/// then gets the text unchanged, with a view over every lake table.
 fn parse(sql: &str) -> Option<Statement> {
     let mut statements = Parser::parse_sql(&DuckDbDialect {}, sql).ok()?;
     (statements.len() == 1).then(|| statements.remove(0))
+}
+
+/// Opens a lake table's stream for the lake scan: a task on this runtime reads the table's
+/// live files with the columns asked for and hands batches over as DuckDB takes them (two
+/// ahead at most). The task stops when DuckDB drops the stream.
+fn opener(ctx: SessionContext) -> scan::Open {
+    let runtime = tokio::runtime::Handle::current();
+    Box::new(move |name, columns| {
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        let (ctx, name, columns) = (ctx.clone(), name.to_string(), columns.to_vec());
+        runtime.spawn(async move {
+            let stream = async {
+                let columns: Vec<&str> = columns.iter().map(String::as_str).collect();
+                ctx.table(name.as_str()).await?.select_columns(&columns)?.execute_stream().await
+            };
+            match stream.await {
+                Err(e) => {
+                    let _ = tx.send(Err(e.to_string())).await;
+                }
+                Ok(mut stream) => {
+                    while let Some(batch) = stream.next().await {
+                        let failed = batch.is_err();
+                        if tx.send(batch.map_err(|e| e.to_string())).await.is_err() || failed {
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+        rx
+    })
 }
 
 /// Run one statement on DuckDB over the lake.
@@ -283,26 +225,27 @@ pub async fn run(lake: &Lake, sql: &str, broker: Option<&BrokerInfo>, opts: &Duc
         None => existing,
     };
 
-    let mut inputs: Vec<(String, SchemaRef, Vec<RecordBatch>)> = Vec::new();
-    // Only the columns the statement names, when it names every one it reads.
-    let columns = statement.as_ref().and_then(|s| needs.columns(s));
-    let mut loaded_bytes = 0usize;
-    for name in &tables {
-        // No rows, when the table's columns are all the statement looks at.
-        let rows_needed = statement.is_none() || needs.relations.contains(&name.to_ascii_lowercase());
-        let mut stream = super::stream_columns(lake, name, columns, rows_needed).await?;
-        let schema = stream.schema();
-        let mut batches = Vec::new();
-        while let Some(b) = stream.try_next().await.map_err(|e| QueryError::Sql(e.to_string()))? {
-            // The copies count against the budget before DuckDB sees them.
-            loaded_bytes += b.get_array_memory_size();
-            if let Some(budget) = opts.memory.filter(|m| loaded_bytes > *m) {
-                return Err(QueryError::Sql(super::over_budget(Some(budget), &format!("the columns it reads take more than {} MiB", budget >> 20))));
-            }
-            batches.push(b);
-        }
-        inputs.push((name.clone(), schema, batches));
+    // The lake tables become views over the lake scan: DuckDB reads only the columns it needs,
+    // as it pulls them, from one snapshot per table. A table whose columns alone the statement
+    // looks at (`DESCRIBE t`, `SHOW TABLES`) is an empty table instead, so that DuckDB shows
+    // which columns may not be null (a view cannot say).
+    let lake_ctx = SessionContext::new();
+    for registered in futures::future::join_all(tables.iter().map(|name| super::register(&lake_ctx, lake, name))).await {
+        registered?;
     }
+    let mut sources = Vec::new();
+    let mut inputs: Vec<(String, SchemaRef, Vec<RecordBatch>)> = Vec::new();
+    for name in &tables {
+        let df = lake_ctx.table(name.as_str()).await.map_err(|e| QueryError::Sql(e.to_string()))?;
+        let schema = Arc::new(df.schema().as_arrow().clone());
+        if statement.is_none() || needs.relations.contains(&name.to_ascii_lowercase()) {
+            sources.push(scan::Source { name: name.clone(), schema });
+        } else {
+            inputs.push((name.clone(), schema, Vec::new()));
+        }
+    }
+    let open = opener(lake_ctx);
+    let mut loaded_bytes = 0usize;
     let mut rewritten = BTreeMap::new();
     if !needs.calls.is_empty() {
         let ctx = SessionContext::new();
@@ -311,6 +254,11 @@ pub async fn run(lake: &Lake, sql: &str, broker: Option<&BrokerInfo>, opts: &Duc
             let df = ctx.sql(&format!("SELECT * FROM {call}")).await.map_err(|e| QueryError::Sql(e.to_string()))?;
             let schema = Arc::new(df.schema().as_arrow().clone());
             let batches = df.collect().await.map_err(|e| QueryError::Sql(e.to_string()))?;
+            // The copies count against the budget before DuckDB sees them.
+            loaded_bytes += batches.iter().map(RecordBatch::get_array_memory_size).sum::<usize>();
+            if let Some(budget) = opts.memory.filter(|m| loaded_bytes > *m) {
+                return Err(QueryError::Sql(super::over_budget(Some(budget), &format!("the table functions' results take more than {} MiB", budget >> 20))));
+            }
             let table = format!("__lakepipe_fn_{i}");
             inputs.push((table.clone(), schema, batches));
             rewritten.insert(call.clone(), table);
@@ -328,7 +276,7 @@ pub async fn run(lake: &Lake, sql: &str, broker: Option<&BrokerInfo>, opts: &Duc
         None => text,
     };
 
-    let loaded: BTreeSet<String> = inputs.iter().map(|(name, _, _)| name.to_ascii_lowercase()).collect();
+    let loaded: BTreeSet<String> = inputs.iter().map(|(name, _, _)| name.to_ascii_lowercase()).chain(sources.iter().map(|s| s.name.to_ascii_lowercase())).collect();
     let handle = Interrupt::default();
     let _guard = InterruptOnDrop(handle.clone());
     let sandboxed = opts.sandboxed;
@@ -343,6 +291,7 @@ pub async fn run(lake: &Lake, sql: &str, broker: Option<&BrokerInfo>, opts: &Duc
         if let Some(n) = threads {
             db.execute(&format!("SET threads = {}", n.max(1)))?;
         }
+        db.scan_tables(sources, open)?;
         for (name, schema, batches) in inputs {
             handle.check()?;
             db.load(&name, &schema, &batches)?;
@@ -384,33 +333,6 @@ mod tests {
         let n = needs("WITH x AS (SELECT * FROM Transactions) SELECT * FROM x JOIN changes('transactions', 0, 3) c ON true, history('t') h");
         assert!(n.relations.contains("transactions") && n.relations.contains("x"));
         assert_eq!(n.calls.iter().cloned().collect::<Vec<_>>(), vec!["changes('transactions', 0, 3)".to_string(), "history('t')".to_string()]);
-    }
-
-    /// Only the columns a statement names are loaded, unless it may read others.
-    #[test]
-    fn loads_only_the_columns_named() {
-        let columns = |sql: &str| {
-            let n = needs(sql);
-            n.columns(&parse(sql).unwrap()).map(|c| c.iter().cloned().collect::<Vec<_>>().join(","))
-        };
-        assert_eq!(columns("SELECT date, sum(Amount) AS s FROM t WHERE t.status = 'x' GROUP BY date").as_deref(), Some("amount,date,status,t"));
-        assert_eq!(columns("SELECT count(*) FROM t").as_deref(), Some(""));
-        for all in [
-            "SELECT * FROM t",
-            "SELECT x.* FROM t x",
-            "SELECT t FROM t",
-            "SELECT a FROM t JOIN u USING (k)",
-            "SELECT a FROM t NATURAL JOIN u",
-            "SELECT count(*) FROM (t NATURAL JOIN u)",
-            "FROM t",
-            "FROM t ORDER BY ts LIMIT 5",
-            "SELECT max(COLUMNS('a.*')) FROM t",
-            "SELECT a FROM (SELECT * FROM t) s",
-            "SELECT struct_pack(*) FROM t",
-            "DESCRIBE t",
-        ] {
-            assert_eq!(columns(all), None, "{all}");
-        }
     }
 
     #[test]
