@@ -46,11 +46,13 @@ ratios = {
     "upsert_peak_rss_mib": max(rss) if rss else None,
     "query_vs_duckdb": ratio(lp_query, get("queries", "duckdb_delta")),
     "query_vs_rownumber": ratio(lp_query, get("queries", "rownumber")),
+    # lakepipe's two engines over HTTP on the same table (issue #15: DuckDB at most 1.5x).
+    "duckdb_engine_vs_datafusion": ratio(get("queries", "lakepipe_http_duckdb"), get("queries", "lakepipe_http_datafusion")),
 }
 targets = {
     "append_vs_ceiling": 1.67, "append_vs_python": 0.1, "append_vs_pyspark": 0.33, "upsert_vs_append": 3,
     "upsert_vs_deltars_merge": 0.5, "upsert_10m_vs_1m": 2, "upsert_peak_rss_mib": 1024, "query_vs_duckdb": 1.2,
-    "query_vs_rownumber": 0.2,
+    "query_vs_rownumber": 0.2, "duckdb_engine_vs_datafusion": 1.5,
 }
 
 
