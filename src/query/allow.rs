@@ -228,14 +228,34 @@ pub fn datafusion_plan(plan: &LogicalPlan, tables: &BTreeSet<String>) -> Result<
     bad.map_or(Ok(()), Err)
 }
 
+/// DuckDB's physical operators that only read or compute (its `PhysicalOperatorType` names,
+/// less those that write, change the catalog or settings, or run other statements). A table
+/// function's scan is named after the function instead.
+pub const DUCKDB_OPERATORS: [&str; 44] = [
+    "SEQ_SCAN", "TABLE_SCAN", "DUMMY_SCAN", "CHUNK_SCAN", "COLUMN_DATA_SCAN", "DELIM_SCAN", "EXPRESSION_SCAN", "POSITIONAL_SCAN", "CTE_SCAN",
+    "REC_CTE_SCAN", "REC_REC_CTE_SCAN", "EMPTY_RESULT", "PROJECTION", "FILTER", "ORDER_BY", "TOP_N", "LIMIT", "LIMIT_PERCENT",
+    "STREAMING_LIMIT", "RESERVOIR_SAMPLE", "STREAMING_SAMPLE", "WINDOW", "STREAMING_WINDOW", "UNNEST", "UNGROUPED_AGGREGATE",
+    "HASH_GROUP_BY", "PERFECT_HASH_GROUP_BY", "PARTITIONED_AGGREGATE", "HASH_JOIN", "NESTED_LOOP_JOIN", "BLOCKWISE_NL_JOIN",
+    "PIECEWISE_MERGE_JOIN", "IE_JOIN", "ASOF_JOIN", "CROSS_PRODUCT", "POSITIONAL_JOIN", "LEFT_DELIM_JOIN", "RIGHT_DELIM_JOIN",
+    "UNION", "CTE", "REC_CTE", "REC_KEY_CTE", "INOUT_FUNCTION", "RESULT_COLLECTOR",
+];
+
 /// DuckDB: the plan that `EXPLAIN (FORMAT JSON)` gives scans only `tables` (the copies of the
 /// lake's tables and of the table functions' results) and the allowed table functions.
+///
+/// It fails closed: every operator must be one that only reads ([`DUCKDB_OPERATORS`]), or the
+/// scan of a table function it names (checked against the list above).
 pub fn duckdb_plan(json: &str, tables: &BTreeSet<String>) -> Result<(), QueryError> {
     fn walk(node: &serde_json::Value, tables: &BTreeSet<String>) -> Result<(), QueryError> {
         if let Some(nodes) = node.as_array() {
             return nodes.iter().try_for_each(|n| walk(n, tables));
         }
         let info = &node["extra_info"];
+        let operator = node["name"].as_str().map(|n| n.trim().to_ascii_uppercase()).unwrap_or_default();
+        let function_scan = info["Function"].as_str().is_some_and(|f| f.trim().eq_ignore_ascii_case(&operator));
+        if !function_scan && !DUCKDB_OPERATORS.contains(&operator.as_str()) {
+            return Err(refused(format!("DuckDB plans an operator this check does not know (`{operator}`): only reading operators run here")));
+        }
         // A table function's scan names it under "Function"; an in-out table function (one
         // fed by rows, as `unnest` in a lateral join) under "Name". Any other value there
         // (a list, say) is not one this check can read: refused.
@@ -326,7 +346,8 @@ mod tests {
         let tables: BTreeSet<String> = ["t".to_string()].into();
         let scan = |key: &str, name: &str| {
             format!(
-                r#"[{{"name":"X","children":[{{"name":"Y","children":[],"extra_info":{{"{key}":"{name}"}}}}],"extra_info":{{}}}}]"#
+                r#"[{{"name":"PROJECTION","children":[{{"name":"{}","children":[],"extra_info":{{"{key}":"{name}"}}}}],"extra_info":{{}}}}]"#,
+                if key == "Table" { "SEQ_SCAN" } else { name }
             )
         };
         assert!(duckdb_plan(&scan("Table", "t"), &tables).is_ok());
@@ -353,6 +374,13 @@ mod tests {
         )
         .is_err());
         assert!(duckdb_plan(&scan("Function", "GENERATE_SERIES"), &tables).is_ok());
+        assert!(duckdb_plan(&scan("Function", "LAKEPIPE_SCAN"), &tables).is_ok());
+        // Fail closed: an operator that writes, or one this check does not know, is refused.
+        for operator in ["COPY_TO_FILE", "INSERT", "EXPLAIN_ANALYZE", "SOMETHING_NEW"] {
+            let plan = format!(r#"[{{"name":"{operator}","children":[],"extra_info":{{}}}}]"#);
+            let e = duckdb_plan(&plan, &tables).unwrap_err().to_string();
+            assert!(e.contains("not allowed") && e.contains(operator), "{e}");
+        }
         for (key, name) in [
             ("Function", "DUCKDB_SETTINGS"),
             ("Function", "READ_CSV"),

@@ -646,6 +646,33 @@ mod tests {
         assert_eq!(out[0].num_rows(), 5);
     }
 
+    /// A table many times larger than DuckDB's memory limit aggregates: rows stream through.
+    #[test]
+    fn aggregates_a_table_larger_than_the_memory_limit() {
+        let schema = Arc::new(Schema::new(vec![Field::new("i", DataType::Int64, false), Field::new("s", DataType::Utf8, false)]));
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(Int64Array::from_iter_values(0..8192)),
+                Arc::new(arrow::array::StringArray::from_iter_values((0..8192).map(|i| format!("{i:0>100}")))),
+            ],
+        )
+        .unwrap();
+        // 8192 rows of about 110 bytes, 256 times: 230 MB, against a limit of 32 MiB.
+        let open: Open = Box::new(move |_, columns| {
+            let (tx, rx) = tokio::sync::mpsc::channel(2);
+            let idx: Vec<usize> = columns.iter().map(|c| batch.schema().index_of(c).unwrap()).collect();
+            let piece = batch.project(&idx).unwrap();
+            std::thread::spawn(move || (0..256).all(|_| tx.blocking_send(Ok(piece.clone())).is_ok()));
+            rx
+        });
+        let db = Database::open(&Interrupt::default()).unwrap();
+        db.execute("SET memory_limit = '32MiB'").unwrap();
+        db.scan_tables(vec![Source { name: "t".into(), schema }], open).unwrap();
+        assert_eq!(value(&db, "SELECT count(*) FILTER (WHERE i % 2 = 0) FROM t WHERE s LIKE '%2'"), ((0..8192).filter(|i| i % 10 == 2).count() * 256).to_string());
+        assert_eq!(value(&db, "SELECT max(s) FROM t"), format!("{:0>100}", 8191));
+    }
+
     #[test]
     fn a_failing_stream_fails_the_query() {
         let (db, _) = database(vec![table(10, 0)], true);
