@@ -26,7 +26,8 @@
 //!   carrying the source offsets it covers, fenced against other writers; the ingest loop
 //!   sees it through the [`lake::tables::Tables`] trait.
 //! * [`ingest`]: the micro-batch loop that ties them together.
-//! * [`query`]: SQL over the lake on DataFusion or embedded DuckDB, with `as_of`, `history`,
+//! * [`query`]: SQL over the lake on DataFusion or embedded DuckDB (which streams the lake's
+//!   tables through a table function of its own, `query::duck::scan`), with `as_of`, `history`,
 //!   `changes` and `freshness()`.
 //! * [`server`]: the read-only HTTP API (what a query may run: [`query::allow`]) and its limits (host names,
 //!   queries at once, memory, result size: [`server::limits`]); [`metrics`]: Prometheus
