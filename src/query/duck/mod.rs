@@ -5,7 +5,7 @@
 //!
 //! 1. The statement is parsed (DuckDB dialect) to find the lake tables it names and the
 //!    lakepipe table functions it calls (`as_of`, `changes`, `history`, `freshness`).
-//! 2. Each named table becomes a view over the lake scan ([`scan`]), a table function that
+//! 2. Each named table becomes a view over the lake scan (`scan.rs`), a table function that
 //!    streams the table's current snapshot (only the live files of the latest Delta version,
 //!    through delta-rs), with only the columns DuckDB asks for, as DuckDB pulls the rows. Each
 //!    table function call is evaluated by the same code the DataFusion engine uses, so both
