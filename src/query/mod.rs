@@ -111,8 +111,9 @@ pub struct Request<'a> {
     pub memory: Option<usize>,
     /// Threads DuckDB may use for the query (`None`: one per core).
     pub threads: Option<usize>,
-    /// DataFusion stops collecting rows once they take more than this many bytes of Arrow
-    /// memory (`None`: all of them), so a huge result is not held whole before it is cut.
+    /// Collecting rows stops once they take more than this many bytes of Arrow memory (`None`:
+    /// all of them), so a huge result is not held whole before it is cut: DataFusion stops
+    /// pulling its stream, DuckDB (sandboxed runs) stops fetching its streaming result.
     pub max_bytes: Option<usize>,
 }
 
@@ -138,17 +139,16 @@ pub async fn execute(lake: &Lake, req: &Request<'_>) -> Result<(Arc<arrow::datat
     execute_bounded(lake, req).await.map(|a| (a.schema, a.batches))
 }
 
-/// [`execute`], collecting DataFusion's rows only up to [`Request::max_bytes`].
+/// [`execute`], collecting rows only up to [`Request::max_bytes`].
 pub async fn execute_bounded(lake: &Lake, req: &Request<'_>) -> Result<Answer, QueryError> {
     let sql = req.sql.trim().trim_end_matches(';');
     depth::check(sql)?;
     let result = match req.engine {
         Engine::Duckdb => {
-            let opts = duck::DuckOptions { limit: req.limit, sandboxed: req.sandboxed, read_only: req.read_only, memory: req.memory, threads: req.threads };
+            let opts = duck::DuckOptions { limit: req.limit, sandboxed: req.sandboxed, read_only: req.read_only, memory: req.memory, threads: req.threads, max_bytes: req.max_bytes };
             match duck::run(lake, sql, req.broker, &opts).await {
                 Err(QueryError::Sql(m)) if m.contains("Out of Memory Error") => Err(QueryError::Sql(over_budget(req.memory, &m))),
-                Err(e) => Err(e),
-                Ok((schema, batches)) => Ok(Answer { schema, batches, cut: false }),
+                other => other,
             }
         }
         Engine::Datafusion => {

@@ -43,6 +43,13 @@ impl Drop for InterruptOnDrop {
     }
 }
 
+/// A result: its schema, its batches and whether they stop short of it (`cut`).
+pub(super) struct Fetched {
+    pub(super) schema: SchemaRef,
+    pub(super) batches: Vec<RecordBatch>,
+    pub(super) cut: bool,
+}
+
 /// An in-memory DuckDB database with one connection.
 pub(super) struct Database {
     db: ffi::duckdb_database,
@@ -68,6 +75,27 @@ pub(super) unsafe fn message(p: *const std::os::raw::c_char) -> String {
         // SAFETY: as the caller promises.
         unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
     }
+}
+
+/// DuckDB's error message, and the error destroyed.
+///
+/// # Safety
+/// `error` must be null or error data from DuckDB that is not used after this call.
+pub(super) unsafe fn take_error(mut error: ffi::duckdb_error_data) -> Result<(), String> {
+    if error.is_null() {
+        return Ok(());
+    }
+    // SAFETY: `error` is valid; its message lives until it is destroyed below.
+    let result = unsafe {
+        if ffi::duckdb_error_data_has_error(error) {
+            Err(message(ffi::duckdb_error_data_message(error)))
+        } else {
+            Ok(())
+        }
+    };
+    // SAFETY: destroyed once, here.
+    unsafe { ffi::duckdb_destroy_error_data(&mut error) };
+    result
 }
 
 fn c_string(s: &str) -> Result<CString, QueryError> {
@@ -221,7 +249,9 @@ impl Database {
     /// Run `sql` only when DuckDB's own parser finds exactly one statement in it, that
     /// statement prepares as a `SELECT`, and `check` accepts its plan (`EXPLAIN (FORMAT JSON)`);
     /// what runs is that prepared statement.
-    pub(super) fn query_checked(&self, sql: &str, check: impl Fn(&str) -> Result<(), QueryError>) -> Result<(SchemaRef, Vec<RecordBatch>), QueryError> {
+    /// The result streams from DuckDB chunk by chunk and stops once its Arrow batches hold more
+    /// than `max_bytes` (then `cut` is true), so DuckDB computes no more of it than that.
+    pub(super) fn query_checked(&self, sql: &str, check: impl Fn(&str) -> Result<(), QueryError>, max_bytes: Option<usize>) -> Result<Fetched, QueryError> {
         let text = c_string(sql)?;
         let mut extracted: ffi::duckdb_extracted_statements = std::ptr::null_mut();
         // SAFETY: the connection is open; `extracted` is written and destroyed below.
@@ -253,11 +283,8 @@ impl Database {
                 // DuckDB clears an interrupt at each statement: one sent during the checks
                 // would be lost.
                 self.interrupt.check()?;
-                let mut res: ffi::duckdb_arrow = std::ptr::null_mut();
-                // SAFETY: `prepared` is a successfully prepared statement; `res` is collected once.
-                let state = unsafe { ffi::duckdb_execute_prepared_arrow(prepared, &mut res) };
-                // SAFETY: `res` came from `duckdb_execute_prepared_arrow` and is not used again.
-                unsafe { Self::collect(state, res) }
+                // SAFETY: `prepared` is a successfully prepared statement.
+                unsafe { self.stream(prepared, max_bytes) }
             })();
             // SAFETY: `prepared` came from `duckdb_prepare_extracted_statement`, destroyed once.
             unsafe { ffi::duckdb_destroy_prepare(&mut prepared) };
@@ -266,6 +293,87 @@ impl Database {
         // SAFETY: `extracted` came from `duckdb_extract_statements` and is destroyed once.
         unsafe { ffi::duckdb_destroy_extracted(&mut extracted) };
         result
+    }
+
+    /// Run a prepared statement with a streaming result, converted chunk by chunk to Arrow, and
+    /// stop once the batches hold more than `max_bytes`.
+    ///
+    /// # Safety
+    /// `prepared` must be a successfully prepared statement.
+    unsafe fn stream(&self, prepared: ffi::duckdb_prepared_statement, max_bytes: Option<usize>) -> Result<Fetched, QueryError> {
+        // SAFETY: an all-zero `duckdb_result` is the empty value DuckDB expects to fill.
+        let mut result: ffi::duckdb_result = unsafe { std::mem::zeroed() };
+        // SAFETY: as the caller promises; `result` is destroyed below, whatever the state.
+        let state = unsafe { ffi::duckdb_execute_prepared_streaming(prepared, &mut result) };
+        let out = if state != ffi::DuckDBSuccess {
+            // SAFETY: a failed result holds its message until it is destroyed.
+            Err(QueryError::Sql(unsafe { message(ffi::duckdb_result_error(&mut result)) }))
+        } else {
+            let mut options: ffi::duckdb_arrow_options = std::ptr::null_mut();
+            // SAFETY: the connection is open; the options are destroyed below.
+            unsafe { ffi::duckdb_connection_get_arrow_options(self.con, &mut options) };
+            // SAFETY: `result` is a successful streaming result, read before it is destroyed.
+            let read = unsafe { Self::read_stream(&mut result, options, max_bytes) };
+            // SAFETY: destroyed once, here.
+            unsafe { ffi::duckdb_destroy_arrow_options(&mut options) };
+            read
+        };
+        // SAFETY: destroyed once, here.
+        unsafe { ffi::duckdb_destroy_result(&mut result) };
+        out
+    }
+
+    /// The schema and chunks of a streaming result, as Arrow.
+    ///
+    /// # Safety
+    /// `result` must be a successful result and `options` the connection's Arrow options.
+    unsafe fn read_stream(result: &mut ffi::duckdb_result, options: ffi::duckdb_arrow_options, max_bytes: Option<usize>) -> Result<Fetched, QueryError> {
+        let arrow_err = |e: arrow::error::ArrowError| QueryError::Engine(e.to_string());
+        // SAFETY: reading the result's columns; each type is destroyed after the conversion.
+        let (schema, ffi_schema) = unsafe {
+            let n = ffi::duckdb_column_count(result);
+            let mut types: Vec<ffi::duckdb_logical_type> = (0..n).map(|i| ffi::duckdb_column_logical_type(result, i)).collect();
+            let mut names: Vec<*const std::os::raw::c_char> = (0..n).map(|i| ffi::duckdb_column_name(result, i)).collect();
+            let mut ffi_schema = FFI_ArrowSchema::empty();
+            let converted = take_error(ffi::duckdb_to_arrow_schema(options, types.as_mut_ptr(), names.as_mut_ptr(), n, &mut ffi_schema as *mut FFI_ArrowSchema as *mut ffi::ArrowSchema));
+            for t in &mut types {
+                ffi::duckdb_destroy_logical_type(t);
+            }
+            converted.map_err(|e| engine_err(&e))?;
+            (Arc::new(Schema::try_from(&ffi_schema).map_err(arrow_err)?), ffi_schema)
+        };
+        let (mut batches, mut bytes) = (Vec::new(), 0usize);
+        let cut = loop {
+            // SAFETY: the result is alive; a chunk is destroyed once converted.
+            let mut chunk = unsafe { ffi::duckdb_fetch_chunk(*result) };
+            if chunk.is_null() {
+                // SAFETY: as above; a failure while streaming leaves its message on the result.
+                let err = unsafe { ffi::duckdb_result_error(result) };
+                if !err.is_null() {
+                    // SAFETY: the message lives until the result is destroyed.
+                    return Err(QueryError::Sql(unsafe { message(err) }));
+                }
+                break false;
+            }
+            let mut array = FFI_ArrowArray::empty();
+            // SAFETY: DuckDB copies the chunk into an array of its own, released by `from_ffi`.
+            let converted = unsafe { take_error(ffi::duckdb_data_chunk_to_arrow(options, chunk, &mut array as *mut FFI_ArrowArray as *mut ffi::ArrowArray)) };
+            // SAFETY: destroyed once, here.
+            unsafe { ffi::duckdb_destroy_data_chunk(&mut chunk) };
+            converted.map_err(|e| engine_err(&e))?;
+            // SAFETY: `array` is in the layout `ffi_schema` describes; ownership moves.
+            let data = unsafe { arrow::ffi::from_ffi(array, &ffi_schema) }.map_err(arrow_err)?;
+            let batch = RecordBatch::try_new(schema.clone(), StructArray::from(data).into_parts().1).map_err(arrow_err)?;
+            bytes += batch.get_array_memory_size();
+            if batch.num_rows() > 0 {
+                batches.push(batch);
+            }
+            if max_bytes.is_some_and(|m| bytes > m) {
+                break true;
+            }
+        };
+        let (schema, batches) = from_duckdb(&schema, &batches)?;
+        Ok(Fetched { schema, batches, cut })
     }
 
     /// DuckDB's physical plan of `sql` as JSON.

@@ -38,7 +38,7 @@ use deltalake::datafusion::sql::sqlparser::parser::Parser;
 use futures::StreamExt;
 
 use super::functions::{self, BrokerInfo};
-use super::QueryError;
+use super::{Answer, QueryError};
 use crate::lake::Lake;
 use db::{Database, Interrupt, InterruptOnDrop};
 
@@ -59,6 +59,8 @@ pub struct DuckOptions {
     pub memory: Option<usize>,
     /// DuckDB's `threads` (`None`: one per core).
     pub threads: Option<usize>,
+    /// Sandboxed runs: stop reading the result once its Arrow batches hold more than this.
+    pub max_bytes: Option<usize>,
 }
 
 /// Whether a statement only reads: a query, or a look at the tables (`DESCRIBE`, `SHOW`,
@@ -193,7 +195,7 @@ fn opener(ctx: SessionContext) -> scan::Open {
 }
 
 /// Run one statement on DuckDB over the lake.
-pub async fn run(lake: &Lake, sql: &str, broker: Option<&BrokerInfo>, opts: &DuckOptions) -> Result<(SchemaRef, Vec<RecordBatch>), QueryError> {
+pub async fn run(lake: &Lake, sql: &str, broker: Option<&BrokerInfo>, opts: &DuckOptions) -> Result<Answer, QueryError> {
     let mut statement = parse(sql);
     if opts.read_only && statement.as_ref().is_some_and(|s| !reads_only(s)) {
         return Err(QueryError::Sql("not allowed: only queries run here (SELECT, WITH, DESCRIBE, SHOW): the lake changes only through `lakepipe ingest`".into()));
@@ -280,7 +282,7 @@ pub async fn run(lake: &Lake, sql: &str, broker: Option<&BrokerInfo>, opts: &Duc
     let handle = Interrupt::default();
     let _guard = InterruptOnDrop(handle.clone());
     let sandboxed = opts.sandboxed;
-    let (memory, threads) = (opts.memory, opts.threads);
+    let (memory, threads, max_bytes) = (opts.memory, opts.threads, opts.max_bytes);
     tokio::task::spawn_blocking(move || {
         handle.check()?;
         let db = Database::open(&handle)?;
@@ -307,9 +309,9 @@ pub async fn run(lake: &Lake, sql: &str, broker: Option<&BrokerInfo>, opts: &Duc
         }
         handle.check()?;
         let result = if sandboxed {
-            db.query_checked(&text, |plan| super::allow::duckdb_plan(plan, &loaded))
+            db.query_checked(&text, |plan| super::allow::duckdb_plan(plan, &loaded), max_bytes).map(|f| Answer { schema: f.schema, batches: f.batches, cut: f.cut })
         } else {
-            db.query(&text)
+            db.query(&text).map(|(schema, batches)| Answer { schema, batches, cut: false })
         };
         handle.check()?;
         result

@@ -112,27 +112,6 @@ fn conform(batch: &RecordBatch, target: &SchemaRef) -> Result<RecordBatch, Strin
     RecordBatch::try_new(target.clone(), columns).map_err(|e| e.to_string())
 }
 
-/// DuckDB's error message, and the error destroyed.
-///
-/// # Safety
-/// `error` must be null or error data from DuckDB that is not used after this call.
-unsafe fn take_error(mut error: ffi::duckdb_error_data) -> Result<(), String> {
-    if error.is_null() {
-        return Ok(());
-    }
-    // SAFETY: `error` is valid; its message lives until it is destroyed below.
-    let result = unsafe {
-        if ffi::duckdb_error_data_has_error(error) {
-            Err(super::db::message(ffi::duckdb_error_data_message(error)))
-        } else {
-            Ok(())
-        }
-    };
-    // SAFETY: destroyed once, here.
-    unsafe { ffi::duckdb_destroy_error_data(&mut error) };
-    result
-}
-
 /// DuckDB's conversion of an Arrow schema.
 struct Converted(ffi::duckdb_arrow_converted_schema);
 
@@ -148,7 +127,7 @@ impl Converted {
         // SAFETY: the connection is open; DuckDB reads the schema (which we release on drop)
         // and writes `out` on success.
         unsafe {
-            take_error(ffi::duckdb_schema_from_arrow(
+            super::db::take_error(ffi::duckdb_schema_from_arrow(
                 con as ffi::duckdb_connection,
                 &mut ffi_schema as *mut FFI_ArrowSchema as *mut ffi::ArrowSchema,
                 &mut out,
@@ -168,7 +147,7 @@ impl Converted {
         // SAFETY: the array matches the converted schema; DuckDB takes ownership of its buffers
         // (it clears `release`, so dropping `array` afterwards frees nothing twice).
         unsafe {
-            take_error(ffi::duckdb_data_chunk_from_arrow(
+            super::db::take_error(ffi::duckdb_data_chunk_from_arrow(
                 con as ffi::duckdb_connection,
                 &mut array as *mut FFI_ArrowArray as *mut ffi::ArrowArray,
                 self.0,
