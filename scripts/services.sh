@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Start or stop the local services on 127.0.0.1: tansu (Kafka protocol) and LocalStack S3.
+# Start or stop the local services on 127.0.0.1: tansu (Kafka protocol), LocalStack S3 and,
+# when scripts/setup.sh could install it and IGGY_URL names no other, an Iggy server.
 #   scripts/services.sh start [broker|all]   writes $RUN_DIR/env with the addresses
 #   scripts/services.sh stop
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 BROKER_PORT="${LAKEPIPE_DEV_BROKER_PORT:-19092}"
 S3_PORT="${LAKEPIPE_DEV_S3_PORT:-4566}"
+IGGY_PORT="${LAKEPIPE_DEV_IGGY_PORT:-18090}"
 BUCKET=data-pipeline-bucket
 
 wait_port() { # host port seconds name
@@ -48,6 +50,28 @@ start_s3() {
   log "LocalStack S3 on 127.0.0.1:$S3_PORT, bucket $BUCKET"
 }
 
+# Iggy with the settings that make an acknowledged message survive a SIGKILL: fsync on every
+# save, and a save after every message (its defaults save every 1,024 messages, unsynced).
+iggy_env() { # data-dir port
+  echo IGGY_SYSTEM_PATH="$1" IGGY_TCP_ADDRESS="127.0.0.1:$2" IGGY_QUIC_ENABLED=false IGGY_HTTP_ENABLED=false \
+    IGGY_WEBSOCKET_ENABLED=false IGGY_SYSTEM_PARTITION_ENFORCE_FSYNC=true IGGY_SYSTEM_PARTITION_MESSAGES_REQUIRED_TO_SAVE=1
+}
+
+start_iggy() {
+  if [ -n "${IGGY_URL:-}" ]; then log "Iggy: using IGGY_URL"; return; fi
+  if [ ! -x "$IGGY_BIN" ]; then log "no Iggy server installed: the Iggy tests will report SKIPPED"; return; fi
+  if (exec 3<>"/dev/tcp/127.0.0.1/$IGGY_PORT") 2>/dev/null; then
+    log "port $IGGY_PORT is taken; set LAKEPIPE_DEV_IGGY_PORT"; exit 1
+  fi
+  rm -rf "$RUN_DIR/iggy-data"
+  # shellcheck disable=SC2046 # word splitting of the settings is intended
+  ( cd "$RUN_DIR" && exec env $(iggy_env "$RUN_DIR/iggy-data" "$IGGY_PORT") "$IGGY_BIN" --with-default-root-credentials ) >"$RUN_DIR/iggy.log" 2>&1 &
+  echo $! >"$RUN_DIR/iggy.pid"
+  wait_port 127.0.0.1 "$IGGY_PORT" 30 iggy || { tail -20 "$RUN_DIR/iggy.log" >&2; exit 1; }
+  STARTED_IGGY=1
+  log "Iggy on 127.0.0.1:$IGGY_PORT (fsync on every message)"
+}
+
 write_env() {
   {
     echo "export LAKEPIPE_DEV_TEST_BROKERS=127.0.0.1:$BROKER_PORT"
@@ -68,11 +92,16 @@ write_env() {
     echo "export LAKEPIPE_DEV_CHROMIUM=$CHROMIUM_BIN"
     echo "export LAKEPIPE_DEV_STUNNEL=$STUNNEL_BIN"
     echo "export LAKEPIPE_DEV_UI_SHOTS=$LAKEPIPE_DEV_CACHE/artifacts/ui"
+    if [ -n "${STARTED_IGGY:-}" ]; then
+      echo "export IGGY_URL=iggy://iggy:iggy@127.0.0.1:$IGGY_PORT"
+    fi
+    # For tests that start (and kill) servers of their own.
+    if [ -x "$IGGY_BIN" ]; then echo "export LAKEPIPE_DEV_IGGY_BIN=$IGGY_BIN"; fi
   } >"$RUN_DIR/env"
 }
 
 stop() {
-  for name in tansu localstack; do
+  for name in tansu localstack iggy; do
     if [ -f "$RUN_DIR/$name.pid" ]; then
       pid=$(cat "$RUN_DIR/$name.pid")
       kill "$pid" 2>/dev/null || true
@@ -81,7 +110,7 @@ stop() {
       rm -f "$RUN_DIR/$name.pid"
     fi
   done
-  rm -rf "$RUN_DIR/localstack-volume" "$RUN_DIR/tmp"
+  rm -rf "$RUN_DIR/localstack-volume" "$RUN_DIR/tmp" "$RUN_DIR/iggy-data"
 }
 
 case "${1:-}" in
@@ -89,7 +118,7 @@ case "${1:-}" in
     what="${2:-all}"
     stop
     start_broker
-    if [ "$what" = all ]; then start_s3; fi
+    if [ "$what" = all ]; then start_s3; start_iggy; fi
     write_env "$what"
     ;;
   stop) stop ;;

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install what lakepipe's demo and tests need, into the cache outside the clone (idempotent).
-#   scripts/setup.sh            tansu + Python readers + LocalStack + Chromium/playwright-core
+#   scripts/setup.sh            tansu + Python readers + LocalStack + Chromium/playwright-core + Iggy
 #   scripts/setup.sh broker     tansu only (enough for the demo)
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
@@ -67,8 +67,34 @@ install_ui() {
   fi
 }
 
+# The Iggy server for the Iggy tests: the shared ready binary when its sha256 matches, else a
+# build from the shared source (about 25 min on 2 cores, once). Without either (a clone outside
+# this workplace), the Iggy tests report SKIPPED unless IGGY_URL names a server.
+install_iggy() {
+  if [ -x "$IGGY_BIN" ]; then return; fi
+  local shared
+  if ! shared=$(shared_dir); then
+    log "no Iggy server here (no shared folder): the Iggy tests will report SKIPPED unless IGGY_URL is set"
+    return 0
+  fi
+  mkdir -p "$(dirname "$IGGY_BIN")"
+  if [ -f "$shared/prebuilt/iggy-server" ] && [ "$(sha256sum "$shared/prebuilt/iggy-server" | cut -d' ' -f1)" = "$IGGY_SHA256" ]; then
+    log "installing the ready Iggy server 0.8.0 (and the libraries it needs: libhwloc15, libudev1)"
+    if ! ldconfig -p | grep -q libhwloc.so.15 || ! ldconfig -p | grep -q libudev.so.1; then install_apt libhwloc15 libudev1; fi
+    cp "$shared/prebuilt/iggy-server" "$IGGY_BIN.part" && chmod +x "$IGGY_BIN.part" && mv "$IGGY_BIN.part" "$IGGY_BIN"
+  elif [ -x "$shared/iggy/build.sh" ]; then
+    log "building the Iggy server 0.8.0 from source (about 25 min on 2 cores, once)"
+    install_apt libhwloc-dev libudev-dev pkg-config
+    built=$("$shared/iggy/build.sh" "$LAKEPIPE_DEV_CACHE/iggy-build" 2>"$LAKEPIPE_DEV_CACHE/iggy-build.log") \
+      || { tail -30 "$LAKEPIPE_DEV_CACHE/iggy-build.log" >&2; exit 1; }
+    cp "$built" "$IGGY_BIN"
+  else
+    log "the shared folder has no Iggy server: the Iggy tests will report SKIPPED unless IGGY_URL is set"
+  fi
+}
+
 case "$what" in
   broker) install_tansu ;;
-  all) install_tansu; install_py; install_localstack; install_ui; install_tls; install_compose ;;
+  all) install_tansu; install_py; install_localstack; install_ui; install_tls; install_compose; install_iggy ;;
   *) echo "usage: $0 [all|broker]" >&2; exit 2 ;;
 esac
