@@ -286,10 +286,22 @@ impl IggySource {
                 let consumer = Consumer::default();
                 let strategy = PollingStrategy::offset(*offset);
                 let poll = self.client.poll_messages(&s, &t, Some(*partition as u32), &consumer, &strategy, max.max(1), false);
-                let polled = tokio::time::timeout(REQUEST_TIMEOUT, poll)
-                    .await
-                    .map_err(|_| source_err(&self.address, "poll timed out"))?
-                    .map_err(|e| source_err(&self.address, e))?;
+                let polled = match tokio::time::timeout(REQUEST_TIMEOUT, poll).await {
+                    Err(_) => return Err(source_err(&self.address, "poll timed out")),
+                    // The partition holds this offset (its end is past it) yet the server will
+                    // not read it: Iggy 0.8.0 leaves a partition so after a SIGKILL during a
+                    // write, for any read that crosses the damage, across restarts
+                    // (docs/DESIGN.md). Retrying cannot help; skipping would lose messages.
+                    Ok(Err(IggyError::InvalidOffset(_))) => {
+                        let end = self.end_offset(topic, *partition).unwrap_or(0);
+                        return Err(crate::source::SourceError::Stuck {
+                            brokers: self.address.display(),
+                            reason: format!("{topic}/{partition}: the server refuses to read from offset {offset} (invalid_offset) though the partition's end is {end}: its log is damaged past there (Iggy 0.8 after a SIGKILL during a write)"),
+                        });
+                    }
+                    Ok(Err(e)) => return Err(source_err(&self.address, e)),
+                    Ok(Ok(polled)) => polled,
+                };
                 let tp = (topic.clone(), *partition);
                 let end = if polled.messages.is_empty() && *offset == 0 { 0 } else { polled.current_offset as i64 + 1 };
                 if let Ok(mut ends) = self.ends.lock() {

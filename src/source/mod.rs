@@ -218,7 +218,7 @@ pub enum SourceError {
         reason: String,
     },
     /// A broker request failed.
-    #[error("Kafka error on {brokers}: {reason}")]
+    #[error("broker error on {brokers}: {reason}")]
     Broker {
         /// Bootstrap servers.
         brokers: String,

@@ -7,6 +7,7 @@ mod first_day;
 mod faults;
 mod harness;
 mod hostile;
+mod iggy;
 mod kill;
 mod once;
 mod operate;

@@ -1,0 +1,294 @@
+//! Apache Iggy for real: the seeds' Iggy-primary, Kafka-fallback pipeline against a running Iggy
+//! server that the test starts, kills with SIGKILL and restarts with its data.
+//!
+//! These tests are `#[ignore]`d so that a run without an Iggy server lists them as ignored, never
+//! as passed; `scripts/test.sh` runs them (`--ignored iggy`) when it could start a server.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use iggy::prelude::*;
+use lakepipe::source::iggy::IggyAddress;
+use serde_json::Value;
+
+use crate::harness::{brokers, free_port, s3_root, unique, wait_port};
+
+const NEEDS_IGGY: &str = "LAKEPIPE_DEV_IGGY_BIN names the Iggy server binary (scripts/test.sh sets it when it installed one)";
+
+/// An Iggy server of the test's own, durable (fsync, a save per message), so it can be killed
+/// and restarted with its data.
+pub struct Iggy {
+    child: Option<std::process::Child>,
+    port: u16,
+    data: tempfile::TempDir,
+}
+
+impl Iggy {
+    pub fn start() -> Iggy {
+        let mut server = Iggy {
+            child: None,
+            port: free_port(),
+            data: tempfile::tempdir().unwrap(),
+        };
+        server.restart();
+        server
+    }
+
+    /// Start (again) on the same port and data.
+    pub fn restart(&mut self) {
+        let bin = std::env::var("LAKEPIPE_DEV_IGGY_BIN").expect(NEEDS_IGGY);
+        let child = Command::new(bin)
+            .arg("--with-default-root-credentials")
+            .current_dir(self.data.path())
+            .env("IGGY_SYSTEM_PATH", self.data.path().join("system"))
+            .env("IGGY_TCP_ADDRESS", format!("127.0.0.1:{}", self.port))
+            .env("IGGY_QUIC_ENABLED", "false")
+            .env("IGGY_HTTP_ENABLED", "false")
+            .env("IGGY_WEBSOCKET_ENABLED", "false")
+            .env("IGGY_SYSTEM_PARTITION_ENFORCE_FSYNC", "true")
+            .env("IGGY_SYSTEM_PARTITION_MESSAGES_REQUIRED_TO_SAVE", "1")
+            .stdout(Stdio::null())
+            .stderr(
+                std::fs::File::create(self.data.path().join("server.log"))
+                    .map(Stdio::from)
+                    .unwrap_or_else(|_| Stdio::null()),
+            )
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        wait_port(self.port, "iggy");
+    }
+
+    /// `kill -9`.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("iggy://iggy:iggy@127.0.0.1:{}", self.port)
+    }
+
+    /// How many messages the server holds for `topic` (0 when it has no such topic yet). A
+    /// server that has just opened its port may not take logins yet: retried for 20 s.
+    pub async fn messages(&self, topic: &str) -> u64 {
+        let address = IggyAddress::parse(&self.url()).unwrap();
+        let (s, t) = (
+            Identifier::named(&address.stream).unwrap(),
+            Identifier::named(topic).unwrap(),
+        );
+        let started = Instant::now();
+        loop {
+            let error = match address.connect().await {
+                Ok(client) => match client.get_topic(&s, &t).await {
+                    Ok(Some(details)) => {
+                        return details.partitions.iter().map(|p| p.messages_count).sum()
+                    }
+                    Ok(None) => return 0,
+                    Err(e) => e.to_string(),
+                },
+                Err(e) => e,
+            };
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "cannot read {topic} from the Iggy server: {error}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+impl Drop for Iggy {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn txn(id: &str, ts_ms: i64, status: &str) -> String {
+    format!(
+        r#"{{"transaction_id":"{id}","user_id":"u","amount":1.5,"currency":"EUR","status":"{status}","timestamp":{ts_ms}}}"#
+    )
+}
+
+/// The seeds' scenario: a load publishes through the router with Iggy first and Kafka as the
+/// fallback (`--strategy health`). Midway the Iggy server is SIGKILLed: the breaker opens and
+/// the records go to Kafka. Iggy restarts with its data; after `breaker_open_for` the probes go
+/// through, the breaker closes and the rest goes to Iggy again. Both brokers are ingested into
+/// one lake, each under its own `--source-name`: every acknowledged record is there exactly
+/// once, at its latest version.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs an Iggy server: scripts/test.sh starts one and runs the Iggy tests (`--ignored iggy`)"]
+async fn iggy_fails_over_to_kafka_and_back_and_the_lake_has_every_record_once() {
+    failover_and_back(None).await;
+}
+
+/// The same with the lake on (LocalStack) S3.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs an Iggy server: scripts/test.sh starts one and runs the Iggy tests (`--ignored iggy`)"]
+async fn iggy_fails_over_to_kafka_and_back_into_an_s3_lake() {
+    failover_and_back(Some(format!("{}/{}", s3_root(), unique("iggy_lake")))).await;
+}
+
+async fn failover_and_back(s3_lake: Option<String>) {
+    let kafka = brokers();
+    let mut iggy = Iggy::start();
+    let dir = tempfile::tempdir().unwrap();
+    let topic = unique("t_iggy_failover");
+    let config = dir.path().join("lakepipe.toml");
+    std::fs::write(
+        &config,
+        format!("publish_timeout = \"1s\"\nbreaker_failures = 3\nbreaker_open_for = \"2s\"\nbreaker_successes = 3\n[specs.{topic}]\nextends = \"transactions\"\n"),
+    )
+    .unwrap();
+    // 6,000 keys, then 2,000 newer versions of the first 2,000: at 800 a second, 10 s of load.
+    let n = 6000;
+    let mut lines: Vec<String> = (0..n)
+        .map(|i| txn(&format!("k{i:04}"), 1_700_000_000_000 + i, "pending"))
+        .collect();
+    lines.extend((0..2000).map(|i| txn(&format!("k{i:04}"), 1_700_000_100_000 + i, "completed")));
+    let file = dir.path().join("records.ndjson");
+    std::fs::write(&file, lines.join("\n")).unwrap();
+
+    let bin = env!("CARGO_BIN_EXE_lakepipe");
+    let load = Command::new(bin)
+        .args([
+            "load",
+            "--config",
+            config.to_str().unwrap(),
+            "--topic",
+            &topic,
+            "--batch-size",
+            "50",
+            "--rate",
+            "800",
+            "--strategy",
+            "health",
+        ])
+        .args([
+            "--primary",
+            &iggy.url(),
+            "--fallback",
+            &format!("kafka://{kafka}"),
+        ])
+        .arg(&file)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Kill Iggy once it has acknowledged part of the load.
+    let started = Instant::now();
+    while iggy.messages(&topic).await < 500 {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "Iggy never took any of the load"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    iggy.kill();
+    let killed = Instant::now();
+    // Down long enough for the breaker to open (3 failures of at most one publish_timeout
+    // each) and stay open a while.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    iggy.restart();
+    let before = iggy.messages(&topic).await;
+    assert!(
+        before >= 500,
+        "the restarted server kept what it acknowledged: {before}"
+    );
+    let out = load.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "the load must survive Iggy's death:\n{stderr}"
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["published"], 8000, "{report}");
+    let on_iggy = report["per_broker"]["primary"].as_u64().unwrap_or(0);
+    let on_kafka = report["per_broker"]["fallback"].as_u64().unwrap_or(0);
+    assert!(
+        on_kafka >= 1000,
+        "Kafka took the records while Iggy was down: {report}"
+    );
+    let after = iggy.messages(&topic).await;
+    assert!(after > before, "the breaker closed and Iggy took records again after its restart ({before} then {after}): {report}");
+    // A batch is sent as one request per partition: the SIGKILL can land after some of them
+    // were saved, and a request that timed out may have been saved all the same. Such a batch
+    // failed over to Kafka whole, so its records are on both brokers (the lake keeps one row
+    // per key): at most the batches that failed over.
+    let failovers = report["failovers"].as_u64().unwrap_or(0);
+    assert!(after >= on_iggy && after - on_iggy <= 50 * failovers, "Iggy holds what it acknowledged, and at most the batches that failed over ({after}): {report}");
+    eprintln!("Iggy killed after {:?}; per broker {}; Iggy held {before} after its restart and {after} at the end", killed - started, report["per_broker"]);
+
+    let mut damaged = false;
+    let lake = s3_lake.unwrap_or_else(|| dir.path().join("lake").display().to_string());
+    for (name, source) in [
+        ("primary", vec!["--iggy".to_string(), iggy.url()]),
+        (
+            "fallback",
+            vec![
+                "--brokers".to_string(),
+                kafka.clone(),
+                "--group".into(),
+                unique("g"),
+            ],
+        ),
+    ] {
+        let out = Command::new(bin)
+            .args([
+                "ingest",
+                "--once",
+                "--config",
+                config.to_str().unwrap(),
+                "--lake",
+                &lake,
+                "--topics",
+                &topic,
+            ])
+            .args(&source)
+            .args(["--source-name", name, "--trigger-interval", "500ms"])
+            .env("LAKEPIPE_ONCE_TIMEOUT", "90s")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if name == "primary" && !out.status.success() && stderr.contains("invalid_offset") {
+            // Iggy 0.8.0 can leave the partition it was writing when killed unreadable past
+            // that point (every poll that crosses it fails with invalid_offset, across
+            // restarts), although it acknowledged later messages there. The run must fail
+            // and say so, naming the partition; the lake cannot hold what the server will
+            // not give back, so the count below cannot hold.
+            assert!(
+                stderr.contains(&format!("{topic}/")) && stderr.contains("damaged"),
+                "{stderr}"
+            );
+            damaged = true;
+            eprintln!(
+                "the restarted Iggy server will not serve part of a partition: {}",
+                stderr.lines().last().unwrap_or("")
+            );
+            continue;
+        }
+        assert!(out.status.success(), "ingest from {name}: {stderr}");
+    }
+    if damaged {
+        return;
+    }
+    let sql = format!("SELECT count(*) AS n, count(DISTINCT transaction_id) AS keys, sum(CASE WHEN status = 'completed' THEN 1 ELSE 0 END) AS completed FROM {topic}");
+    let out = Command::new(bin)
+        .args(["sql", "--lake", &lake, "--format", "json", &sql])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rows[0]["n"], n, "one row per key: {rows:?}");
+    assert_eq!(rows[0]["keys"], n);
+    assert_eq!(
+        rows[0]["completed"], 2000,
+        "the newer version of every updated key won, whichever broker took it: {rows:?}"
+    );
+}
