@@ -382,12 +382,21 @@ impl crate::source::Source for IggySource {
         self.display()
     }
 
-    /// One message per poll; a failed poll that may pass is logged and retried after a pause.
+    /// Up to `max` messages: what one poll of the server returned (a partition's worth) and
+    /// whatever else is already read ahead. A failed poll that may pass is logged and retried
+    /// after a pause.
     fn next(&self, wait: Duration, max: usize) -> futures::future::BoxFuture<'_, Result<crate::source::Polled, crate::source::SourceError>> {
         use crate::source::Polled;
         Box::pin(async move {
             match self.recv(wait, max.min(10_000) as u32).await {
-                Ok(Some((topic, m))) => Ok(Polled::Messages(vec![(topic.into(), m)])),
+                Ok(Some((topic, m))) => {
+                    let mut messages = vec![(topic.into(), m)];
+                    if let Ok(mut buffer) = self.buffer.lock() {
+                        let more = buffer.len().min(max.saturating_sub(1));
+                        messages.extend(buffer.drain(..more).map(|(t, m)| (t.into(), m)));
+                    }
+                    Ok(Polled::Messages(messages))
+                }
                 Ok(None) => Ok(Polled::Nothing),
                 Err(e) if e.is_retryable() => {
                     tracing::warn!(error = %e, "Iggy poll failed; retrying");
