@@ -249,13 +249,16 @@ impl Pipeline<'_> {
         Err(self.keep_reads(e).await)
     }
 
-    /// Stop on `e`; when it says offsets are outside the broker's log, commit what was read
-    /// first: the broker may no longer hold those rows (retention moved its log start past the
-    /// lake's offset while they sat in the open batch), and the next run stops at the same gap.
+    /// Stop on `e`; when it says offsets are outside the broker's log, or that a partition
+    /// cannot advance, commit what was read first: the broker may no longer hold those rows
+    /// (retention moved its log start past the lake's offset while they sat in the open
+    /// batch), and the next run stops at the same gap or message, not before it.
     pub(super) async fn keep_reads(&mut self, e: IngestError) -> IngestError {
-        if matches!(e, IngestError::Source(SourceError::OutOfRange { .. })) {
+        if matches!(e, IngestError::Source(SourceError::OutOfRange { .. } | SourceError::Stuck { .. })) {
             match self.flush_with_retry().await {
-                Ok(_) => tracing::info!("committed what was read before stopping on offsets outside the log"),
+                // A source error from `flush` is a read made while the commit ran, after it
+                // succeeded (the same stop, met again).
+                Ok(_) | Err(IngestError::Source(_)) => tracing::info!("committed what was read before stopping"),
                 Err(f) => tracing::warn!(error = %f, "could not commit what was read before stopping"),
             }
         }

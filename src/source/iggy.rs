@@ -212,6 +212,9 @@ pub struct IggySource {
     ends: std::sync::Mutex<HashMap<crate::source::TopicPartition, i64>>,
     buffer: std::sync::Mutex<std::collections::VecDeque<Queued>>,
     cursor: std::sync::Mutex<usize>,
+    /// Partitions where a poll met a message the server cannot read: read one message at a
+    /// time there, so that everything before it is read and the error names it exactly.
+    careful: std::sync::Mutex<std::collections::HashSet<crate::source::TopicPartition>>,
 }
 
 fn source_err(address: &IggyAddress, reason: impl std::fmt::Display) -> crate::source::SourceError {
@@ -259,6 +262,7 @@ impl IggySource {
             ends: std::sync::Mutex::new(ends),
             buffer: Default::default(),
             cursor: Default::default(),
+            careful: Default::default(),
         })
     }
 
@@ -285,24 +289,33 @@ impl IggySource {
                 let t = Identifier::named(topic).map_err(|e| source_err(&self.address, e))?;
                 let consumer = Consumer::default();
                 let strategy = PollingStrategy::offset(*offset);
-                let poll = self.client.poll_messages(&s, &t, Some(*partition as u32), &consumer, &strategy, max.max(1), false);
+                let tp = (topic.clone(), *partition);
+                let careful = self.careful.lock().is_ok_and(|c| c.contains(&tp));
+                let count = if careful { 1 } else { max.max(1) };
+                let poll = self.client.poll_messages(&s, &t, Some(*partition as u32), &consumer, &strategy, count, false);
                 let polled = match tokio::time::timeout(REQUEST_TIMEOUT, poll).await {
                     Err(_) => return Err(source_err(&self.address, "poll timed out")),
                     // The partition holds this offset (its end is past it) yet the server will
                     // not read it: Iggy 0.8.0 leaves a partition so after a SIGKILL during a
                     // write, for any read that crosses the damage, across restarts
                     // (docs/DESIGN.md). Retrying cannot help; skipping would lose messages.
+                    Ok(Err(IggyError::InvalidOffset(_))) if !careful => {
+                        // Somewhere in this read: read one at a time up to it.
+                        if let Ok(mut c) = self.careful.lock() {
+                            c.insert(tp);
+                        }
+                        continue;
+                    }
                     Ok(Err(IggyError::InvalidOffset(_))) => {
                         let end = self.end_offset(topic, *partition).unwrap_or(0);
                         return Err(crate::source::SourceError::Stuck {
                             brokers: self.address.display(),
-                            reason: format!("{topic}/{partition}: the server refuses to read from offset {offset} (invalid_offset) though the partition's end is {end}: its log is damaged past there (Iggy 0.8 after a SIGKILL during a write)"),
+                            reason: format!("{topic}/{partition}: the server cannot read the message at offset {offset} (invalid_offset), though the partition's end is {end}: Iggy 0.8 leaves the message it was writing when it was killed so (docs/DESIGN.md); everything before it was read"),
                         });
                     }
                     Ok(Err(e)) => return Err(source_err(&self.address, e)),
                     Ok(Ok(polled)) => polled,
                 };
-                let tp = (topic.clone(), *partition);
                 let end = if polled.messages.is_empty() && *offset == 0 { 0 } else { polled.current_offset as i64 + 1 };
                 if let Ok(mut ends) = self.ends.lock() {
                     let e = ends.entry(tp.clone()).or_insert(0);
