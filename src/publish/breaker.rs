@@ -63,6 +63,17 @@ impl State {
     }
 }
 
+/// Leave to make one call, from [`Breaker::allow`]; its result is reported with it.
+///
+/// A result counts only in the epoch its call started in: a call that started before the
+/// breaker opened, or before it went half-open, tells nothing about the broker now, and must
+/// not close a half-open breaker or reopen a closed one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ticket {
+    epoch: u64,
+    probe: bool,
+}
+
 /// One broker's breaker.
 #[derive(Debug, Clone)]
 pub struct Breaker {
@@ -70,12 +81,17 @@ pub struct Breaker {
     state: State,
     /// Times the breaker opened.
     opened: u64,
+    /// Bumped at every change between closed, open and half-open.
+    epoch: u64,
+    /// Probes under way while half-open: at most `success_threshold` at once, so that a burst
+    /// of calls after the pause does not all go to a broker that may still be down.
+    probes: u32,
 }
 
 impl Breaker {
     /// A closed breaker.
     pub fn new(config: BreakerConfig) -> Self {
-        Breaker { config, state: State::Closed { failures: 0 }, opened: 0 }
+        Breaker { config, state: State::Closed { failures: 0 }, opened: 0, epoch: 0, probes: 0 }
     }
 
     /// The state at `now` (an open breaker whose pause is over reads as half-open).
@@ -91,32 +107,93 @@ impl Breaker {
         self.opened
     }
 
-    /// May a call go to this broker at `now`? Moves an open breaker whose pause is over to
-    /// half-open.
-    pub fn allow(&mut self, now: Instant) -> bool {
-        self.state = self.state(now);
-        !matches!(self.state, State::Open { .. })
+    fn set(&mut self, state: State) {
+        if std::mem::discriminant(&state) != std::mem::discriminant(&self.state) {
+            self.epoch += 1;
+            self.probes = 0;
+        }
+        self.state = state;
+    }
+
+    /// Move an open breaker whose pause is over to half-open.
+    fn settle(&mut self, now: Instant) {
+        let state = self.state(now);
+        self.set(state);
+    }
+
+    fn probe_cap(&self) -> u32 {
+        self.config.success_threshold.max(1)
+    }
+
+    /// Whether a call could go to this broker at `now`, without taking a ticket.
+    pub fn would_allow(&self, now: Instant) -> bool {
+        match self.state(now) {
+            State::Open { .. } => false,
+            State::HalfOpen { .. } => !matches!(self.state, State::HalfOpen { .. }) || self.probes < self.probe_cap(),
+            State::Closed { .. } => true,
+        }
+    }
+
+    /// Leave for a call at `now`, if the breaker gives it: never while open, and only as a
+    /// probe, up to `success_threshold` at once, while half-open.
+    pub fn allow(&mut self, now: Instant) -> Option<Ticket> {
+        self.settle(now);
+        match self.state {
+            State::Open { .. } => None,
+            State::HalfOpen { .. } if self.probes >= self.probe_cap() => None,
+            State::HalfOpen { .. } => {
+                self.probes += 1;
+                Some(Ticket { epoch: self.epoch, probe: true })
+            }
+            State::Closed { .. } => Some(Ticket { epoch: self.epoch, probe: false }),
+        }
+    }
+
+    /// Whether `ticket`'s result still counts (its call started in this epoch); frees its
+    /// probe slot.
+    fn redeem(&mut self, now: Instant, ticket: Ticket) -> bool {
+        self.settle(now);
+        if ticket.epoch != self.epoch {
+            return false;
+        }
+        if ticket.probe {
+            self.probes = self.probes.saturating_sub(1);
+        }
+        true
     }
 
     /// Record a successful call.
-    pub fn on_success(&mut self, now: Instant) {
-        self.state = match self.state(now) {
+    pub fn on_success(&mut self, now: Instant, ticket: Ticket) {
+        if !self.redeem(now, ticket) {
+            return;
+        }
+        let next = match self.state {
             State::Closed { .. } => State::Closed { failures: 0 },
             State::HalfOpen { successes } if successes + 1 >= self.config.success_threshold => State::Closed { failures: 0 },
             State::HalfOpen { successes } => State::HalfOpen { successes: successes + 1 },
-            // A call that started before the breaker opened: it changes nothing.
             open @ State::Open { .. } => open,
         };
+        self.set(next);
     }
 
     /// Record a failed call.
-    pub fn on_failure(&mut self, now: Instant) {
-        self.state = match self.state(now) {
+    pub fn on_failure(&mut self, now: Instant, ticket: Ticket) {
+        if !self.redeem(now, ticket) {
+            return;
+        }
+        let next = match self.state {
             State::Closed { failures } if failures + 1 >= self.config.failure_threshold => self.open(now),
             State::Closed { failures } => State::Closed { failures: failures + 1 },
             State::HalfOpen { .. } => self.open(now),
             open @ State::Open { .. } => open,
         };
+        self.set(next);
+    }
+
+    /// A call that ended without a result (its caller gave up on it): it counts neither way,
+    /// and its probe slot is free again.
+    pub fn abandon(&mut self, now: Instant, ticket: Ticket) {
+        let _ = self.redeem(now, ticket);
     }
 
     fn open(&mut self, now: Instant) -> State {
@@ -150,29 +227,64 @@ mod tests {
     fn the_documented_defaults() {
         let t0 = Instant::now();
         let mut b = Breaker::new(BreakerConfig::default());
+        let fail = |b: &mut Breaker, now| {
+            let t = b.allow(now).unwrap();
+            b.on_failure(now, t)
+        };
+        let succeed = |b: &mut Breaker, now| {
+            let t = b.allow(now).unwrap();
+            b.on_success(now, t)
+        };
         for _ in 0..4 {
-            b.on_failure(t0);
+            fail(&mut b, t0);
         }
-        assert!(b.allow(t0), "four failures keep it closed");
-        b.on_failure(t0);
-        assert!(!b.allow(t0), "the fifth opens it");
-        assert!(!b.allow(t0 + Duration::from_secs(29)));
-        assert!(b.allow(t0 + Duration::from_secs(30)), "half-open after 30 s");
+        assert!(b.allow(t0).is_some(), "four failures keep it closed");
+        fail(&mut b, t0);
+        assert!(b.allow(t0).is_none(), "the fifth opens it");
+        assert!(b.allow(t0 + Duration::from_secs(29)).is_none());
         let t1 = t0 + Duration::from_secs(30);
-        b.on_success(t1);
-        b.on_success(t1);
+        assert!(b.would_allow(t1), "half-open after 30 s");
+        succeed(&mut b, t1);
+        succeed(&mut b, t1);
         assert_eq!(b.state(t1).name(), "half_open");
-        b.on_success(t1);
+        succeed(&mut b, t1);
         assert_eq!(b.state(t1).name(), "closed", "three successes close it");
         for _ in 0..5 {
-            b.on_failure(t1);
+            fail(&mut b, t1);
         }
         let t2 = t1 + Duration::from_secs(30);
-        assert!(b.allow(t2));
-        b.on_success(t2);
-        b.on_failure(t2);
-        assert!(!b.allow(t2), "any failure while half-open reopens it");
+        succeed(&mut b, t2);
+        fail(&mut b, t2);
+        assert!(b.allow(t2).is_none(), "any failure while half-open reopens it");
         assert_eq!(b.times_opened(), 3);
+    }
+
+    /// A call's result counts only in the state it started in, and a half-open breaker lets
+    /// through no more probes at once than it needs successes.
+    #[test]
+    fn old_calls_do_not_count_and_probes_are_capped() {
+        let t0 = Instant::now();
+        let mut b = Breaker::new(BreakerConfig::default());
+        let slow = b.allow(t0).unwrap();
+        let slow_failure = b.allow(t0).unwrap();
+        for _ in 0..5 {
+            let t = b.allow(t0).unwrap();
+            b.on_failure(t0, t);
+        }
+        let t1 = t0 + Duration::from_secs(30);
+        b.on_success(t1, slow);
+        assert_eq!(b.state(t1), State::HalfOpen { successes: 0 }, "a call from before it opened is no probe");
+        b.on_failure(t1, slow_failure);
+        assert_eq!(b.state(t1).name(), "half_open", "nor does its failure reopen it");
+        let probes: Vec<Ticket> = (0..3).map(|_| b.allow(t1).unwrap()).collect();
+        assert!(b.allow(t1).is_none() && !b.would_allow(t1), "three probes at once, no more");
+        b.abandon(t1, probes[0]);
+        let again = b.allow(t1).unwrap();
+        for t in [again, probes[1], probes[2]] {
+            b.on_success(t1, t);
+        }
+        assert_eq!(b.state(t1).name(), "closed");
+        assert_eq!(b.times_opened(), 1);
     }
 
     proptest! {
@@ -195,7 +307,10 @@ mod tests {
                     half_open = true;
                     streak_successes = 0;
                 }
-                prop_assert_eq!(b.allow(now), !model_open);
+                prop_assert_eq!(b.would_allow(now), !model_open);
+                // Each call starts and ends at `now`: one ticket at a time.
+                let ticket = b.allow(now);
+                prop_assert_eq!(ticket.is_some(), !model_open);
                 match e {
                     Event::Wait(s) => now += Duration::from_secs(s),
                     Event::Success if model_open => {}
@@ -207,16 +322,16 @@ mod tests {
                             opened_at = None;
                             streak_failures = 0;
                         }
-                        b.on_success(now);
+                        b.on_success(now, ticket.unwrap());
                     }
                     Event::Failure if half_open => {
                         half_open = false;
                         opened_at = Some(now);
-                        b.on_failure(now);
+                        b.on_failure(now, ticket.unwrap());
                     }
                     Event::Success => {
                         streak_failures = 0;
-                        b.on_success(now);
+                        b.on_success(now, ticket.unwrap());
                     }
                     Event::Failure => {
                         streak_failures += 1;
@@ -224,8 +339,11 @@ mod tests {
                             opened_at = Some(now);
                             streak_failures = 0;
                         }
-                        b.on_failure(now);
+                        b.on_failure(now, ticket.unwrap());
                     }
+                }
+                if let (Event::Wait(_), Some(t)) = (e, ticket) {
+                    b.abandon(now, t);
                 }
                 let name = b.state(now).name();
                 let model_open = opened_at.is_some_and(|t| now < t + cfg.open_for);

@@ -52,6 +52,22 @@ pub struct Member<S> {
     stats: Mutex<Stats>,
 }
 
+/// A call under way to one member: its breaker ticket, given back uncounted when the call is
+/// dropped (a client that hung up) before its result is recorded, so a half-open breaker
+/// does not run out of probes.
+struct Attempt<'a> {
+    breaker: &'a Mutex<Breaker>,
+    ticket: Option<super::breaker::Ticket>,
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        if let (Some(ticket), Ok(mut b)) = (self.ticket.take(), self.breaker.lock()) {
+            b.abandon(Instant::now(), ticket);
+        }
+    }
+}
+
 #[derive(Debug, Default, Clone)]
 struct Stats {
     ok: u64,
@@ -158,17 +174,24 @@ impl<S: Sink> Router<S> {
         }
     }
 
-    fn allow(&self, i: usize) -> bool {
-        self.members[i].breaker.lock().map(|mut b| b.allow(Instant::now())).unwrap_or(true)
+    fn would_allow(&self, i: usize) -> bool {
+        self.members[i].breaker.lock().map(|b| b.would_allow(Instant::now())).unwrap_or(true)
     }
 
-    fn record(&self, i: usize, outcome: Result<Duration, String>, records: usize) {
+    /// Leave for a call to member `i`, given back (uncounted) if the call is dropped before
+    /// its result is recorded.
+    fn allow(&self, i: usize) -> Option<Attempt<'_>> {
+        let ticket = self.members[i].breaker.lock().ok()?.allow(Instant::now())?;
+        Some(Attempt { breaker: &self.members[i].breaker, ticket: Some(ticket) })
+    }
+
+    fn record(&self, i: usize, mut attempt: Attempt<'_>, outcome: Result<Duration, String>, records: usize) {
         let now = Instant::now();
         let m = &self.members[i];
-        if let Ok(mut b) = m.breaker.lock() {
+        if let (Ok(mut b), Some(ticket)) = (m.breaker.lock(), attempt.ticket.take()) {
             match &outcome {
-                Ok(_) => b.on_success(now),
-                Err(_) => b.on_failure(now),
+                Ok(_) => b.on_success(now, ticket),
+                Err(_) => b.on_failure(now, ticket),
             }
         }
         if let Ok(mut s) = m.stats.lock() {
@@ -192,20 +215,18 @@ impl<S: Sink> Router<S> {
     pub async fn publish(&self, topic: &str, batch: &[Message]) -> Result<Delivery, PublishError> {
         let mut failed = Vec::new();
         let mut reasons = Vec::new();
-        let mut candidates = Vec::new();
-        for i in self.order() {
-            if self.allow(i) {
-                candidates.push(i);
-            } else {
-                reasons.push(format!("{}: circuit open", self.members[i].name));
-            }
-        }
-        let last = candidates.len().saturating_sub(1);
-        for (n, i) in candidates.into_iter().enumerate() {
+        let order = self.order();
+        for (n, &i) in order.iter().enumerate() {
             let name = &self.members[i].name;
+            // A ticket is taken only for the broker about to be tried.
+            let Some(attempt) = self.allow(i) else {
+                reasons.push(format!("{name}: circuit open"));
+                continue;
+            };
             let started = Instant::now();
             // The last broker left has nothing to fail over to: it gets as long as it needs.
-            let limit = if n == last { self.attempt_timeout.max(SINGLE_BROKER_TIMEOUT) } else { self.attempt_limit() };
+            let last = !order[n + 1..].iter().any(|&j| self.would_allow(j));
+            let limit = if last { self.attempt_timeout.max(SINGLE_BROKER_TIMEOUT) } else { self.attempt_limit() };
             let outcome = match tokio::time::timeout(limit, self.members[i].sink.send(topic, batch)).await {
                 Ok(Ok(())) => Ok(started.elapsed()),
                 Ok(Err(e)) => Err(e),
@@ -215,7 +236,7 @@ impl<S: Sink> Router<S> {
             if let Err(e) = &outcome {
                 reasons.push(format!("{name}: {e}"));
             }
-            self.record(i, outcome, batch.len());
+            self.record(i, attempt, outcome, batch.len());
             if ok {
                 return Ok(Delivery { broker: name.clone(), failed_over_from: failed });
             }
