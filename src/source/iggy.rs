@@ -7,7 +7,8 @@
 //!
 //! A lakepipe topic is an Iggy topic of the same name inside one stream (`lakepipe` unless the
 //! URL names another: `iggy://user:pass@host:port/stream`). The record key travels in the user
-//! header `key`; a delete (tombstone) is the header `tombstone` with a one-byte payload, since
+//! header `key` (a UTF-8 key of 1 to 255 bytes; any other key in raw chunks, see
+//! [`KEY_HEADER`]); a delete (tombstone) is the header `tombstone` with a one-byte payload, since
 //! Iggy payloads cannot be empty. Records are spread over partitions by a hash of the key and
 //! sent one request per partition; each request is acknowledged only after the server has
 //! flushed the partition to disk.
@@ -115,8 +116,51 @@ fn partition_of(key: Option<&[u8]>, partitions: &[u32], fallback: usize) -> u32 
     partitions[i % partitions.len()]
 }
 
-/// The key header.
+/// The key header: a UTF-8 key of 1 to 255 bytes (the most a header value holds).
 pub const KEY_HEADER: &str = "key";
+/// Any other key (empty, longer, or not UTF-8): its length in `key.len`, its bytes in raw
+/// chunks of up to 255 bytes, `key.0`, `key.1`…
+const KEY_LEN_HEADER: &str = "key.len";
+const KEY_CHUNK: usize = 255;
+
+fn header_key(name: &str) -> Result<HeaderKey, String> {
+    HeaderKey::try_from(name).map_err(|e| e.to_string())
+}
+
+/// The headers that carry `key`.
+fn key_headers(key: &[u8], headers: &mut BTreeMap<HeaderKey, HeaderValue>) -> Result<(), String> {
+    match std::str::from_utf8(key) {
+        Ok(text) if (1..=KEY_CHUNK).contains(&key.len()) => {
+            headers.insert(header_key(KEY_HEADER)?, HeaderValue::try_from(text).map_err(|e| e.to_string())?);
+        }
+        _ => {
+            headers.insert(header_key(KEY_LEN_HEADER)?, HeaderValue::from(key.len() as u64));
+            for (i, chunk) in key.chunks(KEY_CHUNK).enumerate() {
+                headers.insert(header_key(&format!("key.{i}"))?, HeaderValue::try_from(chunk).map_err(|e| e.to_string())?);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The key a message carries, however it was written; `None` for none.
+fn message_key(m: &IggyMessage) -> Result<Option<Vec<u8>>, String> {
+    let header = |name: &str| m.get_user_header(&header_key(name)?).map_err(|e| e.to_string());
+    if let Some(v) = header(KEY_HEADER)? {
+        return Ok(Some(v.as_str().map_err(|e| format!("key header: {e}"))?.as_bytes().to_vec()));
+    }
+    let Some(len) = header(KEY_LEN_HEADER)? else { return Ok(None) };
+    let len = len.as_uint64().map_err(|e| format!("key length header: {e}"))? as usize;
+    let mut key = Vec::with_capacity(len.min(1 << 20));
+    for i in 0..len.div_ceil(KEY_CHUNK) {
+        let chunk = header(&format!("key.{i}"))?.ok_or_else(|| format!("key chunk {i} is missing"))?;
+        key.extend_from_slice(chunk.as_raw().map_err(|e| format!("key chunk {i}: {e}"))?);
+    }
+    if key.len() != len {
+        return Err(format!("the key has {} bytes, its length header says {len}", key.len()));
+    }
+    Ok(Some(key))
+}
 /// The tombstone header.
 pub const TOMBSTONE_HEADER: &str = "tombstone";
 
@@ -138,8 +182,7 @@ impl IggyProducer {
     fn message(key: Option<&[u8]>, payload: Option<&[u8]>) -> Result<IggyMessage, String> {
         let mut headers = BTreeMap::new();
         if let Some(k) = key {
-            let text = std::str::from_utf8(k).map_err(|_| "Iggy keys must be UTF-8".to_string())?;
-            headers.insert(HeaderKey::try_from(KEY_HEADER).map_err(|e| e.to_string())?, HeaderValue::try_from(text).map_err(|e| e.to_string())?);
+            key_headers(k, &mut headers)?;
         }
         let body = match payload {
             Some(p) if !p.is_empty() => Bytes::copy_from_slice(p),
@@ -331,7 +374,7 @@ impl IggySource {
                 let mut last = None;
                 let mut buffer = self.buffer.lock().map_err(|_| source_err(&self.address, "poisoned buffer"))?;
                 for m in polled.messages.iter().filter(|m| m.header.offset >= *offset) {
-                    let key = m.get_user_header(&HeaderKey::try_from(KEY_HEADER).map_err(|e| source_err(&self.address, e))?).ok().flatten().and_then(|v| v.as_str().ok().map(|s| s.as_bytes().to_vec()));
+                    let key = message_key(m).map_err(|e| crate::source::SourceError::Stuck { brokers: self.address.display(), reason: format!("{topic}/{partition} at offset {}: {e}", m.header.offset) })?;
                     let tombstone = m.get_user_header(&HeaderKey::try_from(TOMBSTONE_HEADER).map_err(|e| source_err(&self.address, e))?).ok().flatten().is_some();
                     buffer.push_back((
                         topic.clone(),
@@ -451,6 +494,19 @@ mod tests {
         }
     }
 
+    /// Every key survives the trip through headers: none, empty, a header's worth, longer,
+    /// and bytes that are not UTF-8.
+    #[test]
+    fn any_key_round_trips_through_headers() {
+        let long: Vec<u8> = (0..10_000).map(|i| b'a' + (i % 26) as u8).collect();
+        let keys: Vec<Option<Vec<u8>>> =
+            vec![None, Some(vec![]), Some(b"k".to_vec()), Some(vec![b'x'; 255]), Some(vec![b'y'; 256]), Some(long), Some(vec![0xff, 0x00, 0xfe])];
+        for key in keys {
+            let m = IggyProducer::message(key.as_deref(), Some(b"{}")).unwrap();
+            assert_eq!(message_key(&m).unwrap(), key, "{:?}", key.as_ref().map(|k| k.len()));
+        }
+    }
+
     #[test]
     fn keys_stay_on_one_partition() {
         let parts = [0, 1, 2];
@@ -468,9 +524,22 @@ mod tests {
         let address = IggyAddress::parse(&url).unwrap();
         let producer = IggyProducer::new(address.clone());
         let topic = format!("lakepipe_test_{}", std::process::id());
-        producer.send(&topic, &[(Some(b"k1".to_vec()), Some(b"{}".to_vec())), (Some(b"k2".to_vec()), None)]).await.unwrap();
+        let keys: Vec<Vec<u8>> = vec![b"k1".to_vec(), b"k2".to_vec(), vec![b'z'; 1000], vec![0xff, 0xfe], vec![]];
+        let batch: Vec<Message> = keys.iter().enumerate().map(|(i, k)| (Some(k.clone()), (i != 1).then(|| b"{}".to_vec()))).collect();
+        producer.send(&topic, &batch).await.unwrap();
         let client = address.connect().await.unwrap();
         let parts = ensure_topic(&client, &address.stream, &topic, DEFAULT_PARTITIONS).await.unwrap();
         assert_eq!(parts.len(), DEFAULT_PARTITIONS as usize);
+        // Every key comes back as it was sent, from the server.
+        let (s, t) = (Identifier::named(&address.stream).unwrap(), Identifier::named(&topic).unwrap());
+        let mut got = Vec::new();
+        for p in parts {
+            let polled = client.poll_messages(&s, &t, Some(p), &Consumer::default(), &PollingStrategy::offset(0), 100, false).await.unwrap();
+            got.extend(polled.messages.iter().map(|m| message_key(m).unwrap().unwrap()));
+        }
+        got.sort();
+        let mut want = keys;
+        want.sort();
+        assert_eq!(got, want);
     }
 }
