@@ -5,7 +5,8 @@
 /// Provenance shared by every record of one batch of one topic.
 #[derive(Debug, Clone)]
 pub struct Provenance<'a> {
-    /// `kafka`, `iggy` or `file`.
+    /// The source's name: `kafka` or `iggy` unless the ingest names it (`source_name`, as when
+    /// a failover lake is fed by two clusters), or `file`.
     pub source: &'a str,
     /// Source topic.
     pub topic: &'a str,

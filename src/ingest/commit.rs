@@ -104,7 +104,7 @@ impl Pipeline<'_> {
                 skipped.entry(topic.clone()).or_default().extend(all);
             }
         }
-        let source_kind = self.source.kind();
+        let source_name = self.cfg.source_name.clone();
         let batches: Vec<TopicBatch<'_>> = work
             .iter()
             .map(|(topic, ranges)| TopicBatch {
@@ -117,7 +117,7 @@ impl Pipeline<'_> {
         // Keep reading while the tables commit: the broker's next messages go to the stash.
         let mut read_error = None;
         let results = {
-            let mut all = self.tables.upsert(batches, source_kind);
+            let mut all = self.tables.upsert(batches, &source_name);
             loop {
                 let room = self.cfg.max_batch_records.saturating_sub(self.stash.len());
                 tokio::select! {

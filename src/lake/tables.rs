@@ -53,8 +53,9 @@ pub trait Tables: Send {
     fn append_dead_letters<'a>(&'a mut self, letters: &'a [DeadLetter], ranges: &'a [OffsetRange], source_name: &'a str) -> BoxFuture<'a, Result<(), LakeError>>;
 
     /// Upsert each topic's batch and move its ranges, one commit per table, concurrently; one
-    /// result per batch given.
-    fn upsert<'a>(&'a mut self, work: Vec<TopicBatch<'a>>, source_kind: &'static str) -> BoxFuture<'a, Vec<TableResult>>;
+    /// result per batch given. Each row's `_source` is `source_name`, the source the ingest
+    /// reads (`kafka` or `iggy` unless named).
+    fn upsert<'a>(&'a mut self, work: Vec<TopicBatch<'a>>, source_name: &'a str) -> BoxFuture<'a, Vec<TableResult>>;
 }
 
 /// Reads stored start offsets from the lake (fresh table loads, as another writer may have
@@ -125,13 +126,13 @@ impl Tables for DeltaTables {
         Box::pin(async move { self.dead.append(letters, ranges, source_name).await.map(|_| ()) })
     }
 
-    fn upsert<'a>(&'a mut self, work: Vec<TopicBatch<'a>>, source_kind: &'static str) -> BoxFuture<'a, Vec<TableResult>> {
+    fn upsert<'a>(&'a mut self, work: Vec<TopicBatch<'a>>, source_name: &'a str) -> BoxFuture<'a, Vec<TableResult>> {
         let mut work: HashMap<&str, TopicBatch<'a>> = work.into_iter().map(|b| (b.topic, b)).collect();
         let mut unknown: Vec<TableResult> = Vec::new();
         let mut futures = Vec::new();
         for (name, table) in self.topics.iter_mut() {
             if let Some(batch) = work.remove(name.as_str()) {
-                futures.push(upsert_one(table, batch, source_kind));
+                futures.push(upsert_one(table, batch, source_name));
             }
         }
         for (topic, _) in work {
@@ -147,8 +148,8 @@ impl Tables for DeltaTables {
 }
 
 /// One topic's commit, timed.
-async fn upsert_one<'a>(table: &'a mut TopicTable, batch: TopicBatch<'a>, source_kind: &'static str) -> TableResult {
-    let prov = Provenance::now(source_kind, batch.topic);
+async fn upsert_one<'a>(table: &'a mut TopicTable, batch: TopicBatch<'a>, source_name: &'a str) -> TableResult {
+    let prov = Provenance::now(source_name, batch.topic);
     let t0 = Instant::now();
     let result = table.upsert_skipping(batch.records, batch.ranges, batch.skipped, &prov).await;
     TableResult { topic: batch.topic.to_string(), result, seconds: t0.elapsed().as_secs_f64() }

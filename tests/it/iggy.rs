@@ -284,7 +284,10 @@ async fn failover_and_back(s3_lake: Option<String>) {
     if damaged {
         return;
     }
-    let sql = format!("SELECT count(*) AS n, count(DISTINCT transaction_id) AS keys, sum(CASE WHEN status = 'completed' THEN 1 ELSE 0 END) AS completed FROM {topic}");
+    let sql = format!(
+        "SELECT count(*) AS n, count(DISTINCT transaction_id) AS keys, sum(CASE WHEN status = 'completed' THEN 1 ELSE 0 END) AS completed, \
+         sum(CASE WHEN _source = 'primary' THEN 1 ELSE 0 END) AS from_primary, sum(CASE WHEN _source = 'fallback' THEN 1 ELSE 0 END) AS from_fallback FROM {topic}"
+    );
     let out = Command::new(bin)
         .args(["sql", "--lake", &lake, "--format", "json", &sql])
         .output()
@@ -296,6 +299,15 @@ async fn failover_and_back(s3_lake: Option<String>) {
     );
     let rows: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(rows[0]["n"], n, "one row per key: {rows:?}");
+    // Each row says which source wrote it.
+    let (primary, fallback) = (
+        rows[0]["from_primary"].as_i64().unwrap_or(0),
+        rows[0]["from_fallback"].as_i64().unwrap_or(0),
+    );
+    assert!(
+        primary > 0 && fallback > 0 && primary + fallback == n,
+        "rows by source: {rows:?}"
+    );
     assert_eq!(rows[0]["keys"], n);
     assert_eq!(
         rows[0]["completed"], 2000,

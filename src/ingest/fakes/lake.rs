@@ -204,7 +204,7 @@ impl Tables for FakeTables {
     fn upsert<'a>(
         &'a mut self,
         work: Vec<TopicBatch<'a>>,
-        _source_kind: &'static str,
+        _source_name: &'a str,
     ) -> BoxFuture<'a, Vec<TableResult>> {
         Box::pin(async move {
             let mut out = Vec::new();
