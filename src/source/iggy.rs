@@ -143,9 +143,17 @@ fn key_headers(key: &[u8], headers: &mut BTreeMap<HeaderKey, HeaderValue>) -> Re
     Ok(())
 }
 
-/// The key a message carries, however it was written; `None` for none.
-fn message_key(m: &IggyMessage) -> Result<Option<Vec<u8>>, String> {
-    let header = |name: &str| m.get_user_header(&header_key(name)?).map_err(|e| e.to_string());
+/// A message's key (`None` for none), however it was written, and whether it is a tombstone,
+/// from its headers parsed once.
+fn key_and_tombstone(m: &IggyMessage) -> Result<(Option<Vec<u8>>, bool), String> {
+    let headers = m.user_headers_map().map_err(|e| e.to_string())?.unwrap_or_default();
+    let tombstone = headers.contains_key(&header_key(TOMBSTONE_HEADER)?);
+    Ok((message_key(&headers)?, tombstone))
+}
+
+/// The key in `headers`, however it was written; `None` for none.
+fn message_key(headers: &BTreeMap<HeaderKey, HeaderValue>) -> Result<Option<Vec<u8>>, String> {
+    let header = |name: &str| Ok::<_, String>(headers.get(&header_key(name)?));
     if let Some(v) = header(KEY_HEADER)? {
         return Ok(Some(v.as_str().map_err(|e| format!("key header: {e}"))?.as_bytes().to_vec()));
     }
@@ -374,8 +382,7 @@ impl IggySource {
                 let mut last = None;
                 let mut buffer = self.buffer.lock().map_err(|_| source_err(&self.address, "poisoned buffer"))?;
                 for m in polled.messages.iter().filter(|m| m.header.offset >= *offset) {
-                    let key = message_key(m).map_err(|e| crate::source::SourceError::Stuck { brokers: self.address.display(), reason: format!("{topic}/{partition} at offset {}: {e}", m.header.offset) })?;
-                    let tombstone = m.get_user_header(&HeaderKey::try_from(TOMBSTONE_HEADER).map_err(|e| source_err(&self.address, e))?).ok().flatten().is_some();
+                    let (key, tombstone) = key_and_tombstone(m).map_err(|e| crate::source::SourceError::Stuck { brokers: self.address.display(), reason: format!("{topic}/{partition} at offset {}: {e}", m.header.offset) })?;
                     buffer.push_back((
                         topic.clone(),
                         crate::source::RawMessage {
@@ -503,7 +510,7 @@ mod tests {
             vec![None, Some(vec![]), Some(b"k".to_vec()), Some(vec![b'x'; 255]), Some(vec![b'y'; 256]), Some(long), Some(vec![0xff, 0x00, 0xfe])];
         for key in keys {
             let m = IggyProducer::message(key.as_deref(), Some(b"{}")).unwrap();
-            assert_eq!(message_key(&m).unwrap(), key, "{:?}", key.as_ref().map(|k| k.len()));
+            assert_eq!(key_and_tombstone(&m).unwrap(), (key.clone(), false), "{:?}", key.as_ref().map(|k| k.len()));
         }
     }
 
@@ -535,7 +542,7 @@ mod tests {
         let mut got = Vec::new();
         for p in parts {
             let polled = client.poll_messages(&s, &t, Some(p), &Consumer::default(), &PollingStrategy::offset(0), 100, false).await.unwrap();
-            got.extend(polled.messages.iter().map(|m| message_key(m).unwrap().unwrap()));
+            got.extend(polled.messages.iter().map(|m| key_and_tombstone(m).unwrap().0.unwrap()));
         }
         got.sort();
         let mut want = keys;

@@ -111,8 +111,7 @@ fn to_duckdb(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<(SchemaRef, 
             DataType::Utf8View => DataType::Utf8,
             DataType::BinaryView => DataType::Binary,
             DataType::Dictionary(_, v) => plain(v),
-            DataType::Timestamp(unit, Some(_)) => DataType::Timestamp(*unit, None),
-            other => other.clone(),
+            other => super::scan::duck_type(other),
         }
     }
     cast_all(schema, batches, plain)
