@@ -28,7 +28,8 @@
 //! * [`ingest`]: the micro-batch loop that ties them together.
 //! * [`query`]: SQL over the lake on DataFusion or embedded DuckDB (which streams the lake's
 //!   tables through a table function of its own, `query::duck::scan`), with `as_of`, `history`,
-//!   `changes` and `freshness()`.
+//!   `changes` and `freshness()`; DataFusion's joins get yield points ([`query::yielding`]) so
+//!   that a timed-out query stops.
 //! * [`server`]: the read-only HTTP API (what a query may run: [`query::allow`]) and its limits (host names,
 //!   queries at once, memory, result size: [`server::limits`]); [`metrics`]: Prometheus
 //!   metrics and health.

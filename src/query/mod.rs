@@ -8,6 +8,7 @@ pub mod depth;
 pub mod duck;
 pub mod functions;
 pub mod shell;
+pub mod yielding;
 
 use std::sync::Arc;
 
@@ -290,7 +291,13 @@ pub async fn session(
         runtime = runtime.with_memory_pool(Arc::new(TrackConsumersPool::new(FairSpillPool::new(bytes), consumers)));
     }
     let runtime = runtime.build_arc().map_err(|e| QueryError::Engine(e.to_string()))?;
-    let ctx = SessionContext::new_with_config_rt(config, runtime);
+    let state = deltalake::datafusion::execution::session_state::SessionStateBuilder::new()
+        .with_config(config)
+        .with_runtime_env(runtime)
+        .with_default_features()
+        .with_physical_optimizer_rule(Arc::new(yielding::YieldAfterFanOut))
+        .build();
+    let ctx = SessionContext::new_with_state(state);
     functions::register_all(&ctx, lake, broker);
     let mut names = list_tables(lake).await?;
     if let Some(named) = sql.and_then(|sql| referenced_tables(&ctx, sql)).filter(|n| !n.is_empty()) {
