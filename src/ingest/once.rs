@@ -273,7 +273,7 @@ impl Pipeline<'_> {
     /// moved for `waited`: leave the group and read every partition of the topics directly,
     /// from the lake's offsets. Exactly-once does not rest on the coordinator: the lake's
     /// offset fences stop this run, or any member still writing, from committing a range twice.
-    /// Returns whether it did (not on a source that reads every partition already, as Iggy's).
+    /// Returns whether it did (not on a source that has no direct reader yet, as Iggy's).
     pub(super) async fn read_directly(&mut self, waited: Duration) -> Result<bool, IngestError> {
         let all = self.source.all_partitions(self.cfg.connect())?;
         if all.is_empty() {

@@ -314,3 +314,113 @@ async fn failover_and_back(s3_lake: Option<String>) {
         "the newer version of every updated key won, whichever broker took it: {rows:?}"
     );
 }
+
+/// Send `msgs` to one partition of an Iggy topic (created with 3 partitions if missing), so
+/// that the model knows their offsets.
+async fn produce_to_iggy_partition(url: &str, topic: &str, partition: u32, msgs: &[crate::harness::Msg]) {
+    let address = IggyAddress::parse(url).unwrap();
+    let client = address.connect().await.unwrap();
+    lakepipe::source::iggy::ensure_topic(&client, &address.stream, topic, 3).await.unwrap();
+    let (s, t) = (Identifier::named(&address.stream).unwrap(), Identifier::named(topic).unwrap());
+    for chunk in msgs.chunks(100) {
+        let mut messages: Vec<IggyMessage> = chunk
+            .iter()
+            .map(|(k, v)| lakepipe::source::iggy::IggyProducer::message(k.as_deref().map(str::as_bytes), v.as_deref().map(str::as_bytes)).unwrap())
+            .collect();
+        client.send_messages(&s, &t, &Partitioning::partition_id(partition), &mut messages).await.unwrap();
+    }
+}
+
+/// Each member of the Iggy consumer group `group` on `topic` with its partition count.
+async fn group_members(url: &str, topic: &str, group: &str) -> Vec<u32> {
+    let address = IggyAddress::parse(url).unwrap();
+    let client = address.connect().await.unwrap();
+    let (s, t, g) = (Identifier::named(&address.stream).unwrap(), Identifier::named(topic).unwrap(), Identifier::named(group).unwrap());
+    match client.get_consumer_group(&s, &t, &g).await {
+        Ok(Some(details)) => details.members.iter().map(|m| m.partitions_count).collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Wait up to `within` until the group's members hold partitions as `want` says.
+async fn wait_for_members(url: &str, topic: &str, group: &str, within: Duration, want: impl Fn(&[u32]) -> bool) -> Vec<u32> {
+    let deadline = Instant::now() + within;
+    loop {
+        let mut members = group_members(url, topic, group).await;
+        members.sort_unstable();
+        if want(&members) {
+            return members;
+        }
+        assert!(Instant::now() < deadline, "the Iggy consumer group `{group}` has members holding {members:?} partitions");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Scale-out on Iggy: two `ingest --iggy` processes in one consumer group share a 3-partition
+/// topic (each holds at least one partition and commits rows), and when one is killed with
+/// SIGKILL mid-run the other takes its partitions over from the lake's offsets. The table
+/// then equals the model exactly: no row lost, no dead letter written twice.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs an Iggy server: scripts/test.sh starts one and runs the Iggy tests (`--ignored iggy`)"]
+async fn two_iggy_members_share_the_partitions_and_a_killed_one_loses_nothing() {
+    use crate::harness::{Fixture, LakeKind, Model};
+    use crate::kill::{assert_matches, converge, count_in, partition_messages_from};
+    let iggy = Iggy::start();
+    let fx = Fixture::new(LakeKind::Local, "transactions", 1, "").await;
+    let url = iggy.url();
+    let mut model = Model::default();
+    let mut produce = |seed: u64, first: i64| {
+        let (url, topic) = (url.clone(), fx.topic.clone());
+        let batches: Vec<(u32, Vec<crate::harness::Msg>)> = (0..3).map(|p| (p, partition_messages_from(p as i32, 400, seed + p as u64))).collect();
+        for (p, msgs) in &batches {
+            model.apply("transactions", *p as i32, first, msgs);
+        }
+        async move {
+            for (p, msgs) in batches {
+                produce_to_iggy_partition(&url, &topic, p, &msgs).await;
+            }
+        }
+    };
+    produce(1000, 0).await;
+    let dir = tempfile::tempdir().unwrap();
+    let member = |name: &str| {
+        let log = dir.path().join(format!("{name}.log"));
+        let child = fx
+            .cmd("ingest")
+            .args(["--iggy", &url, "--trigger-interval", "200ms", "--max-batch-records", "250"])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .map(crate::harness::Reaped::new)
+            .unwrap();
+        (child, log)
+    };
+    let (a, a_log) = member("a");
+    // The first member reads all three partitions; the second joins once it has committed
+    // (the partitions it gets must first be handed over: the server moves one once the
+    // group's offset, which the first stores from the lake, reaches what it polled).
+    let started = Instant::now();
+    while count_in(&a_log, "batch committed") < 2 {
+        assert!(started.elapsed() < Duration::from_secs(60), "the first member committed nothing (log {})", a_log.display());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (b, b_log) = member("b");
+    let joined = Instant::now();
+    let shared = wait_for_members(&url, &fx.topic, &fx.group, Duration::from_secs(60), |m| m.len() == 2 && m.iter().all(|n| *n >= 1)).await;
+    eprintln!("two members hold {shared:?} partitions, {:?} after the second joined", joined.elapsed());
+    produce(2000, 400).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut a = a.take();
+    a.kill().unwrap();
+    a.wait().unwrap();
+    produce(3000, 800).await;
+    // The survivor holds every partition.
+    wait_for_members(&url, &fx.topic, &fx.group, Duration::from_secs(30), |m| m == [3]).await;
+    converge(&fx, &model, &b_log, Duration::from_secs(120)).await;
+    drop(b);
+    let (by_a, by_b) = (count_in(&a_log, "batch committed"), count_in(&b_log, "batch committed"));
+    assert!(by_a > 0 && by_b > 0, "both members committed batches ({by_a} and {by_b}); logs {} {}", a_log.display(), b_log.display());
+    let moves = |log: &std::path::Path| count_in(log, "changed this member's partitions");
+    eprintln!("batches committed: {by_a} by the killed member, {by_b} by the survivor; partition moves seen: {} and {}", moves(&a_log), moves(&b_log));
+    assert_matches(&fx, &model);
+}

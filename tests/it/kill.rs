@@ -133,7 +133,7 @@ pub fn spawn_ingest(fx: &Fixture, log: &std::path::Path) -> crate::harness::Reap
         .unwrap()
 }
 
-fn count_in(log: &std::path::Path, needle: &str) -> usize {
+pub fn count_in(log: &std::path::Path, needle: &str) -> usize {
     std::fs::read_to_string(log).map(|t| t.matches(needle).count()).unwrap_or(0)
 }
 

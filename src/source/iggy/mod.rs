@@ -1,9 +1,10 @@
 //! Apache Iggy: addresses, the producer (the router's Iggy member) and the source (`ingest
 //! --iggy`).
 //!
-//! The source reads every partition of the selected topics itself (Iggy has no consumer-group
-//! rebalancing to follow), starting each at the offset stored in the lake, exactly like the Kafka
-//! source; the server's consumer offsets are never used.
+//! The source reads the partitions that its Iggy consumer group gives this process
+//! ([`group`]: members share a topic's partitions and hand them over cooperatively), starting
+//! each at the offset stored in the lake, exactly like the Kafka source. The group's stored
+//! offsets only tell the server when a partition may move; reading never starts from them.
 //!
 //! A lakepipe topic is an Iggy topic of the same name inside one stream (`lakepipe` unless the
 //! URL names another: `iggy://user:pass@host:port/stream`). The record key travels in the user
@@ -17,6 +18,7 @@ use std::time::Duration;
 
 use iggy::prelude::*;
 
+mod group;
 mod keys;
 mod producer;
 mod source;

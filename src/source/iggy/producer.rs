@@ -26,7 +26,8 @@ impl IggyProducer {
         IggyProducer { address, state: Mutex::new(None) }
     }
 
-    fn message(key: Option<&[u8]>, payload: Option<&[u8]>) -> Result<IggyMessage, String> {
+    /// A record as an Iggy message: its key in headers, a tombstone as a header.
+    pub fn message(key: Option<&[u8]>, payload: Option<&[u8]>) -> Result<IggyMessage, String> {
         let mut headers = BTreeMap::new();
         if let Some(k) = key {
             key_headers(k, &mut headers)?;

@@ -1,13 +1,21 @@
-//! The source (`ingest --iggy`): reads partitions from the lake's offsets.
+//! The source (`ingest --iggy`): reads the partitions its consumer group gives it ([`group`]),
+//! or every partition (a direct reader), from the lake's offsets.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
 use iggy::prelude::*;
+use tokio::time::Instant;
 
+use super::group::{Group, Held};
 use super::keys::key_and_tombstone;
 use super::{IggyAddress, REQUEST_TIMEOUT};
+use crate::source::TopicPartition;
+
+/// How often a member looks at its group: which partitions it holds, and storing the lake's
+/// offsets so that a partition being handed over moves.
+const LOOK_EVERY: Duration = Duration::from_secs(1);
 
 /// One message read ahead, with its topic.
 type Queued = (String, crate::source::RawMessage);
@@ -16,8 +24,17 @@ type Queued = (String, crate::source::RawMessage);
 pub struct IggySource {
     address: IggyAddress,
     client: IggyClient,
-    /// The (static) assignment: every partition of every topic.
+    /// The partitions this member reads: those its group gives it, or all of them.
     pub assignment: Arc<std::sync::Mutex<crate::source::Assignment>>,
+    /// The consumer group, for a member of one (`None`: a direct reader of every partition).
+    group: Option<Group>,
+    /// Every partition of the topics.
+    all: Vec<TopicPartition>,
+    /// When the group was last looked at; the lake's offsets to store there at the next look.
+    looked: tokio::sync::Mutex<Option<Instant>>,
+    committed: std::sync::Mutex<HashMap<TopicPartition, i64>>,
+    /// Each partition's first and next offset, as the server last listed them.
+    listed: std::sync::Mutex<HashMap<TopicPartition, (i64, i64)>>,
     next: std::sync::Mutex<BTreeMap<crate::source::TopicPartition, u64>>,
     ends: std::sync::Mutex<HashMap<crate::source::TopicPartition, i64>>,
     buffer: std::sync::Mutex<std::collections::VecDeque<Queued>>,
@@ -31,29 +48,54 @@ fn source_err(address: &IggyAddress, reason: impl std::fmt::Display) -> crate::s
     crate::source::SourceError::Broker { brokers: address.display(), reason: reason.to_string() }
 }
 
-impl IggySource {
-    /// Connect, check the topics, and start every partition at the lake's offset.
-    pub async fn connect(address: IggyAddress, topics: &[String], loader: Arc<dyn crate::source::StartLoader>) -> Result<Self, crate::source::SourceError> {
-        let client = address.connect().await.map_err(|reason| crate::source::SourceError::Unreachable { brokers: address.display(), reason })?;
-        let s = Identifier::named(&address.stream).map_err(|e| source_err(&address, e))?;
-        let mut partitions = Vec::new();
-        let mut ends = HashMap::new();
-        for topic in topics {
-            let t = Identifier::named(topic).map_err(|e| source_err(&address, e))?;
-            let details = match client.get_topic(&s, &t).await {
-                Ok(Some(d)) => d,
-                _ => return Err(crate::source::SourceError::UnknownTopic { topic: topic.clone(), brokers: address.display() }),
-            };
-            for p in &details.partitions {
-                let tp = (topic.clone(), p.id as i32);
-                ends.insert(tp.clone(), if p.messages_count == 0 { 0 } else { p.current_offset as i64 + 1 });
-                partitions.push(tp);
-            }
+/// Each partition of `topics` with its first offset (0: Iggy does not list it) and its end
+/// (the next offset to be written), as the server lists them now.
+async fn list(client: &IggyClient, address: &IggyAddress, topics: &[String]) -> Result<HashMap<TopicPartition, (i64, i64)>, crate::source::SourceError> {
+    let s = Identifier::named(&address.stream).map_err(|e| source_err(address, e))?;
+    let mut out = HashMap::new();
+    for topic in topics {
+        let t = Identifier::named(topic).map_err(|e| source_err(address, e))?;
+        let details = match tokio::time::timeout(REQUEST_TIMEOUT, client.get_topic(&s, &t)).await {
+            Ok(Ok(Some(d))) => d,
+            Ok(Ok(None)) => return Err(crate::source::SourceError::UnknownTopic { topic: topic.clone(), brokers: address.display() }),
+            Ok(Err(e)) => return Err(source_err(address, format!("cannot list topic `{topic}`: {e}"))),
+            Err(_) => return Err(source_err(address, format!("listing topic `{topic}` timed out"))),
+        };
+        for p in &details.partitions {
+            // A partition whose messages have all expired keeps its offset (no messages, an
+            // offset past 0).
+            let end = if p.messages_count == 0 && p.current_offset == 0 { 0 } else { p.current_offset as i64 + 1 };
+            out.insert((topic.clone(), p.id as i32), (0, end));
         }
+    }
+    Ok(out)
+}
+
+impl IggySource {
+    /// Connect, check the topics and every partition's offset in the lake against the server,
+    /// and join the consumer group `group` (`None`: read every partition, outside any group).
+    /// Each partition read starts at the lake's offset.
+    pub async fn connect(address: IggyAddress, topics: &[String], loader: Arc<dyn crate::source::StartLoader>, group: Option<&str>) -> Result<Self, crate::source::SourceError> {
+        let client = address.connect().await.map_err(|reason| crate::source::SourceError::Unreachable { brokers: address.display(), reason })?;
+        let listed = list(&client, &address, topics).await?;
+        let mut partitions: Vec<TopicPartition> = listed.keys().cloned().collect();
+        partitions.sort();
+        let ends: HashMap<TopicPartition, i64> = listed.iter().map(|(tp, (_, end))| (tp.clone(), *end)).collect();
+        let group = group.map(|name| Group::new(name, &address.stream));
+        let held = match &group {
+            None => partitions.iter().cloned().collect(),
+            Some(g) => {
+                g.join(&client, topics).await.map_err(|reason| source_err(&address, reason))?;
+                match g.held(&client, &partitions).await.map_err(|reason| source_err(&address, reason))? {
+                    Held::Partitions(held) => held,
+                    Held::NotMember => return Err(source_err(&address, format!("joined the consumer group `{}`, yet the server does not count this client a member", g.name()))),
+                }
+            }
+        };
         let starts = loader.load(&partitions).await.map_err(|e| source_err(&address, format!("cannot read stored offsets from the lake: {e}")))?;
         let mut assignment = crate::source::Assignment { generation: 1, assigned: true, ..Default::default() };
         let mut next = BTreeMap::new();
-        for tp in partitions {
+        for tp in partitions.iter().cloned() {
             let s = starts.get(&tp).cloned().unwrap_or_default();
             let end = ends.get(&tp).copied().unwrap_or(0);
             if s.data.is_some_and(|d| d > end) {
@@ -61,13 +103,20 @@ impl IggySource {
                 // re-created). Never skip silently.
                 return Err(crate::source::SourceError::OutOfRange { brokers: address.display(), reason: format!("{}/{}: the lake's offset {} is past the partition's end {end} (server reset or topic re-created); see docs/DESIGN.md", tp.0, tp.1, s.data.unwrap_or(0)) });
             }
-            next.insert(tp.clone(), s.data.unwrap_or(0).max(0) as u64);
-            assignment.partitions.insert(tp, s);
+            if held.contains(&tp) {
+                next.insert(tp.clone(), s.data.unwrap_or(0).max(0) as u64);
+                assignment.partitions.insert(tp, s);
+            }
         }
         Ok(IggySource {
             address,
             client,
             assignment: Arc::new(std::sync::Mutex::new(assignment)),
+            group,
+            all: partitions,
+            looked: tokio::sync::Mutex::new(Some(Instant::now())),
+            committed: Default::default(),
+            listed: std::sync::Mutex::new(listed),
             next: std::sync::Mutex::new(next),
             ends: std::sync::Mutex::new(ends),
             buffer: Default::default(),
@@ -79,6 +128,7 @@ impl IggySource {
     /// The next message, polling partitions in turn; `None` when nothing arrived in `wait`.
     pub async fn recv(&self, wait: Duration, max: u32) -> Result<Option<Queued>, crate::source::SourceError> {
         let deadline = tokio::time::Instant::now() + wait;
+        self.look().await;
         loop {
             if let Some(m) = self.buffer.lock().ok().and_then(|mut b| b.pop_front()) {
                 return Ok(Some(m));
@@ -97,7 +147,10 @@ impl IggySource {
                 let ((topic, partition), offset) = &parts[i.unwrap_or(0)];
                 let s = Identifier::named(&self.address.stream).map_err(|e| source_err(&self.address, e))?;
                 let t = Identifier::named(topic).map_err(|e| source_err(&self.address, e))?;
-                let consumer = Consumer::default();
+                let consumer = match &self.group {
+                    Some(g) => g.consumer().map_err(|e| source_err(&self.address, e))?,
+                    None => Consumer::default(),
+                };
                 let strategy = PollingStrategy::offset(*offset);
                 let tp = (topic.clone(), *partition);
                 let careful = self.careful.lock().is_ok_and(|c| c.contains(&tp));
@@ -126,6 +179,10 @@ impl IggySource {
                     Ok(Err(e)) => return Err(source_err(&self.address, e)),
                     Ok(Ok(polled)) => polled,
                 };
+                if polled.messages.is_empty() && polled.partition_id != *partition as u32 {
+                    // The group has moved the partition on since the last look.
+                    continue;
+                }
                 let end = if polled.messages.is_empty() && *offset == 0 { 0 } else { polled.current_offset as i64 + 1 };
                 if let Ok(mut ends) = self.ends.lock() {
                     let e = ends.entry(tp.clone()).or_insert(0);
@@ -171,6 +228,63 @@ impl IggySource {
                 tokio::time::sleep(left.min(Duration::from_millis(100))).await;
             }
         }
+    }
+
+    /// In a consumer group, at most every [`LOOK_EVERY`]: store the lake's offsets as the
+    /// group's, list the partitions' ends, and see which partitions this member holds; a
+    /// change becomes a new assignment generation, which the ingest loop adopts (dropping
+    /// what it has not committed and reading on from the lake's offsets). Failures are logged
+    /// and the member keeps reading what it has.
+    async fn look(&self) {
+        let Some(group) = &self.group else { return };
+        let mut looked = self.looked.lock().await;
+        if looked.is_some_and(|t| t.elapsed() < LOOK_EVERY) {
+            return;
+        }
+        *looked = Some(Instant::now());
+        let committed: Vec<(TopicPartition, i64)> = self.committed.lock().map(|c| c.iter().map(|(k, v)| (k.clone(), *v)).collect()).unwrap_or_default();
+        group.store(&self.client, &committed).await;
+        let mut topics: Vec<String> = self.all.iter().map(|(t, _)| t.clone()).collect();
+        topics.dedup();
+        match list(&self.client, &self.address, &topics).await {
+            Ok(l) => {
+                if let Ok(mut listed) = self.listed.lock() {
+                    *listed = l;
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "cannot list the Iggy partitions"),
+        }
+        let held = match group.held(&self.client, &self.all).await {
+            Ok(Held::Partitions(held)) => held,
+            Ok(Held::NotMember) => {
+                tracing::warn!(group = group.name(), "the Iggy server no longer counts this member in its consumer group (it restarted?); joining again");
+                if let Err(reason) = group.join(&self.client, &topics).await {
+                    tracing::warn!(%reason, "cannot join the Iggy consumer group again; retrying");
+                }
+                return;
+            }
+            Err(reason) => {
+                tracing::warn!(%reason, "cannot look at the Iggy consumer group; reading the partitions this member had");
+                return;
+            }
+        };
+        let mut assignment = self.assignment.lock().unwrap_or_else(|p| p.into_inner());
+        let had: std::collections::BTreeSet<TopicPartition> = assignment.partitions.keys().cloned().collect();
+        if had == held {
+            return;
+        }
+        for tp in had.difference(&held) {
+            if let (Ok(mut next), Ok(mut buffer), Ok(mut careful), Ok(mut committed)) = (self.next.lock(), self.buffer.lock(), self.careful.lock(), self.committed.lock()) {
+                next.remove(tp);
+                buffer.retain(|(t, m)| !(t == &tp.0 && m.partition == tp.1));
+                careful.remove(tp);
+                committed.remove(tp);
+            }
+        }
+        assignment.partitions = held.iter().map(|tp| (tp.clone(), Default::default())).collect();
+        assignment.generation += 1;
+        assignment.assigned = true;
+        tracing::info!(group = group.name(), generation = assignment.generation, partitions = ?held, "the Iggy consumer group changed this member's partitions");
     }
 
     /// The partition's end (next offset to be written), as last seen.
@@ -241,5 +355,23 @@ impl crate::source::Source for IggySource {
 
     fn cached_watermarks(&self, topic: &str, partition: i32) -> Option<(Option<i64>, i64)> {
         self.end_offset(topic, partition).map(|end| (None, end))
+    }
+
+    /// As the last look at the group listed them (in a group, at most [`LOOK_EVERY`] old), or
+    /// at start.
+    fn listed_watermarks(&self, partitions: &[TopicPartition], _timeout: Duration) -> HashMap<TopicPartition, (i64, i64)> {
+        let Ok(listed) = self.listed.lock() else { return HashMap::new() };
+        partitions.iter().filter_map(|tp| listed.get(tp).map(|v| (tp.clone(), *v))).collect()
+    }
+
+    fn all_partitions(&self, _timeout: Duration) -> Result<Vec<TopicPartition>, crate::source::SourceError> {
+        Ok(if self.group.is_some() { self.all.clone() } else { Vec::new() })
+    }
+
+    /// Kept for the next look at the group, which stores them there.
+    fn commit_advisory(&self, offsets: &[(TopicPartition, i64)]) {
+        if let (Some(_), Ok(mut committed)) = (&self.group, self.committed.lock()) {
+            committed.extend(offsets.iter().cloned());
+        }
     }
 }
