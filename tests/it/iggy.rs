@@ -317,7 +317,7 @@ async fn failover_and_back(s3_lake: Option<String>) {
 
 /// Send `msgs` to one partition of an Iggy topic (created with 3 partitions if missing), so
 /// that the model knows their offsets.
-async fn produce_to_iggy_partition(url: &str, topic: &str, partition: u32, msgs: &[crate::harness::Msg]) {
+pub async fn produce_to_iggy_partition(url: &str, topic: &str, partition: u32, msgs: &[crate::harness::Msg]) {
     let address = IggyAddress::parse(url).unwrap();
     let client = address.connect().await.unwrap();
     lakepipe::source::iggy::ensure_topic(&client, &address.stream, topic, 3).await.unwrap();
@@ -343,7 +343,7 @@ async fn group_members(url: &str, topic: &str, group: &str) -> Vec<u32> {
 }
 
 /// Wait up to `within` until the group's members hold partitions as `want` says.
-async fn wait_for_members(url: &str, topic: &str, group: &str, within: Duration, want: impl Fn(&[u32]) -> bool) -> Vec<u32> {
+pub async fn wait_for_members(url: &str, topic: &str, group: &str, within: Duration, want: impl Fn(&[u32]) -> bool) -> Vec<u32> {
     let deadline = Instant::now() + within;
     loop {
         let mut members = group_members(url, topic, group).await;

@@ -8,6 +8,7 @@ mod faults;
 mod harness;
 mod hostile;
 mod iggy;
+mod iggy_faults;
 mod kill;
 mod once;
 mod operate;

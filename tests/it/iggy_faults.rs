@@ -1,0 +1,193 @@
+//! The Iggy source under the faults the Kafka source is held to: `kill -9` of the ingest, again
+//! and again, and restarts of the Iggy server under a running ingest. The table must equal the
+//! model exactly: no loss, no duplicates, every dead letter once.
+//!
+//! `#[ignore]`d like the other Iggy tests: `scripts/test.sh` runs them (`--ignored iggy`) when
+//! it could start a server.
+
+use std::process::{Output, Stdio};
+use std::time::{Duration, Instant};
+
+use rand::{Rng, SeedableRng};
+
+use crate::harness::{Fixture, LakeKind, Model, Reaped};
+use crate::iggy::{produce_to_iggy_partition, wait_for_members, Iggy};
+use crate::kill::{assert_matches, converge, count_in, partition_messages_from};
+
+/// The fixture's topic on `iggy`, with `per_partition` messages in each of 3 partitions.
+struct IggyLake {
+    fx: Fixture,
+    url: String,
+    model: Model,
+    next_offset: [i64; 3],
+}
+
+impl IggyLake {
+    async fn new(iggy: &Iggy, per_partition: usize) -> IggyLake {
+        let fx = Fixture::new(LakeKind::Local, "transactions", 1, "").await;
+        let mut lake = IggyLake {
+            fx,
+            url: iggy.url(),
+            model: Model::default(),
+            next_offset: [0; 3],
+        };
+        for p in 0..3 {
+            lake.feed(p, per_partition, 1000 + p as u64).await;
+        }
+        lake
+    }
+
+    /// `count` more messages on partition `p` (seeded), in the model too.
+    async fn feed(&mut self, p: usize, count: usize, seed: u64) {
+        let msgs = partition_messages_from(p as i32, count, seed);
+        produce_to_iggy_partition(&self.url, &self.fx.topic, p as u32, &msgs).await;
+        self.model
+            .apply("transactions", p as i32, self.next_offset[p], &msgs);
+        self.next_offset[p] += msgs.len() as i64;
+    }
+
+    /// A continuous ingest of this topic from Iggy, logging to `log`.
+    fn spawn(&self, log: &std::path::Path) -> Reaped {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        self.fx
+            .cmd("ingest")
+            .args([
+                "--iggy",
+                &self.url,
+                "--trigger-interval",
+                "100ms",
+                "--max-batch-records",
+                "250",
+            ])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map(Reaped::new)
+            .unwrap()
+    }
+
+    /// `ingest --once` from Iggy.
+    fn once(&self) -> Output {
+        let out = self
+            .fx
+            .cmd("ingest")
+            .arg("--once")
+            .args(["--iggy", &self.url, "--trigger-interval", "500ms"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "ingest --once from Iggy failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+}
+
+/// `kill -9` of an Iggy ingest ten times, each at a random moment of its work with more data
+/// just arrived, then `--once`: the table equals the model, and a further `--once` commits
+/// nothing.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs an Iggy server: scripts/test.sh starts one and runs the Iggy tests (`--ignored iggy`)"]
+async fn iggy_ingest_killed_ten_times_loses_and_duplicates_nothing() {
+    let iggy = Iggy::start();
+    let mut lake = IggyLake::new(&iggy, 1500).await;
+    let log = std::env::temp_dir().join(format!("{}.log", lake.fx.topic));
+    let seed: u64 = rand::random();
+    eprintln!(
+        "kill -9 of the Iggy ingest: seed {seed}, log {}",
+        log.display()
+    );
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    for i in 0..10 {
+        let started_before = count_in(&log, "ingest started");
+        let mut child = lake.spawn(&log).take();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while count_in(&log, "ingest started") == started_before {
+            assert!(
+                Instant::now() < deadline,
+                "the ingest never started (log {})",
+                log.display()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        lake.feed(i % 3, 200, 5000 + i as u64).await;
+        let wait = rng.gen_range(200..2500);
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+        child.kill().unwrap();
+        child.wait().unwrap();
+        eprintln!(
+            "kill {i} {wait} ms after start; {} batches committed so far",
+            count_in(&log, "batch committed")
+        );
+    }
+    let committed = lake
+        .fx
+        .sql_now(&format!("SELECT count(*) AS n FROM {}", lake.fx.topic))[0]["n"]
+        .as_i64()
+        .unwrap();
+    assert!(
+        committed > 0,
+        "the killed runs committed nothing; the test would prove little (log {})",
+        log.display()
+    );
+    eprintln!(
+        "rows committed before the final run: {committed} of {}",
+        lake.model.rows.len()
+    );
+    lake.once();
+    assert_matches(&lake.fx, &lake.model);
+    let v = lake.fx.table_version(&lake.fx.topic);
+    lake.once();
+    assert_eq!(
+        lake.fx.table_version(&lake.fx.topic),
+        v,
+        "a further --once committed again"
+    );
+}
+
+/// The Iggy server is SIGKILLed twice under a running ingest and restarted with its data, with
+/// more messages after each restart: the ingest joins its group again and the table converges
+/// to the model.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs an Iggy server: scripts/test.sh starts one and runs the Iggy tests (`--ignored iggy`)"]
+async fn iggy_server_restarts_under_a_running_ingest() {
+    let mut iggy = Iggy::start();
+    let mut lake = IggyLake::new(&iggy, 500).await;
+    let log = std::env::temp_dir().join(format!("{}.log", lake.fx.topic));
+    eprintln!("Iggy restarts: log {}", log.display());
+    let _ingest = lake.spawn(&log);
+    wait_for_members(
+        &lake.url,
+        &lake.fx.topic,
+        &lake.fx.group,
+        Duration::from_secs(30),
+        |m| m == [3],
+    )
+    .await;
+    for round in 0..2u64 {
+        // Killed between requests of the test's producer: every message sent was acknowledged
+        // and saved (fsync, a save per message).
+        iggy.kill();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        iggy.restart();
+        let _ = iggy.messages(&lake.fx.topic).await;
+        for p in 0..3 {
+            lake.feed(p, 150, 7000 + 10 * round + p as u64).await;
+        }
+        wait_for_members(
+            &lake.url,
+            &lake.fx.topic,
+            &lake.fx.group,
+            Duration::from_secs(60),
+            |m| m == [3],
+        )
+        .await;
+    }
+    converge(&lake.fx, &lake.model, &log, Duration::from_secs(120)).await;
+    assert_matches(&lake.fx, &lake.model);
+}
