@@ -16,9 +16,9 @@ use arrow::array::{Array, Int32Array, Int64Array};
 use arrow::compute::cast;
 use arrow::datatypes::DataType;
 use futures::StreamExt;
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::{Message, Offset, TopicPartitionList};
 use serde::Serialize;
+
+mod log;
 
 use crate::batch::{resolve, Resolution};
 use crate::decode::Decoder;
@@ -237,18 +237,11 @@ async fn audit_topic(
 ) -> Result<(TopicAudit, Vec<Finding>), AuditError> {
     let topic = spec.name.as_str();
     let broker_err = |reason: String| AuditError::Broker { topic: topic.to_string(), brokers: opts.brokers.to_string(), reason };
-    let mut cfg = crate::source::kafka::client_config(opts.brokers, opts.kafka);
-    cfg.set("group.id", format!("lakepipe-audit-{}", uuid::Uuid::new_v4()))
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("enable.partition.eof", "false");
-    let consumer: StreamConsumer = cfg.create().map_err(|e| broker_err(e.to_string()))?;
-    let md = tokio::task::block_in_place(|| consumer.fetch_metadata(Some(topic), Duration::from_secs(15))).map_err(|e| broker_err(e.to_string()))?;
-    let partitions: Vec<i32> = md.topics().iter().filter(|t| t.name() == topic).flat_map(|t| t.partitions().iter().map(|p| p.id())).collect();
+    let (mut log, partitions) = log::Log::kafka(opts.brokers, opts.kafka, topic).map_err(broker_err)?;
 
     let mut parts: BTreeMap<i32, PartitionAudit> = BTreeMap::new();
     let mut tally = Tally::default();
-    let mut tpl = TopicPartitionList::new();
+    let mut to_read = Vec::new();
     for &p in &partitions {
         let key = OffsetKey { source: opts.source_name.into(), group: opts.group.into(), topic: topic.into(), partition: p };
         let committed = stored_offset(table, topic, &key).await?;
@@ -258,7 +251,7 @@ async fn audit_topic(
         };
         parts.insert(p, PartitionAudit { partition: p, committed, dead_letters_committed: dead_committed, ..Default::default() });
         if committed.unwrap_or(0).max(dead_committed.unwrap_or(0)) > 0 {
-            tpl.add_partition_offset(topic, p, Offset::Beginning).map_err(|e| broker_err(e.to_string()))?;
+            to_read.push(p);
         }
     }
 
@@ -277,16 +270,15 @@ async fn audit_topic(
     let mut bad: HashSet<(i32, i64)> = HashSet::new();
     let mut last_read: HashMap<i32, i64> = HashMap::new();
     let target = |a: &PartitionAudit| a.committed.unwrap_or(0).max(a.dead_letters_committed.unwrap_or(0));
-    if tpl.count() > 0 {
-        consumer.assign(&tpl).map_err(|e| broker_err(e.to_string()))?;
+    if !to_read.is_empty() {
+        log.start(topic, &to_read).map_err(broker_err)?;
         let mut done: HashSet<i32> = parts.values().filter(|a| target(a) == 0).map(|a| a.partition).collect();
         while done.len() < parts.len() {
-            let msg = match tokio::time::timeout(opts.idle, consumer.recv()).await {
-                Err(_) => break,
-                Ok(Err(e)) => return Err(broker_err(e.to_string())),
-                Ok(Ok(m)) => m,
+            let msg = match log.next(opts.idle).await.map_err(broker_err)? {
+                None => break,
+                Some(m) => m,
             };
-            let (p, off) = (msg.partition(), msg.offset());
+            let (p, off) = (msg.partition, msg.offset);
             let Some(a) = parts.get_mut(&p) else { continue };
             if off >= target(a) {
                 done.insert(p);
@@ -303,7 +295,7 @@ async fn audit_topic(
             if a.skipped.iter().any(|s| (s.from..s.to).contains(&off)) {
                 continue;
             }
-            match decoder.decode(msg.key(), msg.payload(), p, off) {
+            match decoder.decode(msg.key.as_deref(), msg.payload.as_deref(), p, off) {
                 Err(_) => {
                     bad.insert((p, off));
                 }
@@ -332,7 +324,7 @@ async fn audit_topic(
         if t == 0 || a.messages_read > 0 && a.covered_from.is_some_and(|f| f + a.messages_read as i64 >= t) {
             continue;
         }
-        let hwm = fetch_high_watermark(&consumer, topic, a.partition);
+        let hwm = log.end(topic, a.partition);
         if hwm.is_some_and(|h| h < t) {
             continue;
         }
@@ -348,7 +340,7 @@ async fn audit_topic(
     }
     let mut complete = true;
     for a in parts.values_mut() {
-        a.high_watermark = fetch_high_watermark(&consumer, topic, a.partition);
+        a.high_watermark = log.end(topic, a.partition);
         if let (Some(h), Some(c)) = (a.high_watermark, a.committed) {
             a.lag = Some((h - c).max(0));
         }
@@ -476,14 +468,4 @@ fn source_and_precombine(batch: &arrow::record_batch::RecordBatch, precombine: &
     .map_err(|e| e.to_string())?;
     let pc = micros.as_any().downcast_ref::<Int64Array>().ok_or("bad precombine column")?;
     Ok(((0..sc.len()).map(|i| sc.is_valid(i).then(|| sc.value(i).to_string())).collect(), (0..pc.len()).map(|i| if pc.is_valid(i) { pc.value(i) } else { i64::MIN }).collect()))
-}
-
-/// The high watermark from fetch responses when known, else from the broker.
-fn fetch_high_watermark(consumer: &StreamConsumer, topic: &str, partition: i32) -> Option<i64> {
-    if let Some(hi) = crate::source::kafka::cached_high_watermark(consumer.client(), topic, partition) {
-        return Some(hi);
-    }
-    // Partitions that were not read: ask the broker (tansu reports the last batch's base + 1
-    // here, which can only under-state the end, never hide an offset beyond it).
-    tokio::task::block_in_place(|| consumer.fetch_watermarks(topic, partition, Duration::from_secs(10))).ok().map(|(_, h)| h)
 }
