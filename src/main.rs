@@ -158,6 +158,10 @@ struct AuditArgs {
     common: Common,
     #[command(flatten)]
     selection: Selection,
+    /// Audit what was ingested from Apache Iggy: iggy://user:pass@host:port[/stream] (the
+    /// offsets stored under --source-name, `iggy` by default).
+    #[arg(long)]
+    iggy: Option<String>,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -445,7 +449,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Audit(a) => {
-            let cfg = load(&a.common, a.selection.overrides())?;
+            let cfg = load(&a.common, Overrides { iggy: a.iggy, ..a.selection.overrides() })?;
             let lake = cfg.existing_lake()?;
             let specs = cfg.selected_specs()?;
             let opts = lakepipe::audit::AuditOptions {
@@ -453,6 +457,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 group: &cfg.group,
                 source_name: &cfg.source_name,
                 kafka: &cfg.kafka,
+                iggy: Some(cfg.iggy.as_str()).filter(|u| !u.trim().is_empty()),
                 idle: cfg.connect(),
                 max_message_bytes: cfg.max_message_bytes,
             };

@@ -1,33 +1,78 @@
 //! What the audit reads from a broker: a topic's partitions, their messages from the start up
 //! to the offsets the lake committed, and each partition's end. Kafka through a consumer of its
-//! own (outside the ingest's group, committing nothing).
+//! own (outside the ingest's group, committing nothing); Iggy through a direct reader (outside
+//! the ingest's consumer group, storing nothing).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
+
+use futures::future::BoxFuture;
 
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 
-use crate::source::RawMessage;
+use crate::source::iggy::{IggyAddress, IggySource};
+use crate::source::{PartitionStarts, Polled, RawMessage, Source, StartLoader, TopicPartition};
+
+/// No stored offsets: every partition is read from its start.
+struct FromTheStart;
+
+impl StartLoader for FromTheStart {
+    fn load<'a>(
+        &'a self,
+        _partitions: &'a [TopicPartition],
+    ) -> BoxFuture<'a, Result<HashMap<TopicPartition, PartitionStarts>, String>> {
+        Box::pin(async { Ok(HashMap::new()) })
+    }
+}
 
 /// A reader of one topic's log.
 pub(super) enum Log {
     /// Kafka.
     Kafka(StreamConsumer),
+    /// Iggy, with the messages of its last poll not yet taken.
+    Iggy(Box<IggySource>, VecDeque<RawMessage>),
 }
 
 impl Log {
     /// A reader of `topic` on the Kafka brokers `brokers`, with its partitions.
-    pub(super) fn kafka(brokers: &str, extra: &BTreeMap<String, String>, topic: &str) -> Result<(Log, Vec<i32>), String> {
+    pub(super) fn kafka(
+        brokers: &str,
+        extra: &BTreeMap<String, String>,
+        topic: &str,
+    ) -> Result<(Log, Vec<i32>), String> {
         let mut cfg = crate::source::kafka::client_config(brokers, extra);
-        cfg.set("group.id", format!("lakepipe-audit-{}", uuid::Uuid::new_v4()))
-            .set("enable.auto.commit", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("enable.partition.eof", "false");
+        cfg.set(
+            "group.id",
+            format!("lakepipe-audit-{}", uuid::Uuid::new_v4()),
+        )
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "false");
         let consumer: StreamConsumer = cfg.create().map_err(|e| e.to_string())?;
-        let md = tokio::task::block_in_place(|| consumer.fetch_metadata(Some(topic), Duration::from_secs(15))).map_err(|e| e.to_string())?;
-        let partitions: Vec<i32> = md.topics().iter().filter(|t| t.name() == topic).flat_map(|t| t.partitions().iter().map(|p| p.id())).collect();
+        let md = tokio::task::block_in_place(|| {
+            consumer.fetch_metadata(Some(topic), Duration::from_secs(15))
+        })
+        .map_err(|e| e.to_string())?;
+        let partitions: Vec<i32> = md
+            .topics()
+            .iter()
+            .filter(|t| t.name() == topic)
+            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+            .collect();
         Ok((Log::Kafka(consumer), partitions))
+    }
+
+    /// A reader of `topic` on the Iggy server at `url`, with its partitions.
+    pub(super) async fn iggy(url: &str, topic: &str) -> Result<(Log, Vec<i32>), String> {
+        let address = IggyAddress::parse(url)?;
+        let source =
+            IggySource::connect(address, &[topic.to_string()], Arc::new(FromTheStart), None)
+                .await
+                .map_err(|e| e.to_string())?;
+        let partitions = source.partitions().into_iter().map(|(_, p)| p).collect();
+        Ok((Log::Iggy(Box::new(source), VecDeque::new()), partitions))
     }
 
     /// Read `partitions` of `topic` from their start.
@@ -36,9 +81,16 @@ impl Log {
             Log::Kafka(consumer) => {
                 let mut tpl = TopicPartitionList::new();
                 for &p in partitions {
-                    tpl.add_partition_offset(topic, p, Offset::Beginning).map_err(|e| e.to_string())?;
+                    tpl.add_partition_offset(topic, p, Offset::Beginning)
+                        .map_err(|e| e.to_string())?;
                 }
                 consumer.assign(&tpl).map_err(|e| e.to_string())
+            }
+            Log::Iggy(source, _) => {
+                let keep: Vec<TopicPartition> =
+                    partitions.iter().map(|p| (topic.to_string(), *p)).collect();
+                source.retain(&keep);
+                Ok(())
             }
         }
     }
@@ -57,6 +109,17 @@ impl Log {
                     timestamp_ms: None,
                 })),
             },
+            Log::Iggy(source, ready) => {
+                if ready.is_empty() {
+                    if let Polled::Messages(messages) = Source::next(source.as_ref(), idle, 10_000)
+                        .await
+                        .map_err(|e| e.to_string())?
+                    {
+                        ready.extend(messages.into_iter().map(|(_, m)| m));
+                    }
+                }
+                Ok(ready.pop_front())
+            }
         }
     }
 
@@ -64,14 +127,21 @@ impl Log {
     pub(super) fn end(&self, topic: &str, partition: i32) -> Option<i64> {
         match self {
             Log::Kafka(consumer) => {
-                if let Some(hi) = crate::source::kafka::cached_high_watermark(consumer.client(), topic, partition) {
+                if let Some(hi) =
+                    crate::source::kafka::cached_high_watermark(consumer.client(), topic, partition)
+                {
                     return Some(hi);
                 }
                 // Partitions that were not read: ask the broker (tansu reports the last batch's
                 // base + 1 here, which can only under-state the end, never hide an offset
                 // beyond it).
-                tokio::task::block_in_place(|| consumer.fetch_watermarks(topic, partition, Duration::from_secs(10))).ok().map(|(_, h)| h)
+                tokio::task::block_in_place(|| {
+                    consumer.fetch_watermarks(topic, partition, Duration::from_secs(10))
+                })
+                .ok()
+                .map(|(_, h)| h)
             }
+            Log::Iggy(source, _) => source.end_offset(topic, partition),
         }
     }
 }

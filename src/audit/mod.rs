@@ -202,6 +202,8 @@ pub struct AuditOptions<'a> {
     pub source_name: &'a str,
     /// Extra librdkafka settings.
     pub kafka: &'a BTreeMap<String, String>,
+    /// Read the topics from this Iggy server (`iggy://…`) instead of Kafka.
+    pub iggy: Option<&'a str>,
     /// Stop reading a partition after this long without a message.
     pub idle: Duration,
     /// Largest message accepted (as in the ingest).
@@ -236,8 +238,16 @@ async fn audit_topic(
     opts: &AuditOptions<'_>,
 ) -> Result<(TopicAudit, Vec<Finding>), AuditError> {
     let topic = spec.name.as_str();
-    let broker_err = |reason: String| AuditError::Broker { topic: topic.to_string(), brokers: opts.brokers.to_string(), reason };
-    let (mut log, partitions) = log::Log::kafka(opts.brokers, opts.kafka, topic).map_err(broker_err)?;
+    let from = match opts.iggy {
+        Some(url) => crate::source::iggy::IggyAddress::parse(url).map(|a| a.display()).unwrap_or_else(|_| "Iggy".into()),
+        None => opts.brokers.to_string(),
+    };
+    let broker_err = |reason: String| AuditError::Broker { topic: topic.to_string(), brokers: from.clone(), reason };
+    let (mut log, partitions) = match opts.iggy {
+        Some(url) => log::Log::iggy(url, topic).await,
+        None => log::Log::kafka(opts.brokers, opts.kafka, topic),
+    }
+    .map_err(broker_err)?;
 
     let mut parts: BTreeMap<i32, PartitionAudit> = BTreeMap::new();
     let mut tally = Tally::default();

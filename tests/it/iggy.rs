@@ -230,7 +230,7 @@ async fn failover_and_back(s3_lake: Option<String>) {
 
     let mut damaged = false;
     let lake = s3_lake.unwrap_or_else(|| dir.path().join("lake").display().to_string());
-    for (name, source) in [
+    let sources = [
         ("primary", vec!["--iggy".to_string(), iggy.url()]),
         (
             "fallback",
@@ -241,7 +241,8 @@ async fn failover_and_back(s3_lake: Option<String>) {
                 unique("g"),
             ],
         ),
-    ] {
+    ];
+    for (name, source) in &sources {
         let out = Command::new(bin)
             .args([
                 "ingest",
@@ -253,13 +254,13 @@ async fn failover_and_back(s3_lake: Option<String>) {
                 "--topics",
                 &topic,
             ])
-            .args(&source)
+            .args(source)
             .args(["--source-name", name, "--trigger-interval", "500ms"])
             .env("LAKEPIPE_ONCE_TIMEOUT", "90s")
             .output()
             .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
-        if name == "primary" && !out.status.success() && stderr.contains("invalid_offset") {
+        if *name == "primary" && !out.status.success() && stderr.contains("invalid_offset") {
             // Iggy 0.8.0 can leave the message it was writing when it was killed unreadable:
             // every poll that covers it fails with invalid_offset, across restarts, while the
             // messages after it (acknowledged after the restart) can only be read by a poll
@@ -313,6 +314,25 @@ async fn failover_and_back(s3_lake: Option<String>) {
         rows[0]["completed"], 2000,
         "the newer version of every updated key won, whichever broker took it: {rows:?}"
     );
+    // Each source's audit re-reads its broker (Iggy for the primary) and proves its share
+    // exactly once; the other source's rows stand in for keys it owes only where as new.
+    for (name, source) in &sources {
+        let out = Command::new(bin)
+            .args(["audit", "--json", "--config", config.to_str().unwrap(), "--lake", &lake, "--topics", &topic])
+            .args(source)
+            .args(["--source-name", name])
+            .output()
+            .unwrap();
+        let report: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        assert!(
+            out.status.success(),
+            "the audit of {name} failed: {report}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let read: u64 = report["topics"][0]["partitions"].as_array().map(|ps| ps.iter().map(|p| p["messages_read"].as_u64().unwrap_or(0)).sum()).unwrap_or(0);
+        assert!(read > 0, "the audit of {name} read its broker: {report}");
+        eprintln!("audit of {name}: {read} messages re-read, {} rows expected", report["topics"][0]["expected_rows"]);
+    }
 }
 
 /// Send `msgs` to one partition of an Iggy topic (created with 3 partitions if missing), so

@@ -302,6 +302,18 @@ impl IggySource {
         }
     }
 
+    /// Read only `keep` from now on (the audit reads the partitions the lake has offsets for).
+    pub fn retain(&self, keep: &[TopicPartition]) {
+        if let Ok(mut next) = self.next.lock() {
+            next.retain(|tp, _| keep.contains(tp));
+        }
+    }
+
+    /// The partitions this source reads.
+    pub fn partitions(&self) -> Vec<TopicPartition> {
+        self.next.lock().map(|n| n.keys().cloned().collect()).unwrap_or_default()
+    }
+
     /// The address, for messages.
     pub fn display(&self) -> String {
         self.address.display()
