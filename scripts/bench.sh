@@ -19,7 +19,7 @@ fi
 OUT="${LAKEPIPE_DEV_BENCH_OUT:-$LAKEPIPE_DEV_ROOT/docs}"
 WORK="$LAKEPIPE_DEV_CACHE/bench-work-$mode"
 BENCH_PY="$LAKEPIPE_DEV_CACHE/bench-py"
-export LAKEPIPE_DEV_RUN_DIR="$LAKEPIPE_DEV_CACHE/bench-run" LAKEPIPE_DEV_BROKER_PORT=19192 LAKEPIPE_DEV_S3_PORT=4666
+export LAKEPIPE_DEV_RUN_DIR="$LAKEPIPE_DEV_CACHE/bench-run" LAKEPIPE_DEV_BROKER_PORT=19192 LAKEPIPE_DEV_S3_PORT=4666 LAKEPIPE_DEV_IGGY_PORT=18190
 source "$LAKEPIPE_DEV_ROOT/scripts/common.sh"
 
 "$LAKEPIPE_DEV_ROOT/scripts/setup.sh" all
@@ -74,11 +74,12 @@ produce() { "$BIN" load --config "$CFG" --brokers "$LAKEPIPE_DEV_TEST_BROKERS" -
 
 # One timed ingest: wall seconds, CPU seconds, peak RSS, commit latencies from the JSON logs.
 # The append and the update mix on one lake use one group: offsets are kept per group (in the
-# lake), so the update run reads only the mix.
-ingest() { # ingest NAME LAKE GROUP
-  local log="$WORK/$1.log" t="$WORK/$1.time"
+# lake), so the update run reads only the mix. Further arguments go to `ingest` (`--iggy URL`).
+ingest() { # ingest NAME LAKE GROUP [ARG...]
+  local name="$1" log="$WORK/$1.log" t="$WORK/$1.time" lake="$2" group="$3"
+  shift 3
   /usr/bin/time -f '%e %U %S %M' -o "$t" "$BIN" --log-format json ingest --once --config "$CFG" --brokers "$LAKEPIPE_DEV_TEST_BROKERS" \
-    --lake "$2" --topics "$TOPIC" --group "$3" --trigger-interval 30s >"$WORK/$1.out" 2>"$log"
+    --lake "$lake" --topics "$TOPIC" --group "$group" --trigger-interval 30s "$@" >"$WORK/$name.out" 2>"$log"
   "$PY" - "$t" "$log" "$N" <<'PY'
 import json, sys
 wall, user, sys_, rss = open(sys.argv[1]).read().split()[-4:]
@@ -103,6 +104,18 @@ put lakepipe.local.append "$(printf '%s' "$local_runs" | best)"
 mv "$WORK/lake-$runs" "$WORK/lake-appended" && rm -rf "$WORK"/lake-[0-9]*
 for i in $(seq "$runs"); do s3_runs+="$(ingest "append-s3-$i" "$LAKEPIPE_DEV_TEST_S3/bench-$$-$i" "bench-s3-$i")"$'\n'; done
 put lakepipe.s3.append "$(printf '%s' "$s3_runs" | best)"
+# The same records from Apache Iggy (the server services.sh starts: fsync, a save per message),
+# into a local lake: the seeds' Iggy-primary pipeline. The load spreads them over 3 partitions.
+if [ -n "${IGGY_URL:-}" ]; then
+  log "lakepipe append from Iggy: local lake (best of $runs)"
+  "$BIN" load --config "$CFG" --primary "$IGGY_URL" --topic "$TOPIC" --batch-size 20000 "$WORK/base.ndjson" >/dev/null
+  iggy_runs=""
+  for i in $(seq "$runs"); do iggy_runs+="$(ingest "append-iggy-$i" "$WORK/iggy-lake-$i" "bench-iggy-$i" --iggy "$IGGY_URL")"$'\n'; done
+  put lakepipe.iggy.append "$(printf '%s' "$iggy_runs" | best)"
+  rm -rf "$WORK"/iggy-lake-*
+else
+  log "SKIPPED: the append from Iggy (no Iggy server: IGGY_URL is unset)"
+fi
 log "Python peer: confluent-kafka + write_deltalake (best of $runs)"
 py_runs=""
 for i in $(seq "$runs"); do

@@ -48,11 +48,13 @@ ratios = {
     "query_vs_rownumber": ratio(lp_query, get("queries", "rownumber")),
     # lakepipe's two engines over HTTP on the same table (issue #15: DuckDB at most 1.5x).
     "duckdb_engine_vs_datafusion": ratio(get("queries", "lakepipe_http_duckdb"), get("queries", "lakepipe_http_datafusion")),
+    # The same append read from Iggy rather than Kafka (tansu), in CPU-seconds (issue #25).
+    "iggy_vs_kafka_cpu": ratio(get("lakepipe", "iggy", "append", "cpu_seconds"), get("lakepipe", "local", "append", "cpu_seconds")),
 }
 targets = {
     "append_vs_ceiling": 1.67, "append_vs_python": 0.1, "append_vs_pyspark": 0.33, "upsert_vs_append": 3,
     "upsert_vs_deltars_merge": 0.5, "upsert_10m_vs_1m": 2, "upsert_peak_rss_mib": 1024, "query_vs_duckdb": 1.2,
-    "query_vs_rownumber": 0.2, "duckdb_engine_vs_datafusion": 1.5,
+    "query_vs_rownumber": 0.2, "duckdb_engine_vs_datafusion": 1.5, "iggy_vs_kafka_cpu": 1.5,
 }
 
 
@@ -109,6 +111,7 @@ rows = [
     ("Ceiling: arrow-json → Parquet, 1 core", get("ceiling", "seconds")),
     ("lakepipe append, local lake", lp_append), ("lakepipe 30% update mix, local lake", lp_upsert),
     ("lakepipe append, LocalStack S3", get("lakepipe", "s3", "append", "seconds")),
+    ("lakepipe append from Iggy, local lake", get("lakepipe", "iggy", "append", "seconds")),
     ("lakepipe 30% update mix, LocalStack S3", get("lakepipe", "s3", "upsert", "seconds")),
     ("Python confluent-kafka + write_deltalake", get("python", "append", "seconds")),
     ("Python deltalake MERGE of the mix file", get("python", "merge", "seconds")),
@@ -131,6 +134,11 @@ lines = [
     f"lakepipe, local lake: {fmt(get('lakepipe', 'local', 'append', 'records_per_cpu_second'))} records per CPU-second (append), "
     f"peak RSS {fmt(get('lakepipe', 'local', 'append', 'peak_rss_mib'))} MiB (append) and {fmt(get('lakepipe', 'local', 'upsert', 'peak_rss_mib'))} MiB (update mix); "
     f"batch commit p50 {fmt(get('lakepipe', 'local', 'append', 'commit_p50_ms'))} ms, p99 {fmt(get('lakepipe', 'local', 'append', 'commit_p99_ms'))} ms.",
+    "",
+    f"Source against source (the seeds' target is 50,000 records/s): from Kafka (tansu) {fmt(get('lakepipe', 'local', 'append', 'records_per_cpu_second'))} records per CPU-second "
+    f"({fmt(round(n / lp_append) if lp_append else None)} records/s), from Iggy {fmt(get('lakepipe', 'iggy', 'append', 'records_per_cpu_second'))} records per CPU-second "
+    f"({fmt(round(n / get('lakepipe', 'iggy', 'append', 'seconds')) if get('lakepipe', 'iggy', 'append', 'seconds') else None)} records/s), both into a local lake; "
+    "CPU-seconds are lakepipe's own, not the broker's.",
     "",
     "Latest-version query (revenue per day and currency over completed transactions), best of runs. DuckDB runs in a warm Python process with a new connection per query; lakepipe answers over its HTTP API (`POST /query` to a running `lakepipe serve`, a fresh table snapshot per query), which is what `query_vs_duckdb` compares. `lakepipe sql` starts a new process per query and is shown for reference:",
     "",
