@@ -21,14 +21,22 @@ pub struct Iggy {
     child: Option<std::process::Child>,
     port: u16,
     data: tempfile::TempDir,
+    /// Further settings, as `IGGY_*` variables.
+    settings: Vec<(String, String)>,
 }
 
 impl Iggy {
     pub fn start() -> Iggy {
+        Iggy::start_with(&[])
+    }
+
+    /// A server with further settings (`IGGY_*` variables).
+    pub fn start_with(settings: &[(&str, &str)]) -> Iggy {
         let mut server = Iggy {
             child: None,
             port: free_port(),
             data: tempfile::tempdir().unwrap(),
+            settings: settings.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         };
         server.restart();
         server
@@ -47,6 +55,7 @@ impl Iggy {
             .env("IGGY_WEBSOCKET_ENABLED", "false")
             .env("IGGY_SYSTEM_PARTITION_ENFORCE_FSYNC", "true")
             .env("IGGY_SYSTEM_PARTITION_MESSAGES_REQUIRED_TO_SAVE", "1")
+            .envs(self.settings.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(
                 std::fs::File::create(self.data.path().join("server.log"))

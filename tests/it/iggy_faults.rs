@@ -10,6 +10,9 @@ use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
 
+use iggy::prelude::*;
+use lakepipe::source::iggy::IggyAddress;
+
 use crate::harness::{Fixture, LakeKind, Model, Reaped};
 use crate::iggy::{produce_to_iggy_partition, wait_for_members, Iggy};
 use crate::kill::{assert_matches, converge, count_in, partition_messages_from};
@@ -190,4 +193,140 @@ async fn iggy_server_restarts_under_a_running_ingest() {
     }
     converge(&lake.fx, &lake.model, &log, Duration::from_secs(120)).await;
     assert_matches(&lake.fx, &lake.model);
+}
+
+/// An Iggy server with segments of 1 KiB (a few messages each) and its cleaner every second,
+/// and `topic` on it with 3 partitions, `expiry` and `max_size`.
+async fn server_that_deletes(
+    topic: &str,
+    expiry: IggyExpiry,
+    max_size: MaxTopicSize,
+) -> (Iggy, IggyClient) {
+    let iggy = Iggy::start_with(&[
+        ("IGGY_SYSTEM_SEGMENT_SIZE", "1 KiB"),
+        ("IGGY_DATA_MAINTENANCE_MESSAGES_CLEANER_ENABLED", "true"),
+        ("IGGY_DATA_MAINTENANCE_MESSAGES_INTERVAL", "1 s"),
+    ]);
+    let address = IggyAddress::parse(&iggy.url()).unwrap();
+    let client = address.connect().await.unwrap();
+    client.create_stream(&address.stream).await.unwrap();
+    let s = Identifier::named(&address.stream).unwrap();
+    client
+        .create_topic(
+            &s,
+            topic,
+            3,
+            CompressionAlgorithm::None,
+            None,
+            expiry,
+            max_size,
+        )
+        .await
+        .unwrap();
+    (iggy, client)
+}
+
+/// Each partition's first offset the server still has (`None`: it holds no message), and its
+/// count of messages.
+async fn first_offsets(client: &IggyClient, topic: &str) -> Vec<(Option<u64>, u64)> {
+    let (s, t) = (
+        Identifier::named("lakepipe").unwrap(),
+        Identifier::named(topic).unwrap(),
+    );
+    let details = client.get_topic(&s, &t).await.unwrap().unwrap();
+    let mut out = Vec::new();
+    for p in 0..3u32 {
+        let polled = client
+            .poll_messages(
+                &s,
+                &t,
+                Some(p),
+                &Consumer::default(),
+                &PollingStrategy::first(),
+                1,
+                false,
+            )
+            .await
+            .unwrap();
+        let count = details
+            .partitions
+            .iter()
+            .find(|x| x.id == p)
+            .map_or(0, |x| x.messages_count);
+        out.push((polled.messages.first().map(|m| m.header.offset), count));
+    }
+    out
+}
+
+/// The oldest segments were deleted before the first ingest (the topic outgrew its size
+/// limit, and Iggy deletes the topic's oldest segments, whichever partition they are in): a
+/// partition that still has messages starts at its first, as a Kafka ingest starts at the log
+/// start (it used to fail with "expired before they were ingested"; Iggy answers a poll below
+/// its first message with nothing, not with that message), and a partition that has none left
+/// starts at its end, where it used to be refused as a reset server. The table holds exactly
+/// what the server still had, and each partition is committed to its end.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs an Iggy server: scripts/test.sh starts one and runs the Iggy tests (`--ignored iggy`)"]
+async fn a_fresh_iggy_ingest_starts_after_deleted_segments() {
+    let fx = Fixture::new(LakeKind::Local, "transactions", 1, "").await;
+    let max = MaxTopicSize::Custom(IggyByteSize::from(8 * 1024u64));
+    let (iggy, client) = server_that_deletes(&fx.topic, IggyExpiry::NeverExpire, max).await;
+    let url = iggy.url();
+    let n = 120;
+    let msgs: Vec<Vec<crate::harness::Msg>> = (0..3)
+        .map(|p| partition_messages_from(p, n, 100 + p as u64))
+        .collect();
+    for (p, m) in msgs.iter().enumerate() {
+        for chunk in m.chunks(5) {
+            produce_to_iggy_partition(&url, &fx.topic, p as u32, chunk).await;
+        }
+    }
+    // Both cases at once: a partition with its first messages gone, and one with none left.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let firsts = loop {
+        let firsts = first_offsets(&client, &fx.topic).await;
+        let partly = firsts.iter().any(|(f, _)| f.is_some_and(|f| f > 0));
+        let wholly = firsts.iter().any(|(f, _)| f.is_none());
+        if partly && wholly {
+            break firsts;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the server did not delete segments as the test needs ({firsts:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    eprintln!(
+        "first offset the server still has, and its message count, per partition: {firsts:?}"
+    );
+    let mut model = Model::default();
+    for (p, (first, _)) in firsts.iter().enumerate() {
+        if let Some(first) = first {
+            let first = *first as usize;
+            model.apply("transactions", p as i32, first as i64, &msgs[p][first..]);
+        }
+    }
+    let out = fx
+        .cmd("ingest")
+        .arg("--once")
+        .args(["--iggy", &url, "--trigger-interval", "500ms"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "a fresh ingest of a topic with deleted segments: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_matches(&fx, &model);
+    let sql = format!("SELECT partition, committed_offset FROM freshness() WHERE scope = 'partition' AND table_name = '{}' ORDER BY partition", fx.topic);
+    let rows = fx.sql_now(&sql);
+    let committed: Vec<i64> = rows
+        .iter()
+        .map(|r| r["committed_offset"].as_i64().unwrap_or(-1))
+        .collect();
+    assert_eq!(
+        committed,
+        vec![n as i64; 3],
+        "each partition committed to its end: {rows:?}"
+    );
 }

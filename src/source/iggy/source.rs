@@ -42,6 +42,12 @@ pub struct IggySource {
     /// Partitions where a poll met a message the server cannot read: read one message at a
     /// time there, so that everything before it is read and the error names it exactly.
     careful: std::sync::Mutex<std::collections::HashSet<crate::source::TopicPartition>>,
+    /// Partitions with no offset in the lake: read from the first message the server still has
+    /// (the ones before may have expired), as the Kafka source starts at the log start.
+    fresh: std::sync::Mutex<std::collections::HashSet<TopicPartition>>,
+    /// Fresh partitions whose every message had expired: the offset they start at (their end),
+    /// for the ingest loop to commit without a message ([`crate::source::Source::positions`]).
+    jumped: std::sync::Mutex<HashMap<TopicPartition, i64>>,
 }
 
 fn source_err(address: &IggyAddress, reason: impl std::fmt::Display) -> crate::source::SourceError {
@@ -95,6 +101,7 @@ impl IggySource {
         let starts = loader.load(&partitions).await.map_err(|e| source_err(&address, format!("cannot read stored offsets from the lake: {e}")))?;
         let mut assignment = crate::source::Assignment { generation: 1, assigned: true, ..Default::default() };
         let mut next = BTreeMap::new();
+        let mut fresh = std::collections::HashSet::new();
         for tp in partitions.iter().cloned() {
             let s = starts.get(&tp).cloned().unwrap_or_default();
             let end = ends.get(&tp).copied().unwrap_or(0);
@@ -104,6 +111,9 @@ impl IggySource {
                 return Err(crate::source::SourceError::OutOfRange { brokers: address.display(), reason: format!("{}/{}: the lake's offset {} is past the partition's end {end} (server reset or topic re-created); see docs/DESIGN.md", tp.0, tp.1, s.data.unwrap_or(0)) });
             }
             if held.contains(&tp) {
+                if s.data.is_none() {
+                    fresh.insert(tp.clone());
+                }
                 next.insert(tp.clone(), s.data.unwrap_or(0).max(0) as u64);
                 assignment.partitions.insert(tp, s);
             }
@@ -122,6 +132,8 @@ impl IggySource {
             buffer: Default::default(),
             cursor: Default::default(),
             careful: Default::default(),
+            fresh: std::sync::Mutex::new(fresh),
+            jumped: Default::default(),
         })
     }
 
@@ -151,8 +163,11 @@ impl IggySource {
                     Some(g) => g.consumer().map_err(|e| source_err(&self.address, e))?,
                     None => Consumer::default(),
                 };
-                let strategy = PollingStrategy::offset(*offset);
                 let tp = (topic.clone(), *partition);
+                let fresh = self.fresh.lock().is_ok_and(|f| f.contains(&tp));
+                // Iggy answers a poll below the first message it still has with nothing (not
+                // with that message): a partition new to the lake is read from its first.
+                let strategy = if fresh { PollingStrategy::first() } else { PollingStrategy::offset(*offset) };
                 let careful = self.careful.lock().is_ok_and(|c| c.contains(&tp));
                 let count = if careful { 1 } else { max.max(1) };
                 let poll = self.client.poll_messages(&s, &t, Some(*partition as u32), &consumer, &strategy, count, false);
@@ -189,10 +204,30 @@ impl IggySource {
                     *e = (*e).max(end);
                 }
                 if let Some(first) = polled.messages.first() {
-                    if first.header.offset > *offset {
+                    if first.header.offset > *offset && fresh {
+                        tracing::info!(topic = %topic, partition, first = first.header.offset, "a partition new to the lake starts at the first message the server still has (the ones before it expired)");
+                    } else if first.header.offset > *offset {
                         // Messages between the lake's offset and the first one returned are gone
                         // (expired before ingest). Never skip silently.
                         return Err(crate::source::SourceError::OutOfRange { brokers: self.address.display(), reason: format!("{topic}/{partition}: offsets {offset}..{} expired before they were ingested", first.header.offset) });
+                    }
+                    if fresh {
+                        if let Ok(mut f) = self.fresh.lock() {
+                            f.remove(&tp);
+                        }
+                    }
+                } else if fresh {
+                    // A partition new to the lake whose every message expired: nothing to read
+                    // below its end, which the lake's offset moves to without a message.
+                    let end = self.end_offset(topic, *partition).unwrap_or(0);
+                    if end > *offset as i64 {
+                        tracing::info!(topic = %topic, partition, end, "a partition new to the lake holds no message any more (all expired): it starts at its end");
+                        if let (Ok(mut next), Ok(mut jumped), Ok(mut f)) = (self.next.lock(), self.jumped.lock(), self.fresh.lock()) {
+                            next.insert(tp.clone(), end as u64);
+                            jumped.insert(tp.clone(), end);
+                            f.remove(&tp);
+                        }
+                        continue;
                     }
                 }
                 let mut last = None;
@@ -280,6 +315,10 @@ impl IggySource {
                 careful.remove(tp);
                 committed.remove(tp);
             }
+            if let (Ok(mut fresh), Ok(mut jumped)) = (self.fresh.lock(), self.jumped.lock()) {
+                fresh.remove(tp);
+                jumped.remove(tp);
+            }
         }
         assignment.partitions = held.iter().map(|tp| (tp.clone(), Default::default())).collect();
         assignment.generation += 1;
@@ -298,6 +337,14 @@ impl IggySource {
             for (tp, o) in starts {
                 next.insert(tp.clone(), o.unwrap_or(0).max(0) as u64);
                 buffer.retain(|(t, m)| !(t == &tp.0 && m.partition == tp.1));
+                if let (Ok(mut fresh), Ok(mut jumped)) = (self.fresh.lock(), self.jumped.lock()) {
+                    jumped.remove(tp);
+                    if o.is_none() {
+                        fresh.insert(tp.clone());
+                    } else {
+                        fresh.remove(tp);
+                    }
+                }
             }
         }
     }
@@ -378,6 +425,13 @@ impl crate::source::Source for IggySource {
 
     fn all_partitions(&self, _timeout: Duration) -> Result<Vec<TopicPartition>, crate::source::SourceError> {
         Ok(if self.group.is_some() { self.all.clone() } else { Vec::new() })
+    }
+
+    /// Fresh partitions whose messages had all expired start at their end: nothing below it
+    /// was handed over, and none of it is waiting in the read-ahead.
+    fn positions(&self) -> Vec<(TopicPartition, i64)> {
+        let (Ok(jumped), Ok(buffer)) = (self.jumped.lock(), self.buffer.lock()) else { return Vec::new() };
+        jumped.iter().filter(|(tp, _)| !buffer.iter().any(|(t, m)| t == &tp.0 && m.partition == tp.1)).map(|(tp, o)| (tp.clone(), *o)).collect()
     }
 
     /// Kept for the next look at the group, which stores them there.
