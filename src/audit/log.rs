@@ -3,29 +3,15 @@
 //! own (outside the ingest's group, committing nothing); Iggy through a direct reader (outside
 //! the ingest's consumer group, storing nothing).
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
-
-use futures::future::BoxFuture;
 
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 
 use crate::source::iggy::{IggyAddress, IggySource};
-use crate::source::{PartitionStarts, Polled, RawMessage, Source, StartLoader, TopicPartition};
-
-/// No stored offsets: every partition is read from its start.
-struct FromTheStart;
-
-impl StartLoader for FromTheStart {
-    fn load<'a>(
-        &'a self,
-        _partitions: &'a [TopicPartition],
-    ) -> BoxFuture<'a, Result<HashMap<TopicPartition, PartitionStarts>, String>> {
-        Box::pin(async { Ok(HashMap::new()) })
-    }
-}
+use crate::source::{NoStoredOffsets, Polled, RawMessage, Source, TopicPartition};
 
 /// A reader of one topic's log.
 pub(super) enum Log {
@@ -67,10 +53,14 @@ impl Log {
     /// A reader of `topic` on the Iggy server at `url`, with its partitions.
     pub(super) async fn iggy(url: &str, topic: &str) -> Result<(Log, Vec<i32>), String> {
         let address = IggyAddress::parse(url)?;
-        let source =
-            IggySource::connect(address, &[topic.to_string()], Arc::new(FromTheStart), None)
-                .await
-                .map_err(|e| e.to_string())?;
+        let source = IggySource::connect(
+            address,
+            &[topic.to_string()],
+            Arc::new(NoStoredOffsets),
+            None,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
         let partitions = source.partitions().into_iter().map(|(_, p)| p).collect();
         Ok((Log::Iggy(Box::new(source), VecDeque::new()), partitions))
     }

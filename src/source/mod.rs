@@ -29,6 +29,16 @@ pub trait StartLoader: Send + Sync {
     fn load<'a>(&'a self, partitions: &'a [TopicPartition]) -> BoxFuture<'a, Result<HashMap<TopicPartition, PartitionStarts>, String>>;
 }
 
+/// No stored offsets: every partition starts at the beginning (the audit's reader, and a
+/// direct reader whose starts the ingest loop seeks to itself).
+pub struct NoStoredOffsets;
+
+impl StartLoader for NoStoredOffsets {
+    fn load<'a>(&'a self, _partitions: &'a [TopicPartition]) -> BoxFuture<'a, Result<HashMap<TopicPartition, PartitionStarts>, String>> {
+        Box::pin(async { Ok(HashMap::new()) })
+    }
+}
+
 /// One poll of a source: messages in arrival order, each with its topic (shared, not copied
 /// per message), or nothing within the wait.
 pub enum Polled {

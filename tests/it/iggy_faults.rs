@@ -73,6 +73,14 @@ impl IggyLake {
             .unwrap()
     }
 
+    /// Wait up to `within` until one member of the group holds all three partitions.
+    async fn held_whole(&self, within: Duration) {
+        wait_for_members(&self.url, &self.fx.topic, &self.fx.group, within, |m| {
+            m == [3]
+        })
+        .await;
+    }
+
     /// `ingest --once` from Iggy.
     fn once(&self) -> Output {
         let out = self
@@ -164,14 +172,7 @@ async fn iggy_server_restarts_under_a_running_ingest() {
     let log = std::env::temp_dir().join(format!("{}.log", lake.fx.topic));
     eprintln!("Iggy restarts: log {}", log.display());
     let _ingest = lake.spawn(&log);
-    wait_for_members(
-        &lake.url,
-        &lake.fx.topic,
-        &lake.fx.group,
-        Duration::from_secs(30),
-        |m| m == [3],
-    )
-    .await;
+    lake.held_whole(Duration::from_secs(30)).await;
     for round in 0..2u64 {
         // Killed between requests of the test's producer: every message sent was acknowledged
         // and saved (fsync, a save per message).
@@ -182,14 +183,7 @@ async fn iggy_server_restarts_under_a_running_ingest() {
         for p in 0..3 {
             lake.feed(p, 150, 7000 + 10 * round + p as u64).await;
         }
-        wait_for_members(
-            &lake.url,
-            &lake.fx.topic,
-            &lake.fx.group,
-            Duration::from_secs(60),
-            |m| m == [3],
-        )
-        .await;
+        lake.held_whole(Duration::from_secs(60)).await;
     }
     converge(&lake.fx, &lake.model, &log, Duration::from_secs(120)).await;
     assert_matches(&lake.fx, &lake.model);
@@ -329,4 +323,61 @@ async fn a_fresh_iggy_ingest_starts_after_deleted_segments() {
         vec![n as i64; 3],
         "each partition committed to its end: {rows:?}"
     );
+}
+
+/// A member that stops (SIGSTOP) keeps its partitions: Iggy counts a client in the group while
+/// its connection lives (its heartbeat check is off by default). `ingest --once` beside it
+/// gets at most a partition the server takes from it after `rebalancing_timeout`; after
+/// `once_group_wait` with nothing moving it leaves the group and reads every partition directly,
+/// and finishes exactly. The stopped member, resumed, finds its offsets moved in the lake and
+/// writes nothing twice.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs an Iggy server: scripts/test.sh starts one and runs the Iggy tests (`--ignored iggy`)"]
+async fn iggy_once_reads_directly_beside_a_stopped_member() {
+    let iggy = Iggy::start();
+    let mut lake = IggyLake::new(&iggy, 300).await;
+    let log = std::env::temp_dir().join(format!("{}.log", lake.fx.topic));
+    eprintln!("a stopped member: log {}", log.display());
+    let mut member = lake.spawn(&log).take();
+    lake.held_whole(Duration::from_secs(30)).await;
+    converge(&lake.fx, &lake.model, &log, Duration::from_secs(60)).await;
+    let pid = member.id().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-STOP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    for p in 0..3 {
+        lake.feed(p, 200, 9000 + p as u64).await;
+    }
+    let started = Instant::now();
+    let out = lake
+        .fx
+        .cmd("ingest")
+        .arg("--once")
+        .args(["--iggy", &lake.url, "--trigger-interval", "500ms"])
+        .env("LAKEPIPE_ONCE_GROUP_WAIT", "5s")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "--once beside a stopped member: {stderr}"
+    );
+    eprintln!(
+        "--once beside a stopped member took {:?}; it read directly: {}",
+        started.elapsed(),
+        stderr.contains("reading every partition directly")
+    );
+    assert_matches(&lake.fx, &lake.model);
+    // Resumed, the old member commits nothing twice (its offsets moved in the lake).
+    assert!(std::process::Command::new("kill")
+        .args(["-CONT", &pid])
+        .status()
+        .unwrap()
+        .success());
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    member.kill().unwrap();
+    member.wait().unwrap();
+    assert_matches(&lake.fx, &lake.model);
 }

@@ -427,6 +427,28 @@ impl crate::source::Source for IggySource {
         Ok(if self.group.is_some() { self.all.clone() } else { Vec::new() })
     }
 
+    /// `--once`, when this member's group keeps partitions from it: a reader of exactly
+    /// `starts` outside any group, as assignment `generation` (the loop seeks it to the lake's
+    /// offsets). Dropping this member closes its connection, which leaves the group.
+    fn direct(&self, starts: &[(TopicPartition, Option<i64>)], generation: u64) -> Result<Option<Box<dyn crate::source::Source>>, crate::source::SourceError> {
+        let Some(runtime) = tokio::runtime::Handle::try_current().ok().filter(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread) else { return Ok(None) };
+        if self.group.is_none() {
+            return Ok(None);
+        }
+        let keep: Vec<TopicPartition> = starts.iter().map(|(tp, _)| tp.clone()).collect();
+        let mut topics: Vec<String> = keep.iter().map(|(t, _)| t.clone()).collect();
+        topics.sort();
+        topics.dedup();
+        let connect = IggySource::connect(self.address.clone(), &topics, Arc::new(crate::source::NoStoredOffsets), None);
+        let source = tokio::task::block_in_place(|| runtime.block_on(connect))?;
+        source.retain(&keep);
+        if let Ok(mut a) = source.assignment.lock() {
+            a.generation = generation;
+            a.partitions.retain(|tp, _| keep.contains(tp));
+        }
+        Ok(Some(Box::new(source)))
+    }
+
     /// Fresh partitions whose messages had all expired start at their end: nothing below it
     /// was handed over, and none of it is waiting in the read-ahead.
     fn positions(&self) -> Vec<(TopicPartition, i64)> {
