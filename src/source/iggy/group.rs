@@ -119,9 +119,35 @@ impl Group {
         }
     }
 
+    /// Forget this member's id: the next look joins again.
+    pub(super) async fn forget(&self) {
+        if self.me.lock().await.take().is_some() {
+            tracing::warn!(group = %self.name, "the Iggy server keeps answering that this member does not hold partitions listed under its id; joining the group again");
+        }
+    }
+
+    /// Leave the group on each topic (advisory: closing the connection leaves it too).
+    pub(super) async fn leave(&self, client: &IggyClient, topics: &[String]) {
+        let (Ok(s), Ok(g)) = (ident(&self.stream), ident(&self.name)) else {
+            return;
+        };
+        for topic in topics {
+            if let Ok(t) = ident(topic) {
+                let _ = timed(
+                    "leave_consumer_group",
+                    client.leave_consumer_group(&s, &t, &g),
+                )
+                .await;
+            }
+        }
+        *self.me.lock().await = None;
+    }
+
     /// Create the group on each topic if it is missing, and join it, learning this member's id.
     pub(super) async fn join(&self, client: &IggyClient, topics: &[String]) -> Result<(), String> {
         let (s, g) = (ident(&self.stream)?, ident(&self.name)?);
+        // Until the new id is known (a join cut short leaves none, and the next look joins).
+        *self.me.lock().await = None;
         let client_id = timed("get_me", client.get_me())
             .await
             .map_err(|e| format!("cannot read this client's id: {e}"))?

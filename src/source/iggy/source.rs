@@ -48,6 +48,8 @@ pub struct IggySource {
     /// Fresh partitions whose every message had expired: the offset they start at (their end),
     /// for the ingest loop to commit without a message ([`crate::source::Source::positions`]).
     jumped: std::sync::Mutex<HashMap<TopicPartition, i64>>,
+    /// Held partitions the server answered as not held, since when.
+    not_held: std::sync::Mutex<HashMap<TopicPartition, Instant>>,
 }
 
 fn source_err(address: &IggyAddress, reason: impl std::fmt::Display) -> crate::source::SourceError {
@@ -105,7 +107,8 @@ impl IggySource {
         for tp in partitions.iter().cloned() {
             let s = starts.get(&tp).cloned().unwrap_or_default();
             let end = ends.get(&tp).copied().unwrap_or(0);
-            if s.data.is_some_and(|d| d > end) {
+            // A partition whose only message (offset 0) expired is listed like an empty one.
+            if s.data.is_some_and(|d| d > end && !(end == 0 && d == 1)) {
                 // The server lost messages the lake already has (reset, or the topic was
                 // re-created). Never skip silently.
                 return Err(crate::source::SourceError::OutOfRange { brokers: address.display(), reason: format!("{}/{}: the lake's offset {} is past the partition's end {end} (server reset or topic re-created); see docs/DESIGN.md", tp.0, tp.1, s.data.unwrap_or(0)) });
@@ -134,6 +137,7 @@ impl IggySource {
             careful: Default::default(),
             fresh: std::sync::Mutex::new(fresh),
             jumped: Default::default(),
+            not_held: Default::default(),
         })
     }
 
@@ -194,9 +198,26 @@ impl IggySource {
                     Ok(Err(e)) => return Err(source_err(&self.address, e)),
                     Ok(Ok(polled)) => polled,
                 };
+                // A partition this member does not hold is answered with no message, partition
+                // 0 and offset 0: certain for another partition, and for partition 0 once the
+                // server lists it with two messages or more (one with a message or none answers
+                // alike).
+                let listed_end = self.listed.lock().ok().and_then(|l| l.get(&tp).map(|(_, end)| *end)).unwrap_or(0);
+                let not_held = polled.messages.is_empty() && (polled.partition_id != *partition as u32 || (polled.current_offset == 0 && listed_end > 1));
+                if self.group.is_some() && not_held && self.not_held_for_long(&tp) {
+                    // The group moved the partition on, which the next look adopts; answers
+                    // like this for longer mean this member's idea of its id is wrong.
+                    if let Some(g) = &self.group {
+                        g.forget().await;
+                    }
+                }
                 if polled.messages.is_empty() && polled.partition_id != *partition as u32 {
-                    // The group has moved the partition on since the last look.
                     continue;
+                }
+                if !not_held {
+                    if let Ok(mut n) = self.not_held.lock() {
+                        n.remove(&tp);
+                    }
                 }
                 let end = if polled.messages.is_empty() && *offset == 0 { 0 } else { polled.current_offset as i64 + 1 };
                 if let Ok(mut ends) = self.ends.lock() {
@@ -216,19 +237,17 @@ impl IggySource {
                             f.remove(&tp);
                         }
                     }
-                } else if fresh {
-                    // A partition new to the lake whose every message expired: nothing to read
-                    // below its end, which the lake's offset moves to without a message.
-                    let end = self.end_offset(topic, *partition).unwrap_or(0);
-                    if end > *offset as i64 {
-                        tracing::info!(topic = %topic, partition, end, "a partition new to the lake holds no message any more (all expired): it starts at its end");
-                        if let (Ok(mut next), Ok(mut jumped), Ok(mut f)) = (self.next.lock(), self.jumped.lock(), self.fresh.lock()) {
-                            next.insert(tp.clone(), end as u64);
-                            jumped.insert(tp.clone(), end);
-                            f.remove(&tp);
-                        }
-                        continue;
+                } else if let Some(end) = if fresh && !not_held { self.emptied_end(topic, *partition).await } else { None } {
+                    // A partition new to the lake whose every message expired (a fresh listing
+                    // says so): nothing to read below its end, which the lake's offset moves to
+                    // without a message.
+                    tracing::info!(topic = %topic, partition, end, "a partition new to the lake holds no message any more (all expired): it starts at its end");
+                    if let (Ok(mut next), Ok(mut f), Ok(mut jumped)) = (self.next.lock(), self.fresh.lock(), self.jumped.lock()) {
+                        next.insert(tp.clone(), end as u64);
+                        f.remove(&tp);
+                        jumped.insert(tp.clone(), end);
                     }
+                    continue;
                 }
                 let mut last = None;
                 let mut buffer = self.buffer.lock().map_err(|_| source_err(&self.address, "poisoned buffer"))?;
@@ -315,15 +334,37 @@ impl IggySource {
                 careful.remove(tp);
                 committed.remove(tp);
             }
-            if let (Ok(mut fresh), Ok(mut jumped)) = (self.fresh.lock(), self.jumped.lock()) {
+            if let (Ok(mut fresh), Ok(mut jumped), Ok(mut not_held)) = (self.fresh.lock(), self.jumped.lock(), self.not_held.lock()) {
                 fresh.remove(tp);
                 jumped.remove(tp);
+                not_held.remove(tp);
             }
         }
         assignment.partitions = held.iter().map(|tp| (tp.clone(), Default::default())).collect();
         assignment.generation += 1;
         assignment.assigned = true;
         tracing::info!(group = group.name(), generation = assignment.generation, partitions = ?held, "the Iggy consumer group changed this member's partitions");
+    }
+
+    /// Whether `topic/partition` answered "not held" for longer than two looks at the group.
+    fn not_held_for_long(&self, tp: &TopicPartition) -> bool {
+        let Ok(mut n) = self.not_held.lock() else { return false };
+        let since = *n.entry(tp.clone()).or_insert_with(Instant::now);
+        if since.elapsed() > 3 * LOOK_EVERY {
+            n.clear();
+            return true;
+        }
+        false
+    }
+
+    /// The end of `topic/partition` when the server lists it with no message left though it
+    /// held some (every one expired).
+    async fn emptied_end(&self, topic: &str, partition: i32) -> Option<i64> {
+        let (s, t) = (Identifier::named(&self.address.stream).ok()?, Identifier::named(topic).ok()?);
+        match tokio::time::timeout(REQUEST_TIMEOUT, self.client.get_topic(&s, &t)).await {
+            Ok(Ok(Some(d))) => d.partitions.iter().find(|p| p.id as i32 == partition && p.messages_count == 0 && p.current_offset > 0).map(|p| p.current_offset as i64 + 1),
+            _ => None,
+        }
     }
 
     /// The partition's end (next offset to be written), as last seen.
@@ -333,8 +374,10 @@ impl IggySource {
 
     /// Restart partitions at new offsets (after a fence); drops what is buffered for them.
     pub fn seek(&self, starts: &[(crate::source::TopicPartition, Option<i64>)]) {
+        // Only partitions this member holds: a look may have just given one away.
+        let held: Vec<TopicPartition> = self.assignment.lock().map(|a| a.partitions.keys().cloned().collect()).unwrap_or_default();
         if let (Ok(mut next), Ok(mut buffer)) = (self.next.lock(), self.buffer.lock()) {
-            for (tp, o) in starts {
+            for (tp, o) in starts.iter().filter(|(tp, _)| held.contains(tp)) {
                 next.insert(tp.clone(), o.unwrap_or(0).max(0) as u64);
                 buffer.retain(|(t, m)| !(t == &tp.0 && m.partition == tp.1));
                 if let (Ok(mut fresh), Ok(mut jumped)) = (self.fresh.lock(), self.jumped.lock()) {
@@ -441,6 +484,18 @@ impl crate::source::Source for IggySource {
         topics.dedup();
         let connect = IggySource::connect(self.address.clone(), &topics, Arc::new(crate::source::NoStoredOffsets), None);
         let source = tokio::task::block_in_place(|| runtime.block_on(connect))?;
+        // This member goes: leave the group and close the connection now (the client's own
+        // heartbeat task would keep it, and its partitions, until the process exits).
+        if let Some(g) = &self.group {
+            let mut topics: Vec<String> = self.all.iter().map(|(t, _)| t.clone()).collect();
+            topics.dedup();
+            tokio::task::block_in_place(|| {
+                runtime.block_on(async {
+                    g.leave(&self.client, &topics).await;
+                    let _ = tokio::time::timeout(REQUEST_TIMEOUT, self.client.shutdown()).await;
+                })
+            });
+        }
         source.retain(&keep);
         if let Ok(mut a) = source.assignment.lock() {
             a.generation = generation;
@@ -452,14 +507,15 @@ impl crate::source::Source for IggySource {
     /// Fresh partitions whose messages had all expired start at their end: nothing below it
     /// was handed over, and none of it is waiting in the read-ahead.
     fn positions(&self) -> Vec<(TopicPartition, i64)> {
-        let (Ok(jumped), Ok(buffer)) = (self.jumped.lock(), self.buffer.lock()) else { return Vec::new() };
+        let (Ok(buffer), Ok(jumped)) = (self.buffer.lock(), self.jumped.lock()) else { return Vec::new() };
         jumped.iter().filter(|(tp, _)| !buffer.iter().any(|(t, m)| t == &tp.0 && m.partition == tp.1)).map(|(tp, o)| (tp.clone(), *o)).collect()
     }
 
     /// Kept for the next look at the group, which stores them there.
     fn commit_advisory(&self, offsets: &[(TopicPartition, i64)]) {
+        let held: Vec<TopicPartition> = self.assignment.lock().map(|a| a.partitions.keys().cloned().collect()).unwrap_or_default();
         if let (Some(_), Ok(mut committed)) = (&self.group, self.committed.lock()) {
-            committed.extend(offsets.iter().cloned());
+            committed.extend(offsets.iter().filter(|(tp, _)| held.contains(tp)).cloned());
         }
     }
 }
