@@ -50,6 +50,26 @@ pub struct IggySource {
     jumped: std::sync::Mutex<HashMap<TopicPartition, i64>>,
     /// Held partitions the server answered as not held, since when.
     not_held: std::sync::Mutex<HashMap<TopicPartition, Instant>>,
+    /// When a failure was last logged: while the server is down, one line every 10 s.
+    quiet: Quiet,
+}
+
+/// One warning per [`Quiet::EVERY`] for failures that repeat every poll.
+#[derive(Default)]
+struct Quiet(std::sync::Mutex<Option<Instant>>);
+
+impl Quiet {
+    const EVERY: Duration = Duration::from_secs(10);
+
+    /// Whether to log this failure (the first, or the first after [`Quiet::EVERY`]).
+    fn warn_now(&self) -> bool {
+        let Ok(mut last) = self.0.lock() else { return true };
+        if last.is_some_and(|t| t.elapsed() < Self::EVERY) {
+            return false;
+        }
+        *last = Some(Instant::now());
+        true
+    }
 }
 
 fn source_err(address: &IggyAddress, reason: impl std::fmt::Display) -> crate::source::SourceError {
@@ -138,6 +158,7 @@ impl IggySource {
             fresh: std::sync::Mutex::new(fresh),
             jumped: Default::default(),
             not_held: Default::default(),
+            quiet: Default::default(),
         })
     }
 
@@ -313,12 +334,16 @@ impl IggySource {
             Ok(Held::NotMember) => {
                 tracing::warn!(group = group.name(), "the Iggy server no longer counts this member in its consumer group (it restarted?); joining again");
                 if let Err(reason) = group.join(&self.client, &topics).await {
-                    tracing::warn!(%reason, "cannot join the Iggy consumer group again; retrying");
+                    if self.quiet.warn_now() {
+                        tracing::warn!(%reason, "cannot join the Iggy consumer group again; retrying every second (logged every 10 s)");
+                    }
                 }
                 return;
             }
             Err(reason) => {
-                tracing::warn!(%reason, "cannot look at the Iggy consumer group; reading the partitions this member had");
+                if self.quiet.warn_now() {
+                    tracing::warn!(%reason, "cannot look at the Iggy consumer group; reading the partitions this member had (logged every 10 s)");
+                }
                 return;
             }
         };
@@ -437,7 +462,9 @@ impl crate::source::Source for IggySource {
                 }
                 Ok(None) => Ok(Polled::Nothing),
                 Err(e) if e.is_retryable() => {
-                    tracing::warn!(error = %e, "Iggy poll failed; retrying");
+                    if self.quiet.warn_now() {
+                        tracing::warn!(error = %e, "Iggy poll failed; retrying twice a second (logged every 10 s)");
+                    }
                     tokio::time::sleep(Duration::from_millis(500)).await;
                     Ok(Polled::Nothing)
                 }
