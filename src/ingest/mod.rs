@@ -146,7 +146,7 @@ pub async fn run(cfg: &Config, opts: IngestOptions) -> Result<IngestSummary, Ing
         Box::new(KafkaSource::connect(&cfg.brokers, &cfg.group, &topics, &cfg.kafka, starts.clone(), cfg.connect()).await?)
     } else {
         let address = crate::source::iggy::IggyAddress::parse(&cfg.iggy).map_err(|message| ConfigError::Invalid { origin: Some("iggy".into()), message })?;
-        Box::new(crate::source::iggy::IggySource::connect(address, &topics, starts.clone(), Some(&cfg.group)).await?)
+        Box::new(crate::source::iggy::IggySource::connect(address, &topics, starts.clone(), Some(&cfg.group)).await?.skip_unreadable(cfg.on_data_loss == crate::config::OnDataLoss::Skip))
     };
     let mut decoders = HashMap::new();
     for spec in &specs {

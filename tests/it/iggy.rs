@@ -42,6 +42,16 @@ impl Iggy {
         server
     }
 
+    /// A server on the data directory in the tar archive `archive` (a kept `system/`).
+    pub fn start_on_archive(archive: &std::path::Path) -> Iggy {
+        let data = tempfile::tempdir().unwrap();
+        let status = Command::new("tar").arg("xzf").arg(archive).arg("-C").arg(data.path()).status().unwrap();
+        assert!(status.success(), "cannot unpack {}", archive.display());
+        let mut server = Iggy { child: None, port: free_port(), data, settings: Vec::new() };
+        server.restart();
+        server
+    }
+
     /// Start (again) on the same port and data.
     pub fn restart(&mut self) {
         let bin = std::env::var("LAKEPIPE_DEV_IGGY_BIN").expect(NEEDS_IGGY);

@@ -381,3 +381,115 @@ async fn iggy_once_reads_directly_beside_a_stopped_member() {
     member.wait().unwrap();
     assert_matches(&lake.fx, &lake.model);
 }
+
+/// A message Iggy 0.8 cannot read: a data directory kept from a failover run whose server was
+/// SIGKILLed during a write (`tests/fixtures/iggy-0.8-unreadable-message.tar.gz`; every poll
+/// that covers offset 161 of partition 0 fails with `invalid_offset`, across restarts, while
+/// offsets 0..161 and those after it read). By default `--once` commits everything before it
+/// and stops, naming it; with `--on-data-loss skip` it skips exactly that offset, records it in
+/// the commit as a skipped range (as offsets a broker deleted), reads everything after it, and
+/// the audit owes nothing for it.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs an Iggy server: scripts/test.sh starts one and runs the Iggy tests (`--ignored iggy`)"]
+async fn an_unreadable_iggy_message_stops_the_ingest_or_is_skipped_exactly() {
+    let iggy = Iggy::start_on_archive(&crate::harness::repo_file(
+        "tests/fixtures/iggy-0.8-unreadable-message.tar.gz",
+    ));
+    let topic = "t_iggy_failover_30634_0_1feef40b";
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("lakepipe.toml");
+    std::fs::write(
+        &config,
+        format!("[specs.{topic}]\nextends = \"transactions\"\n"),
+    )
+    .unwrap();
+    let lake = dir.path().join("lake").display().to_string();
+    let bin = env!("CARGO_BIN_EXE_lakepipe");
+    let run = |args: &[&str]| {
+        std::process::Command::new(bin)
+            .args(args)
+            .args(["--config", config.to_str().unwrap(), "--lake", &lake])
+            .env("LAKEPIPE_LOG", "warn,lakepipe=info")
+            .env("LAKEPIPE_ONCE_TIMEOUT", "60s")
+            .output()
+            .unwrap()
+    };
+    let ingest = |skip: bool| {
+        let mut args = vec![
+            "ingest",
+            "--once",
+            "--iggy",
+            Box::leak(iggy.url().into_boxed_str()),
+            "--topics",
+            topic,
+            "--trigger-interval",
+            "500ms",
+        ];
+        if skip {
+            args.extend(["--on-data-loss", "skip"]);
+        }
+        run(&args)
+    };
+    let sql = |q: String| -> Vec<serde_json::Value> {
+        let out = run(&["sql", "--format", "json", &q]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let p0 = |lake_rows: &[serde_json::Value]| lake_rows[0]["n"].as_i64().unwrap_or(-1);
+
+    let out = ingest(false);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && stderr.contains(&format!("{topic}/0"))
+            && stderr.contains("cannot read the message at offset 161"),
+        "{stderr}"
+    );
+    let before = sql(format!(
+        "SELECT count(*) AS n, max(_offset) AS hi FROM {topic} WHERE _partition = 0"
+    ));
+    assert_eq!(
+        before[0]["hi"].as_i64(),
+        Some(160),
+        "everything before it was committed: {before:?}"
+    );
+
+    let out = ingest(true);
+    assert!(
+        out.status.success(),
+        "with on_data_loss = skip: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let after = sql(format!("SELECT count(*) AS n, min(_offset) FILTER (WHERE _offset > 160) AS lo FROM {topic} WHERE _partition = 0"));
+    assert_eq!(
+        after[0]["lo"].as_i64(),
+        Some(162),
+        "read on from the offset after it: {after:?}"
+    );
+    assert!(p0(&after) > p0(&before), "{after:?}");
+    let h = sql(format!(
+        "SELECT skipped FROM history('{topic}') WHERE skipped IS NOT NULL"
+    ));
+    assert_eq!(h.len(), 1, "one commit records the skip: {h:?}");
+    let named: serde_json::Value = serde_json::from_str(h[0]["skipped"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        (
+            named[0]["partition"].as_i64(),
+            named[0]["from"].as_i64(),
+            named[0]["to"].as_i64()
+        ),
+        (Some(0), Some(161), Some(162)),
+        "{named}"
+    );
+    let out = run(&["audit", "--json", "--topics", topic, "--iggy", &iggy.url()]);
+    assert!(
+        out.status.success(),
+        "the audit owes nothing for the skipped message: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

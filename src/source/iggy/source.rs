@@ -52,6 +52,10 @@ pub struct IggySource {
     not_held: std::sync::Mutex<HashMap<TopicPartition, Instant>>,
     /// When a failure was last logged: while the server is down, one line every 10 s.
     quiet: Quiet,
+    /// `on_data_loss = "skip"`: skip a message the server cannot read (else stop on it).
+    skip_unreadable: bool,
+    /// Partitions stopped at such a message: the offset past it, their log start from then on.
+    unreadable: std::sync::Mutex<HashMap<TopicPartition, i64>>,
 }
 
 /// One warning per [`Quiet::EVERY`] for failures that repeat every poll.
@@ -159,6 +163,8 @@ impl IggySource {
             jumped: Default::default(),
             not_held: Default::default(),
             quiet: Default::default(),
+            skip_unreadable: false,
+            unreadable: Default::default(),
         })
     }
 
@@ -193,6 +199,10 @@ impl IggySource {
                 // Iggy answers a poll below the first message it still has with nothing (not
                 // with that message): a partition new to the lake is read from its first.
                 let strategy = if fresh { PollingStrategy::first() } else { PollingStrategy::offset(*offset) };
+                if self.unreadable.lock().is_ok_and(|u| u.get(&tp) == Some(&(*offset as i64 + 1))) {
+                    // Waiting for the ingest loop to skip the unreadable message.
+                    continue;
+                }
                 let careful = self.careful.lock().is_ok_and(|c| c.contains(&tp));
                 let count = if careful { 1 } else { max.max(1) };
                 let poll = self.client.poll_messages(&s, &t, Some(*partition as u32), &consumer, &strategy, count, false);
@@ -206,6 +216,18 @@ impl IggySource {
                         // Somewhere in this read: read one at a time up to it.
                         if let Ok(mut c) = self.careful.lock() {
                             c.insert(tp);
+                        }
+                        continue;
+                    }
+                    Ok(Err(IggyError::InvalidOffset(_))) if self.skip_unreadable => {
+                        // `on_data_loss = "skip"`: the message is lost to every reader. Its
+                        // partition's log starts past it from now on; the ingest loop skips
+                        // exactly it and records the range in its commit.
+                        let floor = *offset as i64 + 1;
+                        if let Ok(mut u) = self.unreadable.lock() {
+                            if u.insert(tp.clone(), floor) != Some(floor) {
+                                tracing::warn!(topic = %topic, partition, offset, "the server cannot read this message (invalid_offset; Iggy 0.8 after a kill during a write): skipping exactly it (on_data_loss = skip); the commit records it");
+                            }
                         }
                         continue;
                     }
@@ -405,6 +427,12 @@ impl IggySource {
             for (tp, o) in starts.iter().filter(|(tp, _)| held.contains(tp)) {
                 next.insert(tp.clone(), o.unwrap_or(0).max(0) as u64);
                 buffer.retain(|(t, m)| !(t == &tp.0 && m.partition == tp.1));
+                if let (Ok(mut careful), Ok(mut unreadable)) = (self.careful.lock(), self.unreadable.lock()) {
+                    if unreadable.get(tp).is_some_and(|floor| o.is_some_and(|o| o >= *floor)) {
+                        unreadable.remove(tp);
+                        careful.remove(tp);
+                    }
+                }
                 if let (Ok(mut fresh), Ok(mut jumped)) = (self.fresh.lock(), self.jumped.lock()) {
                     jumped.remove(tp);
                     if o.is_none() {
@@ -415,6 +443,22 @@ impl IggySource {
                 }
             }
         }
+    }
+
+    /// Skip a message the server cannot read, as `on_data_loss = "skip"` skips deleted offsets
+    /// (else the source stops on it).
+    pub fn skip_unreadable(mut self, skip: bool) -> Self {
+        self.skip_unreadable = skip;
+        self
+    }
+
+    /// Seek each partition stopped at a message the server cannot read past it (the audit's
+    /// reader, with [`IggySource::skip_unreadable`]); returns each with that message's offset.
+    pub fn step_over_unreadable(&self) -> Vec<(TopicPartition, i64)> {
+        let stuck: Vec<(TopicPartition, i64)> = self.unreadable.lock().map(|u| u.iter().map(|(tp, floor)| (tp.clone(), *floor)).collect()).unwrap_or_default();
+        let seeks: Vec<(TopicPartition, Option<i64>)> = stuck.iter().map(|(tp, floor)| (tp.clone(), Some(*floor))).collect();
+        self.seek(&seeks);
+        stuck.into_iter().map(|(tp, floor)| (tp, floor - 1)).collect()
     }
 
     /// Read only `keep` from now on (the audit reads the partitions the lake has offsets for).
@@ -482,15 +526,18 @@ impl crate::source::Source for IggySource {
         Ok(())
     }
 
+    /// The start is known only past a message the server cannot read (with `on_data_loss =
+    /// "skip"`): the loop then skips exactly it, as offsets a broker deleted.
     fn cached_watermarks(&self, topic: &str, partition: i32) -> Option<(Option<i64>, i64)> {
-        self.end_offset(topic, partition).map(|end| (None, end))
+        let floor = self.unreadable.lock().ok().and_then(|u| u.get(&(topic.to_string(), partition)).copied());
+        self.end_offset(topic, partition).map(|end| (floor, end.max(floor.unwrap_or(0))))
     }
 
     /// As the last look at the group listed them (in a group, at most [`LOOK_EVERY`] old), or
     /// at start.
     fn listed_watermarks(&self, partitions: &[TopicPartition], _timeout: Duration) -> HashMap<TopicPartition, (i64, i64)> {
-        let Ok(listed) = self.listed.lock() else { return HashMap::new() };
-        partitions.iter().filter_map(|tp| listed.get(tp).map(|v| (tp.clone(), *v))).collect()
+        let (Ok(listed), Ok(unreadable)) = (self.listed.lock(), self.unreadable.lock()) else { return HashMap::new() };
+        partitions.iter().filter_map(|tp| listed.get(tp).map(|(lo, hi)| (tp.clone(), ((*lo).max(unreadable.get(tp).copied().unwrap_or(0)), *hi)))).collect()
     }
 
     fn all_partitions(&self, _timeout: Duration) -> Result<Vec<TopicPartition>, crate::source::SourceError> {
@@ -510,7 +557,7 @@ impl crate::source::Source for IggySource {
         topics.sort();
         topics.dedup();
         let connect = IggySource::connect(self.address.clone(), &topics, Arc::new(crate::source::NoStoredOffsets), None);
-        let source = tokio::task::block_in_place(|| runtime.block_on(connect))?;
+        let source = tokio::task::block_in_place(|| runtime.block_on(connect))?.skip_unreadable(self.skip_unreadable);
         // This member goes: leave the group and close the connection now (the client's own
         // heartbeat task would keep it, and its partitions, until the process exits).
         if let Some(g) = &self.group {
