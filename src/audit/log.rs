@@ -17,8 +17,9 @@ use crate::source::{NoStoredOffsets, Polled, RawMessage, Source, TopicPartition}
 pub(super) enum Log {
     /// Kafka.
     Kafka(StreamConsumer),
-    /// Iggy, with the messages of its last poll not yet taken.
-    Iggy(Box<IggySource>, VecDeque<RawMessage>),
+    /// Iggy, with the messages of its last poll not yet taken, and the (partition, offset) of
+    /// each message the server could not read.
+    Iggy(Box<IggySource>, VecDeque<RawMessage>, Vec<(i32, i64)>),
 }
 
 impl Log {
@@ -63,7 +64,10 @@ impl Log {
         .map_err(|e| e.to_string())?
         .skip_unreadable(true);
         let partitions = source.partitions().into_iter().map(|(_, p)| p).collect();
-        Ok((Log::Iggy(Box::new(source), VecDeque::new()), partitions))
+        Ok((
+            Log::Iggy(Box::new(source), VecDeque::new(), Vec::new()),
+            partitions,
+        ))
     }
 
     /// Read `partitions` of `topic` from their start.
@@ -77,7 +81,7 @@ impl Log {
                 }
                 consumer.assign(&tpl).map_err(|e| e.to_string())
             }
-            Log::Iggy(source, _) => {
+            Log::Iggy(source, ..) => {
                 let keep: Vec<TopicPartition> =
                     partitions.iter().map(|p| (topic.to_string(), *p)).collect();
                 source.retain(&keep);
@@ -100,7 +104,7 @@ impl Log {
                     timestamp_ms: None,
                 })),
             },
-            Log::Iggy(source, ready) => {
+            Log::Iggy(source, ready, stepped) => {
                 // A message the server cannot read (Iggy 0.8 after a kill during a write) is
                 // stepped over: the lake can hold nothing from it, and owes nothing for it only
                 // where its commit recorded the skip (the audit's skipped ranges).
@@ -116,10 +120,19 @@ impl Log {
                     }
                     for ((topic, partition), offset) in source.step_over_unreadable() {
                         tracing::warn!(%topic, partition, offset, "the Iggy server cannot read this message; the audit steps over it");
+                        stepped.push((partition, offset));
                     }
                 }
                 Ok(ready.pop_front())
             }
+        }
+    }
+
+    /// The (partition, offset) of each message the broker could not serve, stepped over.
+    pub(super) fn stepped_over(&self) -> &[(i32, i64)] {
+        match self {
+            Log::Kafka(_) => &[],
+            Log::Iggy(_, _, stepped) => stepped,
         }
     }
 
@@ -141,7 +154,7 @@ impl Log {
                 .ok()
                 .map(|(_, h)| h)
             }
-            Log::Iggy(source, _) => source.end_offset(topic, partition),
+            Log::Iggy(source, ..) => source.end_offset(topic, partition),
         }
     }
 }

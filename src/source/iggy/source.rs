@@ -393,6 +393,14 @@ impl IggySource {
         tracing::info!(group = group.name(), generation = assignment.generation, partitions = ?held, "the Iggy consumer group changed this member's partitions");
     }
 
+    /// Past a message the server cannot read, the partition's log start, but only once the lake
+    /// stands exactly at that message: everything before it is in the lake, so the ingest loop
+    /// skips that message alone (never messages read ahead and not yet committed).
+    fn floor(&self, tp: &TopicPartition) -> Option<i64> {
+        let floor = self.unreadable.lock().ok()?.get(tp).copied()?;
+        (self.committed.lock().ok()?.get(tp) == Some(&(floor - 1))).then_some(floor)
+    }
+
     /// Whether `topic/partition` answered "not held" for longer than two looks at the group.
     fn not_held_for_long(&self, tp: &TopicPartition) -> bool {
         let Ok(mut n) = self.not_held.lock() else { return false };
@@ -427,9 +435,13 @@ impl IggySource {
             for (tp, o) in starts.iter().filter(|(tp, _)| held.contains(tp)) {
                 next.insert(tp.clone(), o.unwrap_or(0).max(0) as u64);
                 buffer.retain(|(t, m)| !(t == &tp.0 && m.partition == tp.1));
-                if let (Ok(mut careful), Ok(mut unreadable)) = (self.careful.lock(), self.unreadable.lock()) {
-                    if unreadable.get(tp).is_some_and(|floor| o.is_some_and(|o| o >= *floor)) {
-                        unreadable.remove(tp);
+                if let (Ok(mut careful), Ok(mut committed), Ok(mut unreadable)) = (self.careful.lock(), self.committed.lock(), self.unreadable.lock()) {
+                    // Sought to the lake's offset: where the lake stands. Past an unreadable
+                    // message, it is done with; below it, it is found again on the way.
+                    if let Some(o) = o {
+                        committed.insert(tp.clone(), *o);
+                    }
+                    if unreadable.remove(tp).is_some_and(|floor| o.is_some_and(|o| o >= floor)) {
                         careful.remove(tp);
                     }
                 }
@@ -529,15 +541,15 @@ impl crate::source::Source for IggySource {
     /// The start is known only past a message the server cannot read (with `on_data_loss =
     /// "skip"`): the loop then skips exactly it, as offsets a broker deleted.
     fn cached_watermarks(&self, topic: &str, partition: i32) -> Option<(Option<i64>, i64)> {
-        let floor = self.unreadable.lock().ok().and_then(|u| u.get(&(topic.to_string(), partition)).copied());
+        let floor = self.floor(&(topic.to_string(), partition));
         self.end_offset(topic, partition).map(|end| (floor, end.max(floor.unwrap_or(0))))
     }
 
     /// As the last look at the group listed them (in a group, at most [`LOOK_EVERY`] old), or
     /// at start.
     fn listed_watermarks(&self, partitions: &[TopicPartition], _timeout: Duration) -> HashMap<TopicPartition, (i64, i64)> {
-        let (Ok(listed), Ok(unreadable)) = (self.listed.lock(), self.unreadable.lock()) else { return HashMap::new() };
-        partitions.iter().filter_map(|tp| listed.get(tp).map(|(lo, hi)| (tp.clone(), ((*lo).max(unreadable.get(tp).copied().unwrap_or(0)), *hi)))).collect()
+        let Ok(listed) = self.listed.lock().map(|l| l.clone()) else { return HashMap::new() };
+        partitions.iter().filter_map(|tp| listed.get(tp).map(|(lo, hi)| (tp.clone(), ((*lo).max(self.floor(tp).unwrap_or(0)), *hi)))).collect()
     }
 
     fn all_partitions(&self, _timeout: Duration) -> Result<Vec<TopicPartition>, crate::source::SourceError> {
@@ -588,7 +600,7 @@ impl crate::source::Source for IggySource {
     /// Kept for the next look at the group, which stores them there.
     fn commit_advisory(&self, offsets: &[(TopicPartition, i64)]) {
         let held: Vec<TopicPartition> = self.assignment.lock().map(|a| a.partitions.keys().cloned().collect()).unwrap_or_default();
-        if let (Some(_), Ok(mut committed)) = (&self.group, self.committed.lock()) {
+        if let Ok(mut committed) = self.committed.lock() {
             committed.extend(offsets.iter().filter(|(tp, _)| held.contains(tp)).cloned());
         }
     }
