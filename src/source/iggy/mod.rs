@@ -20,6 +20,7 @@ use iggy::prelude::*;
 
 mod group;
 mod keys;
+mod listing;
 mod producer;
 mod source;
 
