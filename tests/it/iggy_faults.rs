@@ -275,14 +275,21 @@ async fn a_fresh_iggy_ingest_starts_after_deleted_segments() {
             produce_to_iggy_partition(&url, &fx.topic, p as u32, chunk).await;
         }
     }
-    // Both cases at once: a partition with its first messages gone, and one with none left.
-    let deadline = Instant::now() + Duration::from_secs(20);
+    // Both cases at once: a partition with its first messages gone, and one with none left;
+    // and settled: the cleaner runs every second and may delete more over a few rounds (a CI
+    // run saw partition 1 lose more between this reading and the ingest), so the same
+    // reading twice, 3 s apart.
+    let deadline = Instant::now() + Duration::from_secs(40);
     let firsts = loop {
         let firsts = first_offsets(&client, &fx.topic).await;
         let partly = firsts.iter().any(|(f, _)| f.is_some_and(|f| f > 0));
         let wholly = firsts.iter().any(|(f, _)| f.is_none());
         if partly && wholly {
-            break firsts;
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            if first_offsets(&client, &fx.topic).await == firsts {
+                break firsts;
+            }
+            continue;
         }
         assert!(
             Instant::now() < deadline,
