@@ -503,6 +503,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 queries: lakepipe::server::limits::QueryGate::new(cfg.max_concurrent_queries),
                 allowed_hosts: cfg.allowed_hosts.clone(),
                 ingest: None,
+                inspect: Some(std::sync::Arc::new(lakepipe::server::brokers::Inspect::from_config(&cfg)?)),
             };
             let server = if publishing {
                 let options = cfg.router_options()?;

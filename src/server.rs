@@ -7,6 +7,8 @@
 //! * `POST /topics/{topic}/records` takes a JSON array, NDJSON or CSV (`text/csv`), validates every record against
 //!   the topic's spec first (any invalid record: 400 listing each one, nothing published), and
 //!   answers 200 only after a broker acknowledged every record (through the router).
+//! * `GET /api/brokers` and `GET /api/brokers/{broker}/topics/{topic}/messages`: the brokers
+//!   page's topics, groups with their lag, and a topic's newest messages ([`brokers`]).
 //! * `GET /health` and `GET /health/{broker}`: breaker states, latency and errors per broker.
 //! * `/metrics`, `/health/live` and `/health/ready`.
 //!
@@ -25,6 +27,7 @@
 //! gets a 503 with `Retry-After`); each has a memory budget (`query_memory`) on either engine;
 //! a result's body stops at `max_result_rows` rows and `max_result_bytes` bytes.
 
+pub mod brokers;
 pub mod limits;
 pub mod result;
 pub mod ui;
@@ -66,6 +69,8 @@ pub struct ServerConfig {
     pub allowed_hosts: Vec<String>,
     /// HTTP ingest: the router and the topics' specs (`None`: ingest disabled).
     pub ingest: Option<Arc<IngestApi>>,
+    /// The brokers page's brokers (`None`: the page shows none).
+    pub inspect: Option<Arc<brokers::Inspect>>,
 }
 
 /// What HTTP ingest publishes with.
@@ -416,6 +421,8 @@ pub fn router(cfg: ServerConfig, metrics: Arc<crate::metrics::Metrics>) -> Route
         .route("/topics/{topic}/generate", post(ui::generate).layer(same_origin()))
         .route("/api/topics", get(ui::topics))
         .route("/api/examples", get(ui::examples))
+        .route("/api/brokers", get(brokers::brokers))
+        .route("/api/brokers/{broker}/topics/{topic}/messages", get(brokers::messages))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), require_token));
     let page = Router::new().route("/", get(ui::index)).route("/ui/app.js", get(ui::script)).route("/ui/style.css", get(ui::style));
     // The API and the page answer only to known host names; health and metrics to any, for

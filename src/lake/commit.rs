@@ -34,6 +34,16 @@ impl OffsetKey {
     pub fn app_id(&self) -> String {
         app_id(&self.source, &self.group, &self.topic, self.partition)
     }
+
+    /// The partition an [`app_id`] names (`None`: not one of lakepipe's).
+    pub fn parse_app_id(id: &str) -> Option<Self> {
+        // lakepipe:<source>:<group>:<topic>:<partition>; source and group hold no `:`.
+        let rest = id.strip_prefix("lakepipe:")?;
+        let (source, rest) = rest.split_once(':')?;
+        let (group, rest) = rest.split_once(':')?;
+        let (topic, partition) = rest.rsplit_once(':')?;
+        Some(OffsetKey { source: source.into(), group: group.into(), topic: topic.into(), partition: partition.parse().ok()? })
+    }
 }
 
 /// The Delta `txn` appId of a source partition.
@@ -182,6 +192,15 @@ fn is_conflict(e: &DeltaTableError) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn app_ids_read_back_as_the_partitions_they_name() {
+        let key = OffsetKey { source: "iggy".into(), group: "g".into(), topic: "t.x-1".into(), partition: 7 };
+        assert_eq!(OffsetKey::parse_app_id(&key.app_id()), Some(key));
+        for other in ["lakepipe:a:b:c", "lakepipe:a:b:c:x", "spark:a:b:c:1", ""] {
+            assert_eq!(OffsetKey::parse_app_id(other), None, "{other}");
+        }
+    }
 
     #[test]
     fn app_ids_are_distinct_per_source_group_topic_partition() {

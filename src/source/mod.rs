@@ -3,6 +3,7 @@
 //! either through the [`Source`] trait; tests drive it with an in-memory one.
 
 pub mod iggy;
+pub mod inspect;
 pub mod kafka;
 
 use std::collections::HashMap;

@@ -36,7 +36,7 @@ pub(crate) fn serve(fx: &Fixture, env: &[(&str, &str)]) -> Server {
 }
 
 /// curl: returns (status, headers, body).
-fn curl(port: u16, method: &str, path: &str, body: Option<&Value>, token: Option<&str>) -> (u16, String, Vec<u8>) {
+pub(crate) fn curl(port: u16, method: &str, path: &str, body: Option<&Value>, token: Option<&str>) -> (u16, String, Vec<u8>) {
     let dir = tempfile::tempdir().unwrap();
     let headers = dir.path().join("h");
     let mut c = Command::new("curl");

@@ -2,6 +2,7 @@
 //! started by `scripts/test.sh` on 127.0.0.1. Every test uses its own topic, group and table.
 
 mod api;
+mod brokers;
 mod failures;
 mod first_day;
 mod faults;

@@ -10,6 +10,7 @@ use deltalake::datafusion::catalog::{TableFunctionArgs, TableFunctionImpl, Table
 use deltalake::datafusion::common::Result as DfResult;
 
 use super::{plan_err, Lazy};
+use crate::lake::commit::OffsetKey;
 use crate::lake::log::read_commit;
 use crate::lake::{Lake, LakeError};
 
@@ -78,34 +79,20 @@ pub async fn freshness(lake: &Lake, broker: Option<&BrokerInfo>) -> Result<Recor
         let Some(table) = lake.open(name).await? else { continue };
         let latest = table.version().unwrap_or(0);
         let last_commit = read_commit(&table, name, latest).await?.and_then(|c| c.timestamp_ms);
-        // Committed offsets: the newest txn per app id in recent commits.
-        let mut offsets: std::collections::BTreeMap<String, i64> = std::collections::BTreeMap::new();
-        let oldest = latest.saturating_sub(200);
-        for v in (oldest..=latest).rev() {
-            if let Some(c) = read_commit(&table, name, v).await? {
-                for (id, off) in c.txns {
-                    offsets.entry(id).or_insert(off);
-                }
-            }
-        }
-        for (id, committed) in &offsets {
-            // lakepipe:<source>:<group>:<topic>:<partition>
-            let parts: Vec<&str> = id.split(':').collect();
-            let [_, source, group, topic, p] = parts.as_slice() else { continue };
-            let Ok(p) = p.parse::<i32>() else { continue };
+        for (key, committed) in table_offsets(&table, name).await? {
             // Offsets of the local cluster are compared with its broker (below); other sources'
             // are not.
-            if broker.is_some_and(|b| *source == b.source_name) {
-                wanted.push((topic.to_string(), p));
+            if broker.is_some_and(|b| key.source == b.source_name) {
+                wanted.push((key.topic.clone(), key.partition));
             }
             out.push(FreshRow {
                 scope: "partition",
                 table: name.clone(),
-                source: Some(source.to_string()),
-                group: Some(group.to_string()),
-                topic: Some(topic.to_string()),
-                partition: Some(p),
-                committed: Some(*committed),
+                source: Some(key.source),
+                group: Some(key.group),
+                topic: Some(key.topic),
+                partition: Some(key.partition),
+                committed: Some(committed),
                 last_commit,
                 ..Default::default()
             });
@@ -156,6 +143,31 @@ pub async fn freshness(lake: &Lake, broker: Option<&BrokerInfo>) -> Result<Recor
         Arc::new(TimestampMillisecondArray::from(out.iter().map(|r| r.last_commit).collect::<Vec<_>>()).with_timezone("UTC")),
     ];
     RecordBatch::try_new(freshness_schema(), cols).map_err(|e| LakeError::data("freshness", e))
+}
+
+/// The source offsets a table holds: the newest `txn` of each source partition in its last
+/// 200 commits, as the next offset to read.
+pub async fn table_offsets(table: &deltalake::DeltaTable, name: &str) -> Result<Vec<(OffsetKey, i64)>, LakeError> {
+    let latest = table.version().unwrap_or(0);
+    let mut offsets: std::collections::BTreeMap<String, i64> = std::collections::BTreeMap::new();
+    for v in (latest.saturating_sub(200)..=latest).rev() {
+        if let Some(c) = read_commit(table, name, v).await? {
+            for (id, off) in c.txns {
+                offsets.entry(id).or_insert(off);
+            }
+        }
+    }
+    Ok(offsets.into_iter().filter_map(|(id, next)| Some((OffsetKey::parse_app_id(&id)?, next))).collect())
+}
+
+/// Every topic table's source offsets (see [`table_offsets`]), by table.
+pub async fn lake_offsets(lake: &Lake) -> Result<Vec<(String, OffsetKey, i64)>, LakeError> {
+    let mut out = Vec::new();
+    for name in crate::query::list_tables(lake).await?.into_iter().filter(|t| t.as_str() != crate::lake::dead_letters::TABLE) {
+        let Some(table) = lake.open(&name).await? else { continue };
+        out.extend(table_offsets(&table, &name).await?.into_iter().map(|(k, o)| (name.clone(), k, o)));
+    }
+    Ok(out)
 }
 
 /// How long `freshness()` waits for the broker's high watermarks, in all.

@@ -25,7 +25,7 @@ use crate::lake::upsert::{conform, file_day};
 use crate::lake::{Lake, LakeError};
 use crate::spec::meta;
 
-pub use freshness::{freshness, freshness_schema, BrokerInfo, Freshness};
+pub use freshness::{freshness, freshness_schema, lake_offsets, table_offsets, BrokerInfo, Freshness};
 use lazy::Lazy;
 
 fn plan_err(msg: impl Into<String>) -> DataFusionError {

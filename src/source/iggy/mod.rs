@@ -19,6 +19,7 @@ use std::time::Duration;
 use iggy::prelude::*;
 
 mod group;
+pub mod inspect;
 mod keys;
 mod listing;
 mod producer;

@@ -18,6 +18,7 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use super::{Assignment, PartitionStarts, SourceError, StartLoader, TopicPartition};
 
+pub mod inspect;
 mod poll;
 mod produce;
 mod stats;
@@ -123,20 +124,20 @@ pub(crate) fn client_config(brokers: &str, extra: &std::collections::BTreeMap<St
     c
 }
 
+/// A short-lived client whose caller reports an unreachable broker once: librdkafka's log
+/// lines and error callbacks (a few per connection attempt) stay quiet.
+pub(crate) struct Quiet;
+impl ClientContext for Quiet {
+    fn log(&self, _: rdkafka::config::RDKafkaLogLevel, _: &str, _: &str) {}
+    fn error(&self, _: rdkafka::error::KafkaError, _: &str) {}
+}
+impl rdkafka::consumer::ConsumerContext for Quiet {}
+
 /// The high watermark of each of `partitions`, from one fetch at each log's end (exact even
 /// where ListOffsets is not), by one consumer with the `[kafka]` settings, within `timeout` in
 /// all. A broker that does not answer is one error, not a wait and a log line per partition;
 /// partitions that gave no answer in time are left out.
 pub async fn high_watermarks(brokers: &str, extra: &std::collections::BTreeMap<String, String>, partitions: &[TopicPartition], timeout: Duration) -> Result<HashMap<TopicPartition, i64>, SourceError> {
-    use rdkafka::consumer::BaseConsumer;
-    /// The caller reports an unreachable broker once: librdkafka's log lines and error
-    /// callbacks (a few per connection attempt) stay quiet.
-    struct Quiet;
-    impl ClientContext for Quiet {
-        fn log(&self, _: rdkafka::config::RDKafkaLogLevel, _: &str, _: &str) {}
-        fn error(&self, _: rdkafka::error::KafkaError, _: &str) {}
-    }
-    impl rdkafka::consumer::ConsumerContext for Quiet {}
     let mut cfg = client_config(brokers, extra);
     cfg.set("group.id", format!("lakepipe-watermarks-{}", uuid::Uuid::new_v4())).set("enable.auto.commit", "false");
     let (brokers, partitions) = (brokers.to_string(), partitions.to_vec());
@@ -445,7 +446,7 @@ pub fn cached_high_watermark<C: ClientContext>(client: &rdkafka::client::Client<
 }
 
 /// The log start (if reported) and high watermark from the last fetch response.
-fn cached_watermarks<C: ClientContext>(client: &rdkafka::client::Client<C>, topic: &str, partition: i32) -> Option<(Option<i64>, i64)> {
+pub(crate) fn cached_watermarks<C: ClientContext>(client: &rdkafka::client::Client<C>, topic: &str, partition: i32) -> Option<(Option<i64>, i64)> {
     let topic = CString::new(topic).ok()?;
     let (mut lo, mut hi) = (-1i64, -1i64);
     // SAFETY: the client pointer is valid for the client's lifetime, the topic is a valid C
