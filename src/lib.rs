@@ -18,7 +18,9 @@
 //!   through a router over Kafka and Iggy brokers, each behind a circuit breaker.
 //! * [`source`]: what the ingest loop reads, behind the [`source::Source`] trait: a Kafka
 //!   consumer-group member or an Iggy reader, each starting every partition at the offset
-//!   stored in the lake's Delta `txn` actions, never at the broker's committed offset.
+//!   stored in the lake's Delta `txn` actions, never at the broker's committed offset. Its
+//!   [`source::inspect`] reads what a broker holds (topics, groups, a topic's newest messages)
+//!   outside every group, for the web UI's brokers page.
 //! * [`decode`]: validates each message against its topic's [`spec`]; a failure becomes a
 //!   dead letter with a reason, never a crash.
 //! * [`enrich`] and [`batch`]: provenance columns and the `date` partition; one winner per key.
@@ -30,7 +32,8 @@
 //!   tables through a table function of its own, `query::duck::scan`), with `as_of`, `history`,
 //!   `changes` and `freshness()`; DataFusion's joins get yield points ([`query::yielding`]) so
 //!   that a timed-out query stops.
-//! * [`server`]: the read-only HTTP API (what a query may run: [`query::allow`]) and its limits (host names,
+//! * [`server`]: the read-only HTTP API (what a query may run: [`query::allow`]), the brokers
+//!   page's API ([`server::brokers`]) and its limits (host names,
 //!   queries at once, memory, result size: [`server::limits`]); [`metrics`]: Prometheus
 //!   metrics and health.
 //! * [`audit`], [`maintain`]: proving exactly-once, compaction and vacuum.

@@ -57,6 +57,7 @@ async fn web_ui_in_a_real_browser() {
         .env("CHROMIUM", &chromium)
         .env("LAKEPIPE_DEV_UI_URL", format!("http://127.0.0.1:{port}/"))
         .env("LAKEPIPE_DEV_UI_TOPIC", &fx.topic)
+        .env("LAKEPIPE_DEV_UI_GROUP", &fx.group)
         .env("LAKEPIPE_DEV_UI_TOKEN", "ui-secret")
         .env("LAKEPIPE_DEV_UI_INGEST", serde_json::to_string(&ingest).unwrap())
         .env("LAKEPIPE_DEV_UI_SHOTS", &shots)
@@ -66,8 +67,8 @@ async fn web_ui_in_a_real_browser() {
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "the browser test failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.matches("ok: ").count() >= 15, "{stdout}");
-    for page in ["overview", "entry", "upload", "tables", "sql", "dead_letters"] {
+    assert!(stdout.matches("ok: ").count() >= 20, "{stdout}");
+    for page in ["overview", "entry", "upload", "tables", "sql", "dead_letters", "brokers"] {
         let png = std::path::Path::new(&shots).join(format!("{page}.png"));
         assert!(std::fs::metadata(&png).map(|m| m.len() > 10_000).unwrap_or(false), "no screenshot {}", png.display());
     }

@@ -117,6 +117,29 @@ async function main() {
   check(true, "the dead letter is found with its raw payload");
   await shot("dead_letters");
 
+  // Brokers: the topic with its partitions, the ingest's group with its lag from the lake,
+  // and the live tail with each message's check against the spec.
+  const group = process.env.LAKEPIPE_DEV_UI_GROUP;
+  await page.click("#tab-brokers");
+  await page.waitForFunction((t) => (document.querySelector(".broker[data-broker=kafka] table.topics") || { textContent: "" }).textContent.includes(t), topic);
+  check(true, "the brokers page lists the topic's partitions on Kafka");
+  await page.fill("#brokers-filter", topic);
+  await page.waitForFunction(() => [...document.querySelectorAll(".broker[data-broker=kafka] table.topics tbody tr")].every((tr) => tr.textContent.includes(document.querySelector("#brokers-filter").value)));
+  check(true, "the filter narrows the page to the topic");
+  const groupRow = page.locator(".broker[data-broker=kafka] table.groups tbody tr", { hasText: group });
+  await groupRow.first().waitFor();
+  const cells = await groupRow.first().locator("td").allTextContents();
+  check(cells[3] === topic && cells[6] !== "" && cells[8] === "0", "the ingest's group shows the lake's offset and no lag: " + cells.join(" | "));
+  await page.selectOption("#tail-broker", "kafka");
+  await page.selectOption("#tail-topic", topic);
+  await page.click("#tail-latest");
+  await page.waitForFunction(() => document.querySelector("#tail-info").textContent.includes("messages"));
+  const tail = await page.textContent("#tail-rows");
+  check(tail.includes("seed-1") && tail.includes("valid"), "the tail shows a valid message: " + (await page.textContent("#tail-info")));
+  check(tail.includes("malformed_json") && (await page.locator("#tail-rows tr.invalid").count()) >= 1, "the tail marks the bad message with its dead-letter kind");
+  check(await page.isDisabled("#tail-older"), "every message fits one page, so there is no older page");
+  await shot("brokers");
+
   await browser.close();
 }
 

@@ -2,7 +2,7 @@
 "use strict";
 
 const $ = (sel) => document.querySelector(sel);
-const state = { topics: [], ingest: false, tables: [], table: null, page: 0, pageSize: 50, filter: null, result: null, timer: null };
+const state = { topics: [], ingest: false, tables: [], table: null, page: 0, pageSize: 50, filter: null, result: null, timer: null, brokers: [], tailNext: null, tailTimer: null };
 
 // ---- API -------------------------------------------------------------------------------------
 
@@ -100,7 +100,10 @@ function show(tab) {
   document.querySelectorAll("nav button").forEach((b) => b.classList.toggle("active", b.dataset.tab === tab));
   document.querySelectorAll("section.tab").forEach((s) => s.classList.toggle("hidden", s.id !== tab));
   clearInterval(state.timer);
+  clearInterval(state.tailTimer);
+  $("#tail-follow").checked = false;
   if (tab === "overview") { loadOverview(); state.timer = setInterval(loadOverview, 2000); }
+  if (tab === "brokers") { loadBrokers(); state.timer = setInterval(loadBrokers, 5000); }
   if (tab === "tables") loadTables();
   if (tab === "dead") loadDeadChoices();
   location.hash = tab;
@@ -530,11 +533,131 @@ function chart(kind) {
 $("#chart-line").addEventListener("click", () => chart("line"));
 $("#chart-bar").addEventListener("click", () => chart("bar"));
 
+// ---- brokers ----------------------------------------------------------------------------------
+
+function brokerBlock(b) {
+  const box = document.createElement("div");
+  box.className = "broker";
+  box.dataset.broker = b.name;
+  const h = document.createElement("h3");
+  h.textContent = b.name + " · " + b.address + " · lake offsets under source “" + b.source_name + "”";
+  box.appendChild(h);
+  const note = (text) => { const p = document.createElement("p"); p.className = "error"; p.textContent = text; box.appendChild(p); };
+  if (b.error) { note(b.error); return box; }
+  if (b.lake_error) note("lake offsets unavailable: " + b.lake_error);
+  const topics = [];
+  for (const t of b.topics || []) for (const p of t.partitions) topics.push({ topic: t.name, partition: p.partition, start: p.start ?? "", end: p.end ?? "no answer", offsets: p.end != null && p.start != null ? p.end - p.start : "" });
+  const tt = document.createElement("table");
+  tt.className = "grid small topics";
+  renderTable(tt, topics, { columns: ["topic", "partition", "start", "end", "offsets"] });
+  const h2 = document.createElement("h3"); h2.textContent = "Topics and partitions"; box.appendChild(h2); box.appendChild(tt);
+  const groups = [];
+  for (const g of b.groups || []) {
+    if (!g.partitions.length) groups.push({ group: g.name, state: g.state ?? "", members: g.members ?? "" });
+    for (const p of g.partitions) groups.push({ group: g.name, state: g.state ?? "", members: g.members ?? "", topic: p.topic, partition: p.partition, "broker offset": p.broker_offset ?? "", "lake offset": p.lake_offset ?? "", end: p.end ?? "", lag: p.lag ?? "" });
+  }
+  const gt = document.createElement("table");
+  gt.className = "grid small groups";
+  const cols = ["group", "state", "members", "topic", "partition", "broker offset", "lake offset", "end", "lag"];
+  renderTable(gt, groups, { columns: cols });
+  gt.querySelectorAll("tbody tr").forEach((tr, i) => { if (groups[i] && groups[i].lag > 0) tr.cells[cols.indexOf("lag")].classList.add("lagging"); });
+  const h3 = document.createElement("h3"); h3.textContent = "Consumer groups"; box.appendChild(h3); box.appendChild(gt);
+  if (b.groups_error) note("the broker's group list: " + b.groups_error);
+  return box;
+}
+
+// The brokers, with only the topics and groups whose names contain the filter's text.
+function renderBrokers() {
+  const text = $("#brokers-filter").value.trim();
+  const list = $("#brokers-list");
+  list.innerHTML = "";
+  if (!state.brokers.length) list.textContent = "No broker: start serve with --brokers, --primary or an iggy setting.";
+  for (const b of state.brokers) {
+    const shown = !text ? b : {
+      ...b,
+      topics: (b.topics || []).filter((t) => t.name.includes(text)),
+      groups: (b.groups || []).filter((g) => g.name.includes(text) || g.partitions.some((p) => p.topic.includes(text))),
+    };
+    list.appendChild(brokerBlock(shown));
+  }
+}
+$("#brokers-filter").addEventListener("input", renderBrokers);
+
+async function loadBrokers() {
+  try {
+    const { data } = await api("GET", "/api/brokers");
+    state.brokers = data.brokers;
+    renderBrokers();
+    fillTailChoices();
+    $("#status").textContent = "updated " + new Date().toLocaleTimeString();
+  } catch (e) {
+    $("#status").textContent = "error: " + e.message;
+  }
+}
+
+function keepChoice(sel, values, first) {
+  const old = sel.value;
+  sel.innerHTML = "";
+  if (first) sel.appendChild(new Option(first[1], first[0]));
+  for (const v of values) sel.appendChild(new Option(String(v), String(v)));
+  if ([...sel.options].some((o) => o.value === old)) sel.value = old;
+}
+
+function fillTailChoices() {
+  const brokers = state.brokers || [];
+  keepChoice($("#tail-broker"), brokers.map((b) => b.name));
+  const b = brokers.find((x) => x.name === $("#tail-broker").value);
+  keepChoice($("#tail-topic"), ((b && b.topics) || []).map((t) => t.name));
+  const t = ((b && b.topics) || []).find((x) => x.name === $("#tail-topic").value);
+  keepChoice($("#tail-partition"), ((t && t.partitions) || []).map((p) => p.partition), ["", "all"]);
+}
+$("#tail-broker").addEventListener("change", fillTailChoices);
+$("#tail-topic").addEventListener("change", fillTailChoices);
+
+async function loadTail(older) {
+  const broker = $("#tail-broker").value, topic = $("#tail-topic").value;
+  if (!broker || !topic) { $("#tail-info").textContent = "pick a broker and a topic"; return; }
+  const q = new URLSearchParams({ limit: $("#tail-limit").value });
+  if ($("#tail-partition").value !== "") q.set("partition", $("#tail-partition").value);
+  if (older && state.tailNext) q.set("before", state.tailNext);
+  $("#tail-info").textContent = "reading…";
+  try {
+    const { data } = await api("GET", "/api/brokers/" + encodeURIComponent(broker) + "/topics/" + encodeURIComponent(topic) + "/messages?" + q);
+    state.tailNext = data.next;
+    $("#tail-older").disabled = !data.next;
+    const rows = data.messages.map((m) => ({
+      partition: m.partition, offset: m.offset, timestamp: m.timestamp || "", key: m.key ?? "",
+      check: !m.validation ? "no spec" : m.validation.valid ? "valid" : m.validation.kind + ": " + m.validation.error,
+      payload: m.tombstone ? "(delete)" : m.payload + (m.payload_truncated ? " …" : ""),
+    }));
+    const table = $("#tail-rows");
+    renderTable(table, rows, { columns: ["partition", "offset", "timestamp", "key", "check", "payload"], payload: ["payload"] });
+    table.querySelectorAll("tbody tr").forEach((tr, i) => {
+      const m = data.messages[i];
+      if (!m || !m.validation) return;
+      tr.classList.toggle("invalid", !m.validation.valid);
+      tr.cells[4].className = m.validation.valid ? "verdict-ok" : "verdict-bad";
+    });
+    const bad = data.messages.filter((m) => m.validation && !m.validation.valid).length;
+    const gaps = data.incomplete.map((i) => "partition " + i.partition + ": " + i.reason).join("; ");
+    $("#tail-info").textContent = data.messages.length + " messages, " + bad + " invalid" + (older ? " (older page)" : " (latest)") + (gaps ? " · not read whole: " + gaps : "");
+  } catch (e) {
+    $("#tail-info").textContent = "error: " + e.message;
+  }
+}
+$("#brokers-refresh").addEventListener("click", loadBrokers);
+$("#tail-latest").addEventListener("click", () => loadTail(false));
+$("#tail-older").addEventListener("click", () => loadTail(true));
+$("#tail-follow").addEventListener("change", (e) => {
+  clearInterval(state.tailTimer);
+  if (e.target.checked) { loadTail(false); state.tailTimer = setInterval(() => loadTail(false), 3000); }
+});
+
 // ---- start ------------------------------------------------------------------------------------
 
 async function refreshAll() {
   try { await Promise.all([loadTopics(), loadExamples()]); } catch (e) { $("#status").textContent = e.message; }
   const tab = (location.hash || "#overview").slice(1);
-  show(["overview", "entry", "tables", "dead", "sql"].includes(tab) ? tab : "overview");
+  show(["overview", "entry", "tables", "dead", "sql", "brokers"].includes(tab) ? tab : "overview");
 }
 refreshAll();

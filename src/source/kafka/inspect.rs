@@ -194,7 +194,7 @@ fn log_starts(
     }
 }
 
-/// The consumer groups the broker lists (at most [`MAX_GROUPS`]), each with the offsets it
+/// The consumer groups the broker lists (at most 100), each with the offsets it
 /// committed in `partitions`, asked within `timeout` after the listing.
 pub async fn groups(
     brokers: &str,
