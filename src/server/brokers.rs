@@ -70,7 +70,16 @@ pub struct Inspect {
     pub specs: BTreeMap<String, crate::spec::TopicSpec>,
     /// Larger messages are invalid.
     pub max_message_bytes: usize,
+    /// The lake's offsets, looked up at most once per [`LAKE_MAX_AGE`] (the page refreshes
+    /// every 5 s, from each open page; each lookup reads the recent commits of every table).
+    pub lake_offsets: tokio::sync::Mutex<Option<LakeOffsets>>,
 }
+
+/// The lake's offsets as last looked up, and when.
+pub type LakeOffsets = (std::time::Instant, Result<Vec<OffsetKeyed>, String>);
+
+/// How old the lake's offsets may be when the page shows them again.
+const LAKE_MAX_AGE: Duration = Duration::from_secs(3);
 
 impl Inspect {
     /// The brokers a config names: Kafka at `brokers` (when set) or a `kafka://` router
@@ -130,6 +139,7 @@ impl Inspect {
             brokers,
             specs: cfg.all_specs()?,
             max_message_bytes: cfg.max_message_bytes,
+            lake_offsets: Default::default(),
         })
     }
 }
@@ -148,7 +158,9 @@ impl Broker {
             Address::Kafka { brokers, extra } => {
                 crate::source::kafka::inspect::topics(brokers, extra, only, BROKER_TIMEOUT).await?
             }
-            Address::Iggy(a) => crate::source::iggy::inspect::topics(a, only).await?,
+            Address::Iggy(a) => {
+                crate::source::iggy::inspect::topics(a, only, BROKER_TIMEOUT).await?
+            }
         };
         all.retain(|t| only.is_none_or(|o| o == t.name));
         Ok(all)
@@ -167,7 +179,9 @@ impl Broker {
                 crate::source::kafka::inspect::groups(brokers, extra, &partitions, BROKER_TIMEOUT)
                     .await
             }
-            Address::Iggy(a) => crate::source::iggy::inspect::groups(a, topics).await,
+            Address::Iggy(a) => {
+                crate::source::iggy::inspect::groups(a, topics, BROKER_TIMEOUT).await
+            }
         }
     }
 
@@ -177,7 +191,9 @@ impl Broker {
                 crate::source::kafka::inspect::tail(brokers, extra, topic, ranges, BROKER_TIMEOUT)
                     .await
             }
-            Address::Iggy(a) => crate::source::iggy::inspect::tail(a, topic, ranges).await,
+            Address::Iggy(a) => {
+                crate::source::iggy::inspect::tail(a, topic, ranges, BROKER_TIMEOUT).await
+            }
         }
     }
 }
@@ -208,12 +224,36 @@ fn no_broker(cfg: &ServerConfig, name: &str) -> Response {
 }
 
 fn broker_failed(e: &SourceError) -> Response {
-    let status = if e.is_user_error() {
-        StatusCode::NOT_FOUND
-    } else {
-        StatusCode::BAD_GATEWAY
+    let status = match e {
+        SourceError::UnknownTopic { .. } => StatusCode::NOT_FOUND,
+        SourceError::Config { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        _ => StatusCode::BAD_GATEWAY,
     };
     error(status, e.to_string())
+}
+
+/// A topic name both brokers accept (Kafka's rule: 1 to 249 of `[A-Za-z0-9._-]`).
+fn valid_topic(name: &str) -> bool {
+    (1..=249).contains(&name.len())
+        && name
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
+}
+
+/// The lake's offsets, at most [`LAKE_MAX_AGE`] old.
+async fn lake_offsets(cfg: &ServerConfig, inspect: &Inspect) -> Result<Vec<OffsetKeyed>, String> {
+    let mut cached = inspect.lake_offsets.lock().await;
+    if let Some((_, found)) = cached
+        .as_ref()
+        .filter(|(at, _)| at.elapsed() < LAKE_MAX_AGE)
+    {
+        return found.clone();
+    }
+    let found = crate::query::functions::lake_offsets(&cfg.lake)
+        .await
+        .map_err(|e| e.to_string());
+    *cached = Some((std::time::Instant::now(), found.clone()));
+    found
 }
 
 /// `GET /api/brokers`.
@@ -227,9 +267,9 @@ pub async fn brokers(State(cfg): State<Arc<ServerConfig>>) -> Response {
     };
     // The lake's offsets, by (source, group, topic, partition); a lake that cannot be read
     // leaves them out, and says so.
-    let (lake, lake_error) = match crate::query::functions::lake_offsets(&cfg.lake).await {
+    let (lake, lake_error) = match lake_offsets(&cfg, inspect).await {
         Ok(all) => (all, None),
-        Err(e) => (Vec::new(), Some(e.to_string())),
+        Err(e) => (Vec::new(), Some(e)),
     };
     let mut out = Vec::new();
     for b in &inspect.brokers {
@@ -274,7 +314,7 @@ pub async fn brokers(State(cfg): State<Arc<ServerConfig>>) -> Response {
 }
 
 /// A lake offset: the table, the partition it names and the next offset to read.
-type OffsetKeyed = (String, crate::lake::commit::OffsetKey, i64);
+pub type OffsetKeyed = (String, crate::lake::commit::OffsetKey, i64);
 
 /// One group's position in one partition: as the broker stores it and as the lake does.
 #[derive(Default)]
@@ -349,13 +389,17 @@ fn parse_cursor(text: &str) -> Result<HashMap<i32, i64>, String> {
             let (p, o) = item
                 .split_once(':')
                 .ok_or_else(|| format!("bad cursor item `{item}`: use partition:offset"))?;
+            let offset: i64 = o
+                .trim()
+                .parse()
+                .ok()
+                .filter(|o| *o >= 0)
+                .ok_or_else(|| format!("bad offset in `{item}`"))?;
             Ok((
                 p.trim()
                     .parse()
                     .map_err(|_| format!("bad partition in `{item}`"))?,
-                o.trim()
-                    .parse()
-                    .map_err(|_| format!("bad offset in `{item}`"))?,
+                offset,
             ))
         })
         .collect()
@@ -370,6 +414,12 @@ pub async fn messages(
     let Some(b) = find(&cfg, &broker).cloned() else {
         return no_broker(&cfg, &broker);
     };
+    if !valid_topic(&topic) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "a topic name is 1 to 249 letters, digits, `.`, `_` or `-`",
+        );
+    }
     let limit = q.limit.unwrap_or(20);
     if limit == 0 || limit > MAX_TAIL {
         return error(
@@ -404,11 +454,22 @@ pub async fn messages(
             format!("topic `{topic}` has no partition {p}"),
         );
     }
+    // A first page needs every partition's end: one left out would never be paged.
+    let selected = || {
+        view.partitions
+            .iter()
+            .filter(|p| q.partition.is_none_or(|only| only == p.partition))
+    };
+    if cursor.is_none() {
+        if let Some(p) = selected().find(|p| p.end.is_none()) {
+            return error(
+                StatusCode::BAD_GATEWAY,
+                format!("partition {} of `{topic}` gave no end offset within {BROKER_TIMEOUT:?}; try again", p.partition),
+            );
+        }
+    }
     // Each partition's page: the `limit` offsets below its cursor (first page: its end).
-    let ranges: Vec<TailRange> = view
-        .partitions
-        .iter()
-        .filter(|p| q.partition.is_none_or(|only| only == p.partition))
+    let ranges: Vec<TailRange> = selected()
         .filter_map(|p| {
             let start = p.start.unwrap_or(0);
             let before = match &cursor {
@@ -419,7 +480,7 @@ pub async fn messages(
             Some(TailRange {
                 partition: p.partition,
                 start,
-                from: (before - limit as i64).max(start),
+                from: before.saturating_sub(limit as i64).max(start),
                 before,
             })
         })
@@ -428,40 +489,71 @@ pub async fn messages(
         Ok(t) => t,
         Err(e) => return broker_failed(&e),
     };
-    let read: std::collections::BTreeSet<i32> = tail.messages.iter().map(|m| m.partition).collect();
-    let page = newest_first(tail.messages, limit);
-    // The next page of each partition ends below the lowest offset shown; a partition with
-    // nothing shown starts again where this page did, unless its range held nothing at all.
-    let mut next: BTreeMap<i32, i64> = BTreeMap::new();
-    for r in &ranges {
-        let lowest = page
-            .iter()
-            .filter(|m| m.partition == r.partition)
-            .map(|m| m.offset)
-            .min();
-        let at = lowest.unwrap_or(if read.contains(&r.partition) {
-            r.before
-        } else {
-            r.from
-        });
-        if at > r.start {
-            next.insert(r.partition, at);
-        }
-    }
-    let cursor = (!next.is_empty()).then(|| {
-        next.iter()
-            .map(|(p, o)| format!("{p}:{o}"))
-            .collect::<Vec<_>>()
-            .join(",")
-    });
-    let decoder = inspect_decoder(&cfg, &topic);
-    let shown: Vec<Value> = page.iter().map(|m| describe(m, decoder.as_ref())).collect();
     let incomplete: Vec<Value> = tail
         .incomplete
         .iter()
         .map(|(p, why)| json!({"partition": p, "reason": why}))
         .collect();
-    Json(json!({"broker": b.name, "topic": topic, "messages": shown, "next": cursor, "incomplete": incomplete, "validated": decoder.is_some()})).into_response()
+    let next = next_cursor(&ranges, tail, limit);
+    let page = next.page;
+    let cursor = (!next.cursor.is_empty()).then(|| {
+        next.cursor
+            .iter()
+            .map(|(p, o)| format!("{p}:{o}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    });
+    // Checking up to `limit` whole payloads is CPU work: off the server's threads.
+    let decoder = inspect_decoder(&cfg, &topic);
+    let validated = decoder.is_some();
+    let shown = match tokio::task::spawn_blocking(move || {
+        page.iter()
+            .map(|m| describe(m, decoder.as_ref()))
+            .collect::<Vec<Value>>()
+    })
+    .await
+    {
+        Ok(shown) => shown,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    Json(json!({"broker": b.name, "topic": topic, "messages": shown, "next": cursor, "incomplete": incomplete, "validated": validated})).into_response()
+}
+
+/// A page of the tail and where the next one ends in each partition.
+struct Paged {
+    page: Vec<TailMessage>,
+    cursor: BTreeMap<i32, i64>,
+}
+
+/// The newest `limit` messages of a read, and each partition's next cursor: below the lowest
+/// offset shown; where the partition showed nothing, where this page began (a range not read
+/// whole, or one whose messages were all older than those shown), or, for a range that held
+/// no message, its start. A partition whose cursor reaches its first offset is finished.
+fn next_cursor(ranges: &[TailRange], tail: Tail, limit: usize) -> Paged {
+    let read: std::collections::BTreeSet<i32> = tail.messages.iter().map(|m| m.partition).collect();
+    let page = newest_first(tail.messages, limit);
+    let mut cursor = BTreeMap::new();
+    for r in ranges {
+        let incomplete = tail.incomplete.iter().any(|(p, _)| *p == r.partition);
+        let lowest = page
+            .iter()
+            .filter(|m| m.partition == r.partition)
+            .map(|m| m.offset)
+            .min();
+        let at = match lowest {
+            Some(o) => o,
+            None if incomplete || read.contains(&r.partition) => r.before,
+            None => r.from,
+        };
+        let start = tail
+            .starts
+            .get(&r.partition)
+            .map_or(r.start, |s| (*s).max(r.start));
+        if at > start {
+            cursor.insert(r.partition, at);
+        }
+    }
+    Paged { page, cursor }
 }
 
 fn inspect_decoder(cfg: &ServerConfig, topic: &str) -> Option<crate::decode::Decoder> {
@@ -515,9 +607,54 @@ mod tests {
     fn cursors_read_back_and_bad_ones_are_refused() {
         let c = parse_cursor("0:15,2:7").unwrap();
         assert_eq!((c[&0], c[&2]), (15, 7));
-        for bad in ["0", "x:1", "0:y", "0:1:2"] {
+        for bad in ["0", "x:1", "0:y", "0:1:2", "0:-5", "0:-9223372036854775808"] {
             assert!(parse_cursor(bad).is_err(), "{bad}");
         }
+    }
+
+    fn range(partition: i32, from: i64, before: i64) -> TailRange {
+        TailRange {
+            partition,
+            start: 0,
+            from,
+            before,
+        }
+    }
+
+    fn msg(partition: i32, offset: i64) -> TailMessage {
+        TailMessage {
+            partition,
+            offset,
+            timestamp_ms: Some(offset),
+            key: None,
+            payload: None,
+        }
+    }
+
+    /// A range not read whole keeps its cursor (nothing below it is skipped); a range that held
+    /// nothing, or lies below the first offset the read found, finishes its partition.
+    #[test]
+    fn cursors_never_pass_what_was_not_read() {
+        let ranges = [
+            range(0, 10, 20),
+            range(1, 5, 15),
+            range(2, 0, 4),
+            range(3, 30, 40),
+        ];
+        let tail = Tail {
+            messages: (10..20).map(|o| msg(0, o)).collect(),
+            incomplete: vec![(1, "timed out".into())],
+            starts: [(2, 4), (3, 35)].into_iter().collect(),
+        };
+        let next = next_cursor(&ranges, tail, 4);
+        assert_eq!(
+            next.page.iter().map(|m| m.offset).collect::<Vec<_>>(),
+            vec![19, 18, 17, 16]
+        );
+        assert_eq!(
+            next.cursor,
+            [(0, 16), (1, 15)].into_iter().collect::<BTreeMap<_, _>>()
+        );
     }
 
     #[test]

@@ -78,14 +78,18 @@ pub struct TailRange {
     pub before: i64,
 }
 
-/// What a tail read returns: the messages of each range, and the ranges it could not read
-/// completely (with why), so a page never passes a partial read off as whole.
+/// What a tail read returns: the messages of each range read whole, the ranges it could not
+/// read whole (with why; none of their messages are returned, so a page never passes a
+/// partial read off as whole, and its cursor never moves past what was not read), and the
+/// first offsets it learned on the way (Iggy lists none).
 #[derive(Debug, Default)]
 pub struct Tail {
     /// Messages, in any order.
     pub messages: Vec<TailMessage>,
     /// `(partition, reason)` for each range not read whole.
     pub incomplete: Vec<(i32, String)>,
+    /// A partition's first offset, where the read found it (its end: the partition is empty).
+    pub starts: std::collections::BTreeMap<i32, i64>,
 }
 
 /// The newest `limit` messages across `candidates` (each partition's messages sorted by

@@ -50,6 +50,30 @@ pub struct Expected<'a> {
     pub valid: BTreeMap<(i32, i64), bool>,
 }
 
+/// Every message of the tail at `base` (a messages URL with its `limit`), following the
+/// cursors from the newest page to the last, and the number of pages; every page whole.
+pub fn page_all(port: u16, base: &str, limit: usize) -> (Vec<Value>, usize) {
+    let (mut cursor, mut seen, mut pages) = (None::<String>, Vec::new(), 0);
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("{base}&before={c}"),
+            None => base.to_string(),
+        };
+        let (status, page) = get(port, &path);
+        assert_eq!(status, 200, "{path}: {page}");
+        assert_eq!(page["incomplete"], serde_json::json!([]), "{page}");
+        let shown = page["messages"].as_array().unwrap();
+        assert!(shown.len() <= limit);
+        seen.extend(shown.iter().cloned());
+        pages += 1;
+        assert!(pages < 1000, "the cursor does not move: {page}");
+        match page["next"].as_str() {
+            Some(c) => cursor = Some(c.to_string()),
+            None => return (seen, pages),
+        }
+    }
+}
+
 /// Check `/api/brokers` and page the tail back to the first message, `limit` at a time.
 pub fn check_page(port: u16, want: &Expected, limit: usize) {
     let (status, all) = get(port, "/api/brokers");
@@ -115,38 +139,22 @@ pub fn check_page(port: u16, want: &Expected, limit: usize) {
         "/api/brokers/{}/topics/{}/messages?limit={limit}",
         want.broker, want.topic
     );
-    let (mut cursor, mut seen, mut pages) = (None::<String>, Vec::new(), 0);
-    loop {
-        let path = match &cursor {
-            Some(c) => format!("{base}&before={c}"),
-            None => base.clone(),
-        };
-        let (status, page) = get(port, &path);
-        assert_eq!(status, 200, "{path}: {page}");
-        assert_eq!(page["incomplete"], serde_json::json!([]), "{page}");
-        let shown = page["messages"].as_array().unwrap();
-        assert!(shown.len() <= limit);
-        for m in shown {
-            let (p, o) = (
-                m["partition"].as_i64().unwrap() as i32,
-                m["offset"].as_i64().unwrap(),
-            );
-            let valid = want
-                .valid
-                .get(&(p, o))
-                .unwrap_or_else(|| panic!("an unexpected message {p}/{o}: {m}"));
-            assert_eq!(m["validation"]["valid"], *valid, "{m}");
-            if !valid {
-                assert_eq!(m["validation"]["kind"], "malformed_json", "{m}");
-            }
-            seen.push((p, o));
+    let (shown, _) = page_all(port, &base, limit);
+    let mut seen = Vec::new();
+    for m in &shown {
+        let (p, o) = (
+            m["partition"].as_i64().unwrap() as i32,
+            m["offset"].as_i64().unwrap(),
+        );
+        let valid = want
+            .valid
+            .get(&(p, o))
+            .unwrap_or_else(|| panic!("an unexpected message {p}/{o}: {m}"));
+        assert_eq!(m["validation"]["valid"], *valid, "{m}");
+        if !valid {
+            assert_eq!(m["validation"]["kind"], "malformed_json", "{m}");
         }
-        pages += 1;
-        assert!(pages < 1000, "the cursor does not move: {page}");
-        match page["next"].as_str() {
-            Some(c) => cursor = Some(c.to_string()),
-            None => break,
-        }
+        seen.push((p, o));
     }
     let distinct: BTreeSet<(i32, i64)> = seen.iter().copied().collect();
     assert_eq!(distinct.len(), seen.len(), "a message shown twice");

@@ -330,6 +330,30 @@ async fn a_fresh_iggy_ingest_starts_after_deleted_segments() {
         vec![n as i64; 3],
         "each partition committed to its end: {rows:?}"
     );
+
+    // The brokers page's tail shows exactly what the server still has, and ends at each
+    // partition's first offset: no run of empty pages below it.
+    let srv = crate::api::serve(&fx, &[("LAKEPIPE_PRIMARY", url.as_str())]);
+    let limit = 7;
+    let base = format!("/api/brokers/iggy/topics/{}/messages?limit={limit}", fx.topic);
+    let (shown, pages) = crate::brokers::page_all(srv.port, &base, limit);
+    let got: std::collections::BTreeSet<(i64, i64)> = shown
+        .iter()
+        .map(|m| (m["partition"].as_i64().unwrap(), m["offset"].as_i64().unwrap()))
+        .collect();
+    let want: std::collections::BTreeSet<(i64, i64)> = firsts
+        .iter()
+        .enumerate()
+        .filter_map(|(p, (first, _))| Some((p as i64, (*first)? as i64)))
+        .flat_map(|(p, first)| (first..n as i64).map(move |o| (p, o)))
+        .collect();
+    assert_eq!(got.len(), shown.len(), "a message shown twice");
+    assert_eq!(got, want, "the tail shows what the server holds");
+    assert!(
+        pages <= want.len().div_ceil(limit) + 3,
+        "{pages} pages for {} messages of {limit}: empty pages below the first offsets",
+        want.len()
+    );
 }
 
 /// A member that stops (SIGSTOP) keeps its partitions: Iggy counts a client in the group while

@@ -2,7 +2,7 @@
 "use strict";
 
 const $ = (sel) => document.querySelector(sel);
-const state = { topics: [], ingest: false, tables: [], table: null, page: 0, pageSize: 50, filter: null, result: null, timer: null, brokers: [], tailNext: null, tailTimer: null };
+const state = { topics: [], ingest: false, tables: [], table: null, page: 0, pageSize: 50, filter: null, result: null, timer: null, brokers: [], brokersBusy: false, tailNext: null, tailKey: null, tailSeq: 0, tailBusy: false, tailTimer: null };
 
 // ---- API -------------------------------------------------------------------------------------
 
@@ -584,6 +584,9 @@ function renderBrokers() {
 $("#brokers-filter").addEventListener("input", renderBrokers);
 
 async function loadBrokers() {
+  // One at a time: a slow broker must not pile up requests (each holds a query turn).
+  if (state.brokersBusy) return;
+  state.brokersBusy = true;
   try {
     const { data } = await api("GET", "/api/brokers");
     state.brokers = data.brokers;
@@ -592,6 +595,8 @@ async function loadBrokers() {
     $("#status").textContent = "updated " + new Date().toLocaleTimeString();
   } catch (e) {
     $("#status").textContent = "error: " + e.message;
+  } finally {
+    state.brokersBusy = false;
   }
 }
 
@@ -610,20 +615,28 @@ function fillTailChoices() {
   keepChoice($("#tail-topic"), ((b && b.topics) || []).map((t) => t.name));
   const t = ((b && b.topics) || []).find((x) => x.name === $("#tail-topic").value);
   keepChoice($("#tail-partition"), ((t && t.partitions) || []).map((p) => p.partition), ["", "all"]);
+  // A cursor belongs to the broker, topic, partition and page size it was read with.
+  if (state.tailKey !== tailKey()) { state.tailNext = null; $("#tail-older").disabled = true; }
 }
-$("#tail-broker").addEventListener("change", fillTailChoices);
-$("#tail-topic").addEventListener("change", fillTailChoices);
+const tailKey = () => [$("#tail-broker").value, $("#tail-topic").value, $("#tail-partition").value, $("#tail-limit").value].join("\u0000");
+for (const id of ["#tail-broker", "#tail-topic", "#tail-partition", "#tail-limit"]) $(id).addEventListener("change", fillTailChoices);
 
 async function loadTail(older) {
   const broker = $("#tail-broker").value, topic = $("#tail-topic").value;
   if (!broker || !topic) { $("#tail-info").textContent = "pick a broker and a topic"; return; }
   const q = new URLSearchParams({ limit: $("#tail-limit").value });
   if ($("#tail-partition").value !== "") q.set("partition", $("#tail-partition").value);
-  if (older && state.tailNext) q.set("before", state.tailNext);
+  if (older && state.tailNext && state.tailKey === tailKey()) q.set("before", state.tailNext);
+  // Following skips a tick while a read is under way; a newer read's answer wins.
+  if (!older && state.tailBusy && $("#tail-follow").checked) return;
+  const seq = ++state.tailSeq, key = tailKey();
+  state.tailBusy = true;
   $("#tail-info").textContent = "reading…";
   try {
     const { data } = await api("GET", "/api/brokers/" + encodeURIComponent(broker) + "/topics/" + encodeURIComponent(topic) + "/messages?" + q);
+    if (seq !== state.tailSeq) return;
     state.tailNext = data.next;
+    state.tailKey = key;
     $("#tail-older").disabled = !data.next;
     const rows = data.messages.map((m) => ({
       partition: m.partition, offset: m.offset, timestamp: m.timestamp || "", key: m.key ?? "",
@@ -642,7 +655,9 @@ async function loadTail(older) {
     const gaps = data.incomplete.map((i) => "partition " + i.partition + ": " + i.reason).join("; ");
     $("#tail-info").textContent = data.messages.length + " messages, " + bad + " invalid" + (older ? " (older page)" : " (latest)") + (gaps ? " · not read whole: " + gaps : "");
   } catch (e) {
-    $("#tail-info").textContent = "error: " + e.message;
+    if (seq === state.tailSeq) $("#tail-info").textContent = "error: " + e.message;
+  } finally {
+    if (seq === state.tailSeq) state.tailBusy = false;
   }
 }
 $("#brokers-refresh").addEventListener("click", loadBrokers);

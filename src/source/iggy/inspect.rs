@@ -3,6 +3,8 @@
 //! stored, and a topic's newest messages. The tail polls as a consumer of its own with
 //! `auto_commit` off, so it stores nothing and joins no group.
 
+use std::time::Duration;
+
 use iggy::prelude::*;
 
 use super::keys::key_and_tombstone;
@@ -55,156 +57,248 @@ fn end_of(p: &Partition) -> i64 {
     }
 }
 
+/// Connect, run `work` on the client within `timeout`, and shut the client down on every path
+/// (a client dropped without it keeps its heartbeat task and its connection).
+async fn with_client<T>(
+    address: &IggyAddress,
+    timeout: Duration,
+    work: impl AsyncFnOnce(&IggyClient) -> Result<T, SourceError>,
+) -> Result<T, SourceError> {
+    let client = connect(address).await?;
+    let out = tokio::time::timeout(timeout, work(&client)).await;
+    let _ = client.shutdown().await;
+    out.map_err(|_| source_err(address, format!("no whole answer within {timeout:?}")))?
+}
+
 /// The stream's topics, or only the one named `only`, with their partitions' ends (Iggy does
-/// not list a partition's first offset). A stream not created yet has no topics.
+/// not list a partition's first offset), within `timeout`. A stream not created yet has no
+/// topics.
 pub async fn topics(
     address: &IggyAddress,
     only: Option<&str>,
+    timeout: Duration,
 ) -> Result<Vec<TopicView>, SourceError> {
-    let client = connect(address).await?;
-    let s = ident(address, &address.stream)?;
-    let listed: Vec<Identifier> = match only {
-        Some(name) => vec![ident(address, name)?],
-        None => match timed(address, "get_stream", client.get_stream(&s)).await? {
-            Some(stream) => stream
-                .topics
-                .iter()
-                .map(|t| Identifier::numeric(t.id))
-                .collect::<Result<_, _>>()
-                .map_err(|e| source_err(address, e))?,
-            None => Vec::new(),
-        },
-    };
-    let mut out = Vec::new();
-    for t in listed {
-        let Some(details) = timed(address, "get_topic", client.get_topic(&s, &t)).await? else {
-            continue;
+    with_client(address, timeout, async |client: &IggyClient| {
+        let s = ident(address, &address.stream)?;
+        let listed: Vec<Identifier> = match only {
+            Some(name) => vec![ident(address, name)?],
+            None => match timed(address, "get_stream", client.get_stream(&s)).await? {
+                Some(stream) => stream
+                    .topics
+                    .iter()
+                    .map(|t| Identifier::numeric(t.id))
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| source_err(address, e))?,
+                None => Vec::new(),
+            },
         };
-        let mut partitions: Vec<PartitionView> = details
-            .partitions
-            .iter()
-            .map(|p| PartitionView {
-                partition: p.id as i32,
-                start: None,
-                end: Some(end_of(p)),
-            })
-            .collect();
-        partitions.sort_by_key(|p| p.partition);
-        out.push(TopicView {
-            name: details.name,
-            partitions,
-        });
-    }
-    let _ = client.shutdown().await;
-    out.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(out)
+        let mut out = Vec::new();
+        for t in listed {
+            let Some(details) = timed(address, "get_topic", client.get_topic(&s, &t)).await? else {
+                continue;
+            };
+            let mut partitions: Vec<PartitionView> = details
+                .partitions
+                .iter()
+                .map(|p| PartitionView {
+                    partition: p.id as i32,
+                    start: None,
+                    end: Some(end_of(p)),
+                })
+                .collect();
+            partitions.sort_by_key(|p| p.partition);
+            out.push(TopicView {
+                name: details.name,
+                partitions,
+            });
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    })
+    .await
 }
 
 /// The consumer groups of `topics` (Iggy keeps them per topic: a name on several topics is
-/// one entry), each with the offsets it stored, as the next offset it would read.
+/// one entry), each with the offsets it stored, as the next offset it would read, within
+/// `timeout`.
 pub async fn groups(
     address: &IggyAddress,
     topics: &[TopicView],
+    timeout: Duration,
 ) -> Result<Vec<GroupView>, SourceError> {
-    let client = connect(address).await?;
-    let s = ident(address, &address.stream)?;
-    let mut by_name: std::collections::BTreeMap<String, GroupView> = Default::default();
-    for topic in topics {
-        let t = ident(address, &topic.name)?;
-        for g in timed(
-            address,
-            "get_consumer_groups",
-            client.get_consumer_groups(&s, &t),
-        )
-        .await?
-        {
-            let view = by_name.entry(g.name.clone()).or_insert_with(|| GroupView {
-                name: g.name.clone(),
-                state: None,
-                members: 0,
-                offsets: Vec::new(),
-            });
-            view.members = view.members.max(g.members_count as usize);
-            let consumer =
-                Consumer::group(Identifier::numeric(g.id).map_err(|e| source_err(address, e))?);
-            for p in &topic.partitions {
-                let stored = timed(
-                    address,
-                    "get_consumer_offset",
-                    client.get_consumer_offset(&consumer, &s, &t, Some(p.partition as u32)),
-                )
-                .await?;
-                // Iggy stores the last offset consumed.
-                if let Some(o) = stored {
-                    view.offsets.push(GroupOffset {
-                        topic: topic.name.clone(),
-                        partition: p.partition,
-                        next: o.stored_offset as i64 + 1,
-                    });
+    with_client(address, timeout, async |client: &IggyClient| {
+        let s = ident(address, &address.stream)?;
+        let mut by_name: std::collections::BTreeMap<String, GroupView> = Default::default();
+        for topic in topics {
+            let t = ident(address, &topic.name)?;
+            for g in timed(
+                address,
+                "get_consumer_groups",
+                client.get_consumer_groups(&s, &t),
+            )
+            .await?
+            {
+                let view = by_name.entry(g.name.clone()).or_insert_with(|| GroupView {
+                    name: g.name.clone(),
+                    state: None,
+                    members: 0,
+                    offsets: Vec::new(),
+                });
+                view.members = view.members.max(g.members_count as usize);
+                let consumer =
+                    Consumer::group(Identifier::numeric(g.id).map_err(|e| source_err(address, e))?);
+                for p in &topic.partitions {
+                    let stored = timed(
+                        address,
+                        "get_consumer_offset",
+                        client.get_consumer_offset(&consumer, &s, &t, Some(p.partition as u32)),
+                    )
+                    .await?;
+                    // Iggy stores the last offset consumed.
+                    if let Some(o) = stored {
+                        view.offsets.push(GroupOffset {
+                            topic: topic.name.clone(),
+                            partition: p.partition,
+                            next: o.stored_offset as i64 + 1,
+                        });
+                    }
                 }
             }
         }
-    }
-    let _ = client.shutdown().await;
-    Ok(by_name.into_values().collect())
+        Ok(by_name.into_values().collect())
+    })
+    .await
 }
 
-/// The messages of each range of `topic`. Iggy reads at exact offsets; a range whose start
-/// has expired reads from the first message the server still has.
+/// The most messages one poll asks for.
+const POLL_COUNT: i64 = 1000;
+
+/// The messages of each range of `topic`, within `timeout`. Iggy reads at exact offsets; a
+/// read from below a partition's first message (deleted segments) gets nothing, or the
+/// messages from the first one on, and learns that offset either way. A range
+/// that cannot be read whole (a message the server cannot read, a poll that failed) is
+/// reported, not returned.
 pub async fn tail(
     address: &IggyAddress,
     topic: &str,
     ranges: &[TailRange],
+    timeout: Duration,
 ) -> Result<Tail, SourceError> {
-    let client = connect(address).await?;
-    let (s, t) = (ident(address, &address.stream)?, ident(address, topic)?);
-    let consumer =
-        Consumer::new(Identifier::numeric(TAIL_CONSUMER).map_err(|e| source_err(address, e))?);
-    let mut out = Tail::default();
-    for r in ranges.iter().filter(|r| r.from < r.before) {
-        let count = u32::try_from(r.before - r.from).unwrap_or(u32::MAX);
-        let (at, first) = (
-            PollingStrategy::offset(r.from as u64),
-            PollingStrategy::first(),
-        );
-        let poll = |strategy| {
-            client.poll_messages(
-                &s,
-                &t,
-                Some(r.partition as u32),
-                &consumer,
-                strategy,
-                count,
-                false,
-            )
-        };
-        let mut polled = timed(address, "poll_messages", poll(&at)).await?;
-        if polled.messages.is_empty() {
-            // Iggy 0.8 answers a poll below a partition's first message with nothing.
-            polled = timed(address, "poll_messages", poll(&first)).await?;
-        }
-        for m in polled
-            .messages
-            .iter()
-            .filter(|m| (r.from..r.before).contains(&(m.header.offset as i64)))
-        {
-            let (key, tombstone) = match key_and_tombstone(m) {
-                Ok(k) => k,
-                Err(e) => {
-                    out.incomplete
-                        .push((r.partition, format!("offset {}: {e}", m.header.offset)));
-                    continue;
-                }
+    with_client(address, timeout, async |client: &IggyClient| {
+        let (s, t) = (ident(address, &address.stream)?, ident(address, topic)?);
+        let consumer =
+            Consumer::new(Identifier::numeric(TAIL_CONSUMER).map_err(|e| source_err(address, e))?);
+        let mut out = Tail::default();
+        for r in ranges.iter().filter(|r| r.from < r.before) {
+            let read = Range {
+                client,
+                s: &s,
+                t: &t,
+                consumer: &consumer,
+                range: *r,
             };
-            out.messages.push(TailMessage {
-                partition: r.partition,
-                offset: m.header.offset as i64,
-                timestamp_ms: Some((m.header.timestamp / 1000) as i64),
-                key,
-                payload: (!tombstone).then(|| m.payload.to_vec()),
-            });
+            match read.messages().await {
+                Ok((messages, start)) => {
+                    out.messages.extend(messages);
+                    if let Some(start) = start {
+                        out.starts.insert(r.partition, start);
+                    }
+                }
+                Err(reason) => out.incomplete.push((r.partition, reason)),
+            }
+        }
+        Ok(out)
+    })
+    .await
+}
+
+/// One partition's read of a tail.
+struct Range<'a> {
+    client: &'a IggyClient,
+    s: &'a Identifier,
+    t: &'a Identifier,
+    consumer: &'a Consumer,
+    range: TailRange,
+}
+
+impl Range<'_> {
+    async fn poll(
+        &self,
+        strategy: &PollingStrategy,
+        count: i64,
+    ) -> Result<Vec<IggyMessage>, String> {
+        let poll = self.client.poll_messages(
+            self.s,
+            self.t,
+            Some(self.range.partition as u32),
+            self.consumer,
+            strategy,
+            count.clamp(1, POLL_COUNT) as u32,
+            false,
+        );
+        match tokio::time::timeout(REQUEST_TIMEOUT, poll).await {
+            Ok(Ok(polled)) => Ok(polled.messages),
+            Ok(Err(e)) => Err(format!("polling: {e}")),
+            Err(_) => Err(format!("a poll timed out after {REQUEST_TIMEOUT:?}")),
         }
     }
-    let _ = client.shutdown().await;
-    Ok(out)
+
+    /// The range's messages, polled up to its end, and the partition's first offset if the
+    /// read found the range's start below it.
+    async fn messages(&self) -> Result<(Vec<TailMessage>, Option<i64>), String> {
+        let TailRange { from, before, .. } = self.range;
+        let (mut next, mut out, mut start) = (from, Vec::new(), None);
+        while next < before {
+            let mut polled = self
+                .poll(&PollingStrategy::offset(next as u64), before - next)
+                .await?;
+            if polled.is_empty() && next == from {
+                // Iggy 0.8 answers a poll below a partition's first message with nothing.
+                let first = self.poll(&PollingStrategy::first(), 1).await?;
+                match first.first().map(|m| m.header.offset as i64) {
+                    // Nothing at all: the partition is empty below its end.
+                    None => return Ok((out, Some(before))),
+                    Some(f) if f > next => {
+                        start = Some(f);
+                        next = f;
+                        continue;
+                    }
+                    Some(_) => {}
+                }
+            }
+            let Some(last) = polled.last().map(|m| m.header.offset as i64) else {
+                return Err(format!(
+                    "no message from offset {next} although the partition holds offsets up to {}",
+                    before - 1
+                ));
+            };
+            // Or with the first message it still has (Iggy's offsets have no gaps of their
+            // own: what is missing below it was deleted).
+            let head = polled.first().map_or(next, |m| m.header.offset as i64);
+            if next == from && head > from {
+                start = Some(head);
+            }
+            for m in polled
+                .drain(..)
+                .filter(|m| (from..before).contains(&(m.header.offset as i64)))
+            {
+                let (key, tombstone) = key_and_tombstone(&m)
+                    .map_err(|e| format!("offset {}: {e}", m.header.offset))?;
+                out.push(TailMessage {
+                    partition: self.range.partition,
+                    offset: m.header.offset as i64,
+                    timestamp_ms: Some((m.header.timestamp / 1000) as i64),
+                    key,
+                    payload: (!tombstone).then(|| m.payload.to_vec()),
+                });
+            }
+            if last < next {
+                return Err(format!(
+                    "a poll from offset {next} answered from offset {last}"
+                ));
+            }
+            next = last + 1;
+        }
+        Ok((out, start))
+    }
 }

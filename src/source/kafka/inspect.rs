@@ -40,6 +40,8 @@ fn consumer(
     group: Option<&str>,
 ) -> Result<BaseConsumer<Quiet>, SourceError> {
     let mut cfg = client_config(brokers, extra);
+    // A read below the log start is an error, never a silent jump to the end.
+    cfg.set("auto.offset.reset", "error");
     cfg.set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")
         .set("fetch.wait.max.ms", "100");
@@ -330,6 +332,7 @@ pub async fn tail(
             .filter(|r| r.from < r.before)
             .map(|r| (r.partition, Read { range: *r, at: r.from, first: None, got: BTreeMap::new(), since: now, done: false }))
             .collect();
+        // The whole assignment: at the start, and when a seek is refused.
         let assign = |reads: &BTreeMap<i32, Read>| -> Result<(), SourceError> {
             let mut tpl = TopicPartitionList::new();
             for (p, r) in reads.iter().filter(|(_, r)| !r.done) {
@@ -339,7 +342,8 @@ pub async fn tail(
         };
         assign(&reads)?;
         while reads.values().any(|r| !r.done) && Instant::now() < deadline {
-            let mut reassign = false;
+            // The partitions whose read starts again further back.
+            let mut moved = Vec::new();
             match consumer.poll(Duration::from_millis(100)) {
                 Some(Ok(m)) => {
                     if let Some(r) = reads.get_mut(&m.partition()).filter(|r| !r.done) {
@@ -349,7 +353,9 @@ pub async fn tail(
                         if !r.covers_start() {
                             // The read began past the offset it asked for (tansu's answer from
                             // inside a batch): what it skipped may hold the range's start.
-                            reassign |= r.step_back();
+                            if r.step_back() {
+                                moved.push(r.range.partition);
+                            }
                         } else {
                             if (r.range.from..r.range.before).contains(&offset) {
                                 let timestamp_ms = m.timestamp().to_millis();
@@ -367,29 +373,41 @@ pub async fn tail(
                         }
                     }
                 }
-                Some(Err(KafkaError::MessageConsumption(RDKafkaErrorCode::OffsetOutOfRange))) => {
+                Some(Err(KafkaError::MessageConsumption(RDKafkaErrorCode::OffsetOutOfRange | RDKafkaErrorCode::AutoOffsetReset))) => {
                     return Err(failed("the offsets asked for are no longer in the log (retention moved its start); reload the page".into()));
                 }
                 Some(Err(_)) | None => {}
             }
-            for r in reads.values_mut().filter(|r| !r.done && r.first.is_none() && r.since.elapsed() >= STALL) {
+            for r in reads.values_mut().filter(|r| !r.done && r.first.is_none()) {
+                // The stall counts from the partition's first fetch response (a slow connection
+                // is not a stall).
+                if cached_watermarks(consumer.client(), &topic, r.range.partition).is_none() {
+                    r.since = Instant::now();
+                    continue;
+                }
+                if r.since.elapsed() < STALL {
+                    continue;
+                }
                 // Nothing at all from where the read began (tansu, inside a batch).
                 if r.step_back() {
-                    reassign = true;
+                    moved.push(r.range.partition);
                 } else {
                     r.since = Instant::now();
                 }
             }
-            if reassign {
+            // Only the partitions that step back start again; the others read on.
+            let seek = |p: i32| consumer.seek(&topic, p, Offset::Offset(reads[&p].at), Duration::from_secs(1));
+            if moved.iter().any(|p| seek(*p).is_err()) {
                 assign(&reads)?;
             }
         }
         let mut out = Tail::default();
         for (p, r) in reads {
-            if !r.done {
+            if r.done {
+                out.messages.extend(r.got.into_values());
+            } else {
                 out.incomplete.push((p, format!("offsets {}..{} were not all read within {timeout:?} (the read began at {})", r.range.from, r.range.before, r.at)));
             }
-            out.messages.extend(r.got.into_values());
         }
         Ok(out)
     })
