@@ -154,16 +154,12 @@ impl Broker {
 
     /// Topics, with one topic only when `only` names it.
     async fn topics(&self, only: Option<&str>) -> Result<Vec<TopicView>, SourceError> {
-        let mut all = match &self.address {
+        match &self.address {
             Address::Kafka { brokers, extra } => {
-                crate::source::kafka::inspect::topics(brokers, extra, only, BROKER_TIMEOUT).await?
+                crate::source::kafka::inspect::topics(brokers, extra, only, BROKER_TIMEOUT).await
             }
-            Address::Iggy(a) => {
-                crate::source::iggy::inspect::topics(a, only, BROKER_TIMEOUT).await?
-            }
-        };
-        all.retain(|t| only.is_none_or(|o| o == t.name));
-        Ok(all)
+            Address::Iggy(a) => crate::source::iggy::inspect::topics(a, only, BROKER_TIMEOUT).await,
+        }
     }
 
     async fn groups(

@@ -193,7 +193,7 @@ pub fn check_page(port: u16, want: &Expected, limit: usize) {
     // Other tests make groups on the shared broker meanwhile: only the tail's own are wrong.
     let left: Vec<&String> = groups_after
         .iter()
-        .filter(|g| !groups_before.contains(g) && g.starts_with("lakepipe-inspect"))
+        .filter(|g| !groups_before.contains(g) && g.starts_with("lakepipe-lookup"))
         .collect();
     assert!(
         left.is_empty(),

@@ -8,7 +8,7 @@ use std::time::Duration;
 use iggy::prelude::*;
 
 use super::keys::key_and_tombstone;
-use super::listing::source_err;
+use super::listing::{list, source_err};
 use super::{IggyAddress, REQUEST_TIMEOUT};
 use crate::source::inspect::{
     GroupOffset, GroupView, PartitionView, Tail, TailMessage, TailRange, TopicView,
@@ -48,15 +48,6 @@ async fn connect(address: &IggyAddress) -> Result<IggyClient, SourceError> {
         })
 }
 
-/// The end Iggy's listing implies: the next offset to be written.
-fn end_of(p: &Partition) -> i64 {
-    if p.messages_count == 0 && p.current_offset == 0 {
-        0
-    } else {
-        p.current_offset as i64 + 1
-    }
-}
-
 /// Connect, run `work` on the client within `timeout`, and shut the client down on every path
 /// (a client dropped without it keeps its heartbeat task and its connection).
 async fn with_client<T>(
@@ -79,41 +70,32 @@ pub async fn topics(
     timeout: Duration,
 ) -> Result<Vec<TopicView>, SourceError> {
     with_client(address, timeout, async |client: &IggyClient| {
-        let s = ident(address, &address.stream)?;
-        let listed: Vec<Identifier> = match only {
-            Some(name) => vec![ident(address, name)?],
-            None => match timed(address, "get_stream", client.get_stream(&s)).await? {
-                Some(stream) => stream
-                    .topics
-                    .iter()
-                    .map(|t| Identifier::numeric(t.id))
-                    .collect::<Result<_, _>>()
-                    .map_err(|e| source_err(address, e))?,
-                None => Vec::new(),
-            },
+        let names: Vec<String> = match only {
+            Some(name) => vec![name.to_string()],
+            None => {
+                let s = ident(address, &address.stream)?;
+                match timed(address, "get_stream", client.get_stream(&s)).await? {
+                    Some(stream) => stream.topics.into_iter().map(|t| t.name).collect(),
+                    None => Vec::new(),
+                }
+            }
         };
-        let mut out = Vec::new();
-        for t in listed {
-            let Some(details) = timed(address, "get_topic", client.get_topic(&s, &t)).await? else {
-                continue;
-            };
-            let mut partitions: Vec<PartitionView> = details
-                .partitions
-                .iter()
-                .map(|p| PartitionView {
-                    partition: p.id as i32,
-                    start: None,
-                    end: Some(end_of(p)),
-                })
-                .collect();
-            partitions.sort_by_key(|p| p.partition);
-            out.push(TopicView {
-                name: details.name,
-                partitions,
+        let mut by_topic: std::collections::BTreeMap<String, Vec<PartitionView>> =
+            names.iter().map(|n| (n.clone(), Vec::new())).collect();
+        for ((topic, partition), (_, end)) in list(client, address, &names).await? {
+            by_topic.entry(topic).or_default().push(PartitionView {
+                partition,
+                start: None,
+                end: Some(end),
             });
         }
-        out.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(out)
+        Ok(by_topic
+            .into_iter()
+            .map(|(name, mut partitions)| {
+                partitions.sort_by_key(|p| p.partition);
+                TopicView { name, partitions }
+            })
+            .collect())
     })
     .await
 }

@@ -19,7 +19,7 @@ use rdkafka::message::Message as _;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::{cached_watermarks, client_config, Quiet};
+use super::{cached_watermarks, fetched_watermarks, lookup_consumer, Quiet};
 use crate::source::inspect::{
     GroupOffset, GroupView, PartitionView, Tail, TailMessage, TailRange, TopicView,
 };
@@ -34,30 +34,19 @@ const STALL: Duration = Duration::from_millis(700);
 /// producer's batch holds up to thousands of messages, and each step costs a [`STALL`].
 const STEP_BACK: i64 = 8;
 
+/// A lookup consumer ([`lookup_consumer`]) that reports a read below the log start as an
+/// error (never a silent jump to the end) and the log end as an event, with short fetch waits.
 fn consumer(
     brokers: &str,
     extra: &BTreeMap<String, String>,
     group: Option<&str>,
 ) -> Result<BaseConsumer<Quiet>, SourceError> {
-    let mut cfg = client_config(brokers, extra);
-    // A read below the log start is an error, never a silent jump to the end.
-    cfg.set("auto.offset.reset", "error");
-    cfg.set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "true")
-        .set("fetch.wait.max.ms", "100");
-    // librdkafka assigns only with a group id; nothing subscribes, so nothing joins a group.
-    // A named group is only asked for its committed offsets.
-    cfg.set(
-        "group.id",
-        group.map_or_else(
-            || format!("lakepipe-inspect-{}", uuid::Uuid::new_v4()),
-            str::to_string,
-        ),
-    );
-    cfg.create_with_context(Quiet)
-        .map_err(|e| SourceError::Config {
-            reason: e.to_string(),
-        })
+    let settings = [
+        ("auto.offset.reset", "error"),
+        ("enable.partition.eof", "true"),
+        ("fetch.wait.max.ms", "100"),
+    ];
+    lookup_consumer(brokers, extra, group, &settings)
 }
 
 /// Run blocking librdkafka calls off the runtime's threads.
@@ -106,30 +95,12 @@ pub async fn topics(
             })
             .collect();
         listed.sort();
-        let mut tpl = TopicPartitionList::new();
-        for (t, parts) in &listed {
-            for p in parts {
-                tpl.add_partition_offset(t, *p, Offset::End)
-                    .map_err(|e| unreachable(e.to_string()))?;
-            }
-        }
-        let wanted = tpl.count();
-        let mut marks: HashMap<TopicPartition, (Option<i64>, i64)> = HashMap::new();
-        if wanted > 0 {
-            consumer
-                .assign(&tpl)
-                .map_err(|e| unreachable(e.to_string()))?;
-            while marks.len() < wanted && Instant::now() < deadline {
-                let _ = consumer.poll(Duration::from_millis(50));
-                for (t, parts) in &listed {
-                    for p in parts {
-                        if let Some(w) = cached_watermarks(consumer.client(), t, *p) {
-                            marks.insert((t.clone(), *p), w);
-                        }
-                    }
-                }
-            }
-        }
+        let partitions: Vec<TopicPartition> = listed
+            .iter()
+            .flat_map(|(t, parts)| parts.iter().map(move |p| (t.clone(), *p)))
+            .collect();
+        let marks = fetched_watermarks(&consumer, &partitions, deadline)
+            .map_err(|e| unreachable(e.to_string()))?;
         // Fetch responses carry the log start too, but not every broker fills it in: list
         // the missing ones in one request.
         let starts = log_starts(&consumer, &listed, &marks, deadline);

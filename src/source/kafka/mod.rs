@@ -133,36 +133,60 @@ impl ClientContext for Quiet {
 }
 impl rdkafka::consumer::ConsumerContext for Quiet {}
 
-/// The high watermark of each of `partitions`, from one fetch at each log's end (exact even
-/// where ListOffsets is not), by one consumer with the `[kafka]` settings, within `timeout` in
-/// all. A broker that does not answer is one error, not a wait and a log line per partition;
-/// partitions that gave no answer in time are left out.
-pub async fn high_watermarks(brokers: &str, extra: &std::collections::BTreeMap<String, String>, partitions: &[TopicPartition], timeout: Duration) -> Result<HashMap<TopicPartition, i64>, SourceError> {
+/// A consumer for a short lookup, outside every consumer group: with the `[kafka]` settings,
+/// auto-commit off, `settings` on top, and a throwaway group id unless `group` names one
+/// (librdkafka assigns partitions only with a group id; nothing subscribes, so nothing
+/// joins). The one way lakepipe's lookups (watermarks, the brokers page) read a broker.
+pub(crate) fn lookup_consumer(brokers: &str, extra: &std::collections::BTreeMap<String, String>, group: Option<&str>, settings: &[(&str, &str)]) -> Result<BaseConsumer<Quiet>, SourceError> {
     let mut cfg = client_config(brokers, extra);
-    cfg.set("group.id", format!("lakepipe-watermarks-{}", uuid::Uuid::new_v4())).set("enable.auto.commit", "false");
-    let (brokers, partitions) = (brokers.to_string(), partitions.to_vec());
-    let unreachable = move |reason: String| SourceError::Unreachable { brokers: brokers.clone(), reason };
-    let work = move || -> Result<HashMap<TopicPartition, i64>, SourceError> {
-        let consumer: BaseConsumer<Quiet> = cfg.create_with_context(Quiet).map_err(|e| SourceError::Config { reason: e.to_string() })?;
-        let deadline = std::time::Instant::now() + timeout;
-        consumer.fetch_metadata(None, timeout).map_err(|e| unreachable(format!("no answer within {timeout:?}: {e}")))?;
-        let mut tpl = TopicPartitionList::new();
-        for (t, p) in &partitions {
-            tpl.add_partition_offset(t, *p, Offset::End).map_err(|e| unreachable(e.to_string()))?;
-        }
-        consumer.assign(&tpl).map_err(|e| unreachable(e.to_string()))?;
-        let mut out = HashMap::new();
-        while out.len() < partitions.len() && std::time::Instant::now() < deadline {
-            let _ = consumer.poll(Duration::from_millis(50));
-            for (t, p) in &partitions {
-                if let Some(hi) = cached_high_watermark(consumer.client(), t, *p) {
-                    out.insert((t.clone(), *p), hi);
-                }
+    cfg.set("enable.auto.commit", "false");
+    cfg.set("group.id", group.map_or_else(|| format!("lakepipe-lookup-{}", uuid::Uuid::new_v4()), str::to_string));
+    for (k, v) in settings {
+        cfg.set(*k, *v);
+    }
+    cfg.create_with_context(Quiet).map_err(|e| SourceError::Config { reason: e.to_string() })
+}
+
+/// Each of `partitions`' log start (where the response carried it) and end, from fetch
+/// responses at each log's end (exact even where ListOffsets is not), polled until every
+/// partition answered or `deadline`; partitions that gave no answer in time are left out.
+pub(crate) fn fetched_watermarks(consumer: &BaseConsumer<Quiet>, partitions: &[TopicPartition], deadline: std::time::Instant) -> Result<HashMap<TopicPartition, (Option<i64>, i64)>, KafkaError> {
+    let mut out = HashMap::new();
+    if partitions.is_empty() {
+        return Ok(out);
+    }
+    let mut tpl = TopicPartitionList::new();
+    for (t, p) in partitions {
+        tpl.add_partition_offset(t, *p, Offset::End)?;
+    }
+    consumer.assign(&tpl)?;
+    while out.len() < partitions.len() && std::time::Instant::now() < deadline {
+        let _ = consumer.poll(Duration::from_millis(50));
+        for (t, p) in partitions {
+            if let Some(w) = cached_watermarks(consumer.client(), t, *p) {
+                out.insert((t.clone(), *p), w);
             }
         }
-        Ok(out)
+    }
+    Ok(out)
+}
+
+/// The high watermark of each of `partitions` ([`fetched_watermarks`]), by one consumer with
+/// the `[kafka]` settings, within `timeout` in all. A broker that does not answer is one
+/// error, not a wait and a log line per partition; partitions that gave no answer in time are
+/// left out.
+pub async fn high_watermarks(brokers: &str, extra: &std::collections::BTreeMap<String, String>, partitions: &[TopicPartition], timeout: Duration) -> Result<HashMap<TopicPartition, i64>, SourceError> {
+    let (brokers, extra, partitions) = (brokers.to_string(), extra.clone(), partitions.to_vec());
+    let failed = brokers.clone();
+    let work = move || -> Result<HashMap<TopicPartition, i64>, SourceError> {
+        let unreachable = |reason: String| SourceError::Unreachable { brokers: brokers.clone(), reason };
+        let consumer = lookup_consumer(&brokers, &extra, None, &[])?;
+        let deadline = std::time::Instant::now() + timeout;
+        consumer.fetch_metadata(None, timeout).map_err(|e| unreachable(format!("no answer within {timeout:?}: {e}")))?;
+        let marks = fetched_watermarks(&consumer, &partitions, deadline).map_err(|e| unreachable(e.to_string()))?;
+        Ok(marks.into_iter().map(|(tp, (_, hi))| (tp, hi)).collect())
     };
-    tokio::task::spawn_blocking(work).await.map_err(|e| SourceError::Broker { brokers: String::new(), reason: format!("the watermark lookup failed: {e}") })?
+    tokio::task::spawn_blocking(work).await.map_err(|e| SourceError::Broker { brokers: failed, reason: format!("the watermark lookup failed: {e}") })?
 }
 
 /// A consumer-group member for the given topics.
